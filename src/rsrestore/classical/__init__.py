@@ -1,0 +1,1 @@
+"""Training-free restorers: dark channel prior dehazing and classical sand-dust restoration."""

@@ -1,0 +1,222 @@
+"""The MODELS table: every method by name, with its task, bands, SAR need and bundled weights.
+
+A plain dict, greppable from name to class: each entry's `classes` function imports its module only when the method is
+used, so an unused model costs nothing at import time. Bundled weights live in `rsrestore/weights/<file>` with a JSON
+file of metadata beside them (sha256, bands, value range, training data, steps, wall time, scores, and the model
+config the weights were trained with, so the same architecture is rebuilt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+TASKS = ("haze", "dust", "cloud")
+
+
+class ModelError(Exception):
+    """An unknown method, missing or mismatched weights, or a bad model option, explained in one line."""
+
+
+def _dcp():
+    from ..classical.dcp import DarkChannelPrior, DCPConfig
+
+    return DarkChannelPrior, DCPConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str  # haze | dust | cloud
+    summary: str
+    classes: Callable[[], tuple[type[nn.Module], type]]  # -> (module class, config dataclass)
+    bands: tuple[int, ...] | None = None  # accepted input band counts; None = any
+    needs_sar: bool = False
+    trainable: bool = True
+    weights: str | None = None  # bundled weights file name in rsrestore/weights/
+    paper: str = ""
+    preference: int = 100  # lower = preferred as the task's default when usable
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def weights_path(self) -> Path | None:
+        if self.weights is None:
+            return None
+        p = WEIGHTS_DIR / self.weights
+        return p if p.exists() else None
+
+    @property
+    def usable_out_of_the_box(self) -> bool:
+        return not self.trainable or self.weights_path is not None
+
+    def weights_metadata(self) -> dict | None:
+        p = self.weights_path
+        if p is None:
+            return None
+        meta = p.with_suffix(".json")
+        return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+MODELS: dict[str, ModelSpec] = {
+    "dcp": ModelSpec(
+        name="dcp",
+        task="haze",
+        summary="Dark channel prior dehazing with guided-filter refinement (training-free)",
+        classes=_dcp,
+        trainable=False,
+        paper="He, Sun, Tang. Single Image Haze Removal Using Dark Channel Prior. TPAMI 2011",
+        preference=50,
+    ),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelError(f"unknown method {name!r}; available: {', '.join(sorted(MODELS))}") from None
+
+
+def default_method(task: str) -> str:
+    """The preferred method for a task among those usable without a weights file."""
+    if task not in TASKS:
+        raise ModelError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    usable = [s for s in MODELS.values() if s.task == task and s.usable_out_of_the_box]
+    if not usable:
+        raise ModelError(f"no method for {task!r} works without a weights file; pass --method and --weights")
+    return min(usable, key=lambda s: s.preference).name
+
+
+def build_config(spec: ModelSpec, config: dict | Any | None = None, **overrides):
+    """The model's config dataclass from a dict (unknown keys are an error naming the key) or an instance."""
+    _, config_cls = spec.classes()
+    if config is None or isinstance(config, dict):
+        values = dict(config or {})
+        values.update(overrides)
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ModelError(f"{spec.name}: unknown config key(s) {unknown}; known: {sorted(names)}")
+        for k, v in values.items():
+            if isinstance(v, list):
+                values[k] = tuple(v)
+        return config_cls(**values)
+    if overrides:
+        return dataclasses.replace(config, **overrides)
+    return config
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors (preferred) or a PyTorch file loaded without executing pickled code.
+
+    `module.` prefixes left by DistributedDataParallel are removed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # a corrupt file or one that needs arbitrary code to unpickle
+            raise ModelError(f"cannot load weights {p}: {str(e).splitlines()[0][:200]}") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{p} does not hold a state dict")
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model(
+    name: str,
+    weights: str | Path | None = "default",
+    config: dict | Any | None = None,
+    device: str | torch.device = "cpu",
+    **overrides,
+) -> nn.Module:
+    """Build a method by name, in eval mode, with weights: "default" (bundled, if any), a path, or None (untrained).
+
+    Bundled weights carry the config they were trained with; it is used unless `config` is given.
+    """
+    spec = get_spec(name)
+    model_cls, _ = spec.classes()
+    state = None
+    if spec.trainable and weights is not None:
+        if weights == "default":
+            path = spec.weights_path
+            if path is None:
+                raise ModelError(
+                    f"{name} has no bundled weights; pass weights=PATH (--weights PATH) or weights=None for an "
+                    f"untrained model"
+                )
+            meta = spec.weights_metadata() or {}
+            if meta.get("sha256") and meta["sha256"] != sha256_of(path):
+                raise ModelError(f"bundled weights {path.name} do not match their recorded sha256; reinstall")
+            if config is None:
+                config = meta.get("config")
+        else:
+            path = Path(weights)
+        state = read_state_dict(path)
+    cfg = build_config(spec, config, **overrides)
+    model = model_cls(cfg)
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelError(
+                f"weights do not fit {name} with this config: {len(missing)} missing key(s) "
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+    return model.to(device).eval()
+
+
+def describe_models() -> list[dict]:
+    """One JSON-ready dict per method (what `rsrestore models --json` prints)."""
+    rows = []
+    for spec in MODELS.values():
+        path = spec.weights_path
+        meta = spec.weights_metadata() if path else None
+        rows.append(
+            {
+                "name": spec.name,
+                "task": spec.task,
+                "summary": spec.summary,
+                "bands": list(spec.bands) if spec.bands else "any",
+                "needs_sar": spec.needs_sar,
+                "trainable": spec.trainable,
+                "weights": (
+                    "not needed"
+                    if not spec.trainable
+                    else (str(path.name) if path else "none bundled (pass --weights)")
+                ),
+                "weights_metadata": meta,
+                "default_for_task": _is_default(spec),
+                "paper": spec.paper,
+            }
+        )
+    return rows
+
+
+def _is_default(spec: ModelSpec) -> bool:
+    try:
+        return default_method(spec.task) == spec.name
+    except ModelError:
+        return False

@@ -1,0 +1,1 @@
+"""Physics of atmospheric degradation: scattering models, dark channel prior quantities, filters and synthesis."""

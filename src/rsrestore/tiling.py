@@ -1,0 +1,416 @@
+"""Streaming tiled inference: run any restorer over a scene of any size in memory bounded by the tile size.
+
+A scene is covered by tiles of `tile` x `tile` pixels that overlap by at least `overlap` pixels. Each tile is read with
+a halo of context on every side (clipped at the scene's edges, so a tile at the border sees exactly what the whole
+image would), restored in batches, cropped back, weighted by a raised-cosine ramp over the overlaps, and accumulated.
+Tiles are visited row by row; a pixel is final as soon as every tile covering it is done, so only the overlap strip
+below the current tile row (overlap x width) and the strip right of the current tile are carried: memory depends on
+the tile size (and, through that thin strip, weakly on the width), never on the number of rows.
+
+Restorers that need scene-wide statistics (the dark channel prior's atmospheric light, a colour cast) expose
+`scene_statistics(x, mask)`: it runs once on a decimated read of the whole scene and the result goes to every tile.
+
+The same engine serves files (`restore_file`) and in-memory arrays (`restore_array`) through small source/sink
+classes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+from torch import Tensor, nn
+
+from .raster import (
+    RasterError,
+    RasterInfo,
+    RasterWriter,
+    check_output_path,
+    from_unit,
+    inspect_raster,
+    open_raster,
+    sar_to_unit,
+    to_unit,
+    valid_mask,
+)
+
+DEFAULT_NETWORK_HALO = 16  # context for learned models that do not declare a `halo`
+STATS_MAX_SIDE = 1024  # scene statistics are estimated on a read decimated to at most this many pixels per side
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    row: int  # index of the tile row
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    # overlaps with the neighbours (0 at the scene's edges)
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering [0, length) with tiles of `tile` overlapping by >= `overlap`; the last is end-aligned."""
+    if tile <= overlap:
+        raise ValueError(f"tile ({tile}) must be larger than overlap ({overlap})")
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[list[TileSpec]]:
+    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+    th, tw = min(tile, height), min(tile, width)
+    rows = []
+    for r, y0 in enumerate(ys):
+        top = (ys[r - 1] + th - y0) if r > 0 else 0
+        bottom = (y0 + th - ys[r + 1]) if r + 1 < len(ys) else 0
+        row = []
+        for c, x0 in enumerate(xs):
+            left = (xs[c - 1] + tw - x0) if c > 0 else 0
+            right = (x0 + tw - xs[c + 1]) if c + 1 < len(xs) else 0
+            row.append(TileSpec(r, y0, y0 + th, x0, x0 + tw, top, bottom, left, right))
+        rows.append(row)
+    return rows
+
+
+def ramp(length: int, head: int, tail: int) -> np.ndarray:
+    """1-D blending weight: raised-cosine rise over `head`, flat, fall over `tail`. Strictly positive."""
+    w = np.ones(length, dtype=np.float32)
+    if head:
+        w[:head] = 0.5 - 0.5 * np.cos(np.pi * (np.arange(head) + 0.5) / head)
+    if tail:
+        w[length - tail :] = np.minimum(w[length - tail :], (0.5 - 0.5 * np.cos(np.pi * (np.arange(tail) + 0.5) / tail))[::-1])
+    return w
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sources and sinks
+
+
+class ArraySource:
+    """An in-memory (C, H, W) float image in [0, 1] with an optional valid mask (H, W) and SAR (S, H, W)."""
+
+    def __init__(self, image: np.ndarray, mask: np.ndarray | None = None, sar: np.ndarray | None = None):
+        self.image = np.asarray(image, dtype=np.float32)
+        self.height, self.width = self.image.shape[-2:]
+        self.mask = np.ones((self.height, self.width), bool) if mask is None else np.asarray(mask, bool)
+        self.sar = None if sar is None else np.asarray(sar, dtype=np.float32)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        sar = None if self.sar is None else self.sar[:, y0:y1, x0:x1]
+        return self.image[:, y0:y1, x0:x1], self.mask[y0:y1, x0:x1], sar
+
+    def decimated(self, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+        f = max(1, math.ceil(max(self.height, self.width) / max_side))
+        return self.image[:, ::f, ::f], self.mask[::f, ::f]
+
+
+class RasterSource:
+    """Windows of the selected bands of a raster, scaled to [0, 1], with its valid mask and an optional SAR raster."""
+
+    def __init__(self, info: RasterInfo, sar_path: str | Path | None = None, align: bool = False):
+        self.info = info
+        self.height, self.width = info.height, info.width
+        self.ds = open_raster(info.path)
+        self.sar_ds = None
+        if sar_path is not None:
+            self.sar_ds = open_sar_on_grid(sar_path, info, align)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int):
+        win = Window(x0, y0, x1 - x0, y1 - y0)
+        raw = self.ds.read(self.info.bands, window=win)
+        mask = valid_mask(self.ds, win)
+        sar = None
+        if self.sar_ds is not None:
+            sar = sar_to_unit(self.sar_ds.read(window=win))
+        return to_unit(raw, self.info.scale), mask, sar
+
+    def read_all_bands(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self.ds.read(window=Window(x0, y0, x1 - x0, y1 - y0))
+
+    def decimated(self, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+        f = max(1, math.ceil(max(self.height, self.width) / max_side))
+        shape = (max(1, self.height // f), max(1, self.width // f))
+        # Nearest-neighbour decimation keeps real pixel values (averaging would blur the brightest dark-channel pixels
+        # and mix nodata into valid pixels); GDAL reads from overviews when the file has them.
+        raw = self.ds.read(self.info.bands, out_shape=(len(self.info.bands), *shape), resampling=Resampling.nearest)
+        mask = valid_mask(self.ds, out_shape=shape)
+        return to_unit(raw, self.info.scale), mask
+
+    def close(self) -> None:
+        self.ds.close()
+        if self.sar_ds is not None:
+            self.sar_ds.close()
+
+
+def open_sar_on_grid(sar_path: str | Path, info: RasterInfo, align: bool):
+    """Open a SAR raster that must lie on the optical grid; with `align`, resample it onto that grid instead."""
+    from rasterio.vrt import WarpedVRT
+
+    ds = open_raster(sar_path)
+    same = ds.crs == info.crs and ds.transform.almost_equals(info.transform) and ds.shape == info.shape
+    if same:
+        return ds
+    if not align:
+        ds.close()
+        raise RasterError(
+            f"SAR {sar_path} is not on the optical grid (CRS, transform or size differ: "
+            f"{ds.width}x{ds.height} vs {info.width}x{info.height}); pass --align to resample it onto the optical grid"
+        )
+    if ds.crs is None or info.crs is None:
+        ds.close()
+        raise RasterError(f"cannot align {sar_path}: both rasters need a CRS")
+    return WarpedVRT(ds, crs=info.crs, transform=info.transform, width=info.width, height=info.height,
+                     resampling=Resampling.bilinear)
+
+
+class ArraySink:
+    def __init__(self, channels: int, height: int, width: int):
+        self.out = np.zeros((channels, height, width), dtype=np.float32)
+
+    def write(self, values: np.ndarray, y0: int, y1: int, x0: int, x1: int, source) -> None:
+        self.out[:, y0:y1, x0:x1] = values
+
+
+class RasterSink:
+    """Writes restored bands back into their places; unselected bands and nodata pixels are copied unchanged."""
+
+    def __init__(self, info: RasterInfo, writer: RasterWriter):
+        self.info, self.writer = info, writer
+
+    def write(self, values: np.ndarray, y0: int, y1: int, x0: int, x1: int, source: RasterSource) -> None:
+        raw = source.read_all_bands(y0, y1, x0, x1)
+        mask = valid_mask(source.ds, Window(x0, y0, x1 - x0, y1 - y0))
+        restored = from_unit(values, self.info.dtype, self.info.scale)
+        out = raw.copy()
+        for i, b in enumerate(self.info.bands):
+            out[b - 1] = np.where(mask, restored[i], raw[b - 1])
+        self.writer.write(out, Window(x0, y0, x1 - x0, y1 - y0))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The engine
+
+
+def model_halo(model: nn.Module) -> int:
+    return int(getattr(model, "halo", DEFAULT_NETWORK_HALO))
+
+
+def compute_scene_statistics(model: nn.Module, source, device: torch.device) -> dict[str, Tensor] | None:
+    if not hasattr(model, "scene_statistics"):
+        return None
+    img, mask = source.decimated(STATS_MAX_SIDE)
+    if not mask.any():
+        raise RasterError("the scene has no valid (non-nodata) pixel")
+    x = torch.from_numpy(np.ascontiguousarray(img))[None].to(device)
+    m = torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(device)
+    with torch.inference_mode():
+        stats = model.scene_statistics(x, mask=m)
+    # The mean colour of valid pixels fills nodata pixels before a tile is restored, so they do not drag neighbours.
+    stats = dict(stats)
+    stats.setdefault("_fill", torch.from_numpy(img[:, mask].mean(axis=1)).to(device))
+    return stats
+
+
+def run_model(model: nn.Module, batch: Tensor, sar: Tensor | None, stats: dict | None, amp: bool) -> Tensor:
+    kwargs = {}
+    if sar is not None:
+        kwargs["sar"] = sar
+    if stats is not None:
+        kwargs["stats"] = {k: v for k, v in stats.items() if not k.startswith("_")}
+    use_amp = amp and batch.device.type in ("cpu", "cuda")
+    with torch.inference_mode(), torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        out = model(batch, **kwargs)
+    return out.float()
+
+
+def iter_tiles(
+    model: nn.Module,
+    source,
+    sink,
+    *,
+    tile: int = 512,
+    overlap: int = 32,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    progress: bool | Callable = True,
+    out_channels: int | None = None,
+) -> None:
+    """Restore `source` into `sink` tile by tile (the core loop shared by files and arrays)."""
+    device = torch.device(device)
+    height, width = source.height, source.width
+    halo = model_halo(model)
+    stats = compute_scene_statistics(model, source, device)
+    fill = None if stats is None else stats.get("_fill")
+    grid = tile_grid(height, width, tile, overlap)
+    n_tiles = sum(len(r) for r in grid)
+    bar = _progress(progress, n_tiles)
+
+    carry_bottom: np.ndarray | None = None  # (C + 1, bottom overlap, width): weighted sums and weights
+    for row in grid:
+        th = row[0].y1 - row[0].y0
+        next_bottom = None
+        carry_right: np.ndarray | None = None
+        for chunk in _batches(row, batch_size, halo, height, width):
+            outputs = _restore_chunk(model, source, chunk, halo, height, width, device, stats, fill, amp)
+            for spec, out in zip(chunk, outputs):
+                c = out.shape[0]
+                tw = spec.x1 - spec.x0
+                weight = np.outer(ramp(th, spec.top, spec.bottom), ramp(tw, spec.left, spec.right))
+                acc = np.empty((c + 1, th, tw), dtype=np.float32)
+                acc[:c] = out * weight
+                acc[c] = weight
+                if carry_bottom is not None and spec.top:
+                    # Only columns the previous tile of this row did not already pass on (no double counting).
+                    acc[:, : spec.top, spec.left :] += carry_bottom[:, :, spec.x0 + spec.left : spec.x1]
+                if carry_right is not None and spec.left:
+                    acc[:, :, : spec.left] += carry_right
+                final = acc[:, : th - spec.bottom, : tw - spec.right]
+                values = final[:c] / final[c]
+                sink.write(values, spec.y0, spec.y1 - spec.bottom, spec.x0, spec.x1 - spec.right, source)
+                carry_right = acc[:, :, tw - spec.right :].copy() if spec.right else None
+                if spec.bottom:
+                    if next_bottom is None:
+                        next_bottom = np.zeros((c + 1, spec.bottom, width), dtype=np.float32)
+                    next_bottom[:, :, spec.x0 : spec.x1 - spec.right] = acc[:, th - spec.bottom :, : tw - spec.right]
+                bar.update(1)
+        carry_bottom = next_bottom
+    bar.close()
+
+
+def _batches(row: list[TileSpec], batch_size: int, halo: int, height: int, width: int) -> Iterator[list[TileSpec]]:
+    """Consecutive tiles whose halo-extended reads have the same shape, so they stack into one batch."""
+    chunk: list[TileSpec] = []
+    shape = None
+    for spec in row:
+        s = _read_box(spec, halo, height, width)
+        s_shape = (s[1] - s[0], s[3] - s[2])
+        if chunk and (s_shape != shape or len(chunk) == batch_size):
+            yield chunk
+            chunk = []
+        chunk.append(spec)
+        shape = s_shape
+    if chunk:
+        yield chunk
+
+
+def _read_box(spec: TileSpec, halo: int, height: int, width: int) -> tuple[int, int, int, int]:
+    return max(0, spec.y0 - halo), min(height, spec.y1 + halo), max(0, spec.x0 - halo), min(width, spec.x1 + halo)
+
+
+def _restore_chunk(model, source, chunk, halo, height, width, device, stats, fill, amp) -> list[np.ndarray]:
+    images, sars, boxes = [], [], []
+    for spec in chunk:
+        y0, y1, x0, x1 = _read_box(spec, halo, height, width)
+        img, mask, sar = source.read(y0, y1, x0, x1)
+        if fill is not None and not mask.all():
+            img = np.where(mask[None], img, fill.cpu().numpy()[:, None, None])
+        images.append(img)
+        sars.append(sar)
+        boxes.append((spec.y0 - y0, spec.x0 - x0))
+    x = torch.from_numpy(np.stack(images)).to(device)
+    sar = None if sars[0] is None else torch.from_numpy(np.stack(sars)).to(device)
+    if x.shape[-1] >= 8 and x.shape[-2] >= 8:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = run_model(model, x, sar, stats, amp).cpu().numpy()
+    outs = []
+    for k, spec in enumerate(chunk):
+        oy, ox = boxes[k]
+        outs.append(y[k, :, oy : oy + spec.y1 - spec.y0, ox : ox + spec.x1 - spec.x0])
+    return outs
+
+
+def _progress(progress, total: int):
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit="tile", desc="restoring", leave=False)
+    if callable(progress):
+        return progress(total)
+
+    class _Null:
+        def update(self, n: int = 1) -> None: ...
+        def close(self) -> None: ...
+
+    return _Null()
+
+
+def restore_array(
+    model: nn.Module,
+    image: np.ndarray | Tensor,
+    *,
+    mask: np.ndarray | None = None,
+    sar: np.ndarray | Tensor | None = None,
+    tile: int = 512,
+    overlap: int = 32,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
+    """Restore an in-memory (C, H, W) float image in [0, 1] tile by tile; returns (C, H, W) float32."""
+    if isinstance(image, Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(sar, Tensor):
+        sar = sar.detach().cpu().numpy()
+    if image.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) image, got shape {image.shape}")
+    source = ArraySource(image, mask, sar)
+    sink = ArraySink(image.shape[0], *image.shape[1:])
+    iter_tiles(model, source, sink, tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp,
+               progress=progress)
+    out = sink.out
+    if mask is not None:
+        out = np.where(np.asarray(mask, bool)[None], out, image)
+    return out
+
+
+def restore_file(
+    model: nn.Module,
+    src: str | Path,
+    dst: str | Path,
+    *,
+    bands: list[int] | str | None = None,
+    scale: float | None = None,
+    sar: str | Path | None = None,
+    align: bool = False,
+    tile: int = 512,
+    overlap: int = 32,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    overwrite: bool = False,
+    progress: bool | Callable = True,
+    expected_bands: tuple[int, ...] | None = None,
+) -> Path:
+    """Restore a raster file into `dst` (same format unless the extension says otherwise), window by window."""
+    dst = check_output_path(src, dst, overwrite)
+    info = inspect_raster(src, bands, scale)
+    if expected_bands is not None and len(info.bands) not in expected_bands:
+        raise RasterError(
+            f"{src}: the method takes {' or '.join(map(str, expected_bands))} band(s), got {len(info.bands)}; "
+            f"select bands with --bands (e.g. --bands 3,2,1)"
+        )
+    source = RasterSource(info, sar_path=sar, align=align)
+    try:
+        with RasterWriter(info, dst) as writer:
+            iter_tiles(model, source, RasterSink(info, writer), tile=tile, overlap=overlap, batch_size=batch_size,
+                       device=device, amp=amp, progress=progress)
+            writer.commit()
+    finally:
+        source.close()
+    return dst
