@@ -57,7 +57,7 @@ def restore(
     import numpy as np
     import torch
 
-    from .models.registry import default_method, get_spec
+    from .models.registry import accepted_bands, default_method, get_spec
     from .tiling import restore_array, restore_file
 
     name = method or default_method(task)
@@ -68,9 +68,10 @@ def restore(
             raise ValueError("restoring a file needs an output path: restore(path, output=...)")
         return restore_file(model, path_or_array, output, bands=bands, scale=scale, sar=sar, align=align, tile=tile,
                             overlap=overlap, batch_size=batch_size, device=device, amp=amp, overwrite=overwrite,
-                            progress=progress, expected_bands=spec.bands)
+                            progress=progress, expected_bands=accepted_bands(spec, model))
     image = path_or_array.detach().cpu().numpy() if isinstance(path_or_array, torch.Tensor) else np.asarray(path_or_array)
-    if spec.bands and image.shape[0] not in spec.bands:
-        raise ValueError(f"{name} takes {spec.bands} band(s); the array has {image.shape[0]}")
+    bands = accepted_bands(spec, model)
+    if bands and image.shape[0] not in bands:
+        raise ValueError(f"{name} takes {' or '.join(map(str, bands))} band(s); the array has {image.shape[0]}")
     return restore_array(model, image, sar=sar, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
                          amp=amp, progress=progress)

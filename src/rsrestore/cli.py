@@ -16,7 +16,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
     help="Restore remote-sensing images degraded by haze, sand-dust and clouds.\n\n"
     "Examples:\n\n"
     "  rsrestore restore scene.tif -o restored.tif\n\n"
@@ -104,7 +104,7 @@ def restore(
       rsrestore restore s2.tif -o rgb_restored.tif --bands 4,3,2 --scale 10000
     """
     from . import load_model as _load
-    from .models.registry import default_method, get_spec
+    from .models.registry import accepted_bands, default_method, get_spec
     from .tiling import restore_file
 
     files = _collect_inputs(inputs)
@@ -123,7 +123,7 @@ def restore(
     for src, dst in zip(files, targets):
         _run(restore_file, model, src, dst, bands=bands, scale=scale, sar=sar, align=align, tile=tile,
              overlap=overlap, batch_size=batch_size, device=dev, amp=amp, overwrite=overwrite,
-             progress=not quiet, expected_bands=spec.bands)
+             progress=not quiet, expected_bands=accepted_bands(spec, model))
         typer.echo(f"{src} -> {dst}  [{name}]")
 
 
@@ -202,6 +202,33 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list
         bands = r["bands"] if isinstance(r["bands"], str) else ",".join(map(str, r["bands"]))
         typer.echo(f"{r['name']:<10} {r['task']:<6} {bands:<8} {'yes' if r['needs_sar'] else 'no':<4} "
                    f"{'yes' if r['default_for_task'] else '':<8} {r['weights']}")
+
+
+@app.command()
+def synthesize(
+    clean: List[Path] = typer.Argument(..., help="Clean images or folders of them (PNG, JPEG, GeoTIFF; any bands)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Dataset folder to write (paired layout + manifest.json)."),
+    kind: str = typer.Option(..., help="haze | dust | cloud"),
+    preset: Optional[str] = typer.Option(None, help="haze: thin|moderate|thick; cloud: thin|thick; default: random "
+                                         "per sample."),
+    n: int = typer.Option(1000, help="Number of pairs."),
+    size: int = typer.Option(256, help="Crop size in pixels."),
+    seed: int = typer.Option(0, help="Seed: the same seed regenerates the dataset bit for bit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Synthesise degraded/clean pairs from clean imagery with the physics models.
+
+    Writes input/, target/ (and phi/ for dust, mask/ for clouds) plus manifest.json with every sample's parameters.
+
+    Example:
+
+      rsrestore synthesize ../shared/data/neon -o dust_pairs --kind dust --n 500 --size 256 --seed 0
+    """
+    from .synthesize import synthesize_dataset
+
+    sources = clean[0] if len(clean) == 1 else list(clean)
+    path = _run(synthesize_dataset, sources, out, kind, preset=preset, n=n, size=size, seed=seed, progress=not quiet)
+    typer.echo(f"wrote {n} {kind} pairs to {path}")
 
 
 @app.command()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .metrics.full_reference import compute_metrics
-from .models.registry import default_method, get_spec, load_model
+from .models.registry import accepted_bands, default_method, get_spec, load_model
 from .physics.haze import synthesize_haze
 from .raster import inspect_raster, read_raster, write_raster
 from .tiling import restore_file
@@ -65,7 +65,7 @@ def run_demo(out_dir: str | Path = "demo_out", seed: int = 0, tile: int = 512, p
         method = default_method("haze")
         model = load_model(method)
         restored_path = restore_file(model, hazy_path, out / f"{stem}_restored.tif", tile=tile, overwrite=True,
-                                     progress=progress, expected_bands=get_spec(method).bands)
+                                     progress=progress, expected_bands=accepted_bands(get_spec(method), model))
         hazy_q, _, _ = read_raster(hazy_path)  # as written: quantised to the file's dtype
         restored, _, _ = read_raster(restored_path)
         p_in, s_in = _scores(hazy_q, clean, valid)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .metrics.full_reference import CONVENTIONS, compute_metrics, mean_metrics
-from .models.registry import ModelError, get_spec, load_model
+from .models.registry import ModelError, accepted_bands, get_spec, load_model
 from .tiling import restore_array
 from .visualize import comparison_image, display_bands
 
@@ -122,10 +122,11 @@ def evaluate(
                 if needs_sar and "sar" not in sample:
                     raise ModelError(f"{method} needs SAR, but the {dataset} dataset gives none")
                 sar = sample.get("sar") if needs_sar else None
-                spec = get_spec(method)
-                if spec.bands and x.shape[0] not in spec.bands:
-                    raise ModelError(f"{method} takes {spec.bands} band(s); the dataset gives {x.shape[0]}")
+                bands = accepted_bands(spec, model)
+                if bands and x.shape[0] not in bands:
+                    raise ModelError(f"{method} takes {bands} band(s); the dataset gives {x.shape[0]}")
                 pred = torch.from_numpy(restore_array(model, x, sar=sar, tile=tile, overlap=overlap, device=device))
+            pred = pred.clamp(0.0, 1.0)  # the metrics take values in [0, 1]; a model may overshoot slightly
             valid = sample.get("valid")
             mask = None if valid is None else valid[None]
             scores = score_image(pred[None].float(), y[None].float(), mask, no_reference)

@@ -32,13 +32,44 @@ def _dcp():
     return DarkChannelPrior, DCPConfig
 
 
+def _rop():
+    from ..classical.rop import RankOnePrior, ROPConfig
+
+    return RankOnePrior, ROPConfig
+
+
+def _aosrnet():
+    from .aosrnet import AOSRNet, AOSRNetConfig
+
+    return AOSRNet, AOSRNetConfig
+
+
+def _rsdehamba():
+    from .rsdehamba import RSDehamba, RSDehambaConfig
+
+    return RSDehamba, RSDehambaConfig
+
+
+def _sarcr():
+    from .sarcr import SARCloudRemoval, SARCRConfig
+
+    return SARCloudRemoval, SARCRConfig
+
+
+def _dsen2cr():
+    from .dsen2cr import DSen2CR, DSen2CRConfig
+
+    return DSen2CR, DSen2CRConfig
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     task: str  # haze | dust | cloud
     summary: str
     classes: Callable[[], tuple[type[nn.Module], type]]  # -> (module class, config dataclass)
-    bands: tuple[int, ...] | None = None  # accepted input band counts; None = any
+    bands: tuple[int, ...] | None = None  # accepted input band counts; None = any (or as the config says)
+    band_field: str | None = None  # config field fixing the band count of a built model (e.g. "in_channels")
     needs_sar: bool = False
     trainable: bool = True
     weights: str | None = None  # bundled weights file name in rsrestore/weights/
@@ -74,6 +105,58 @@ MODELS: dict[str, ModelSpec] = {
         trainable=False,
         paper="He, Sun, Tang. Single Image Haze Removal Using Dark Channel Prior. TPAMI 2011",
         preference=50,
+    ),
+    "rop": ModelSpec(
+        name="rop",
+        task="dust",
+        summary="Rank-one prior scene recovery for sand-dust (training-free)",
+        classes=_rop,
+        trainable=False,
+        paper="Liu, Wang, Wu, Chang. Rank-One Prior: Toward Real-Time Scene Recovery. CVPR 2021",
+        preference=50,
+    ),
+    "aosrnet": ModelSpec(
+        name="aosrnet",
+        task="dust",
+        summary="AOSR-Net: estimates the integrated variable Phi, restores J = Phi (I - 1.6) + 1",
+        classes=_aosrnet,
+        band_field="in_channels",
+        weights="aosrnet_dust_rgb.safetensors",
+        paper="Si et al. AOSR-Net: All-in-One Sandstorm Removal Network",
+        preference=10,
+    ),
+    "rsdehamba": ModelSpec(
+        name="rsdehamba",
+        task="haze",
+        summary="RSDehamba: Vision-Mamba U-Net with a direction-aware 4-way selective scan",
+        classes=_rsdehamba,
+        band_field="in_channels",
+        weights="rsdehamba_haze_rgb.safetensors",
+        paper="RSDehamba: Lightweight Vision Mamba for Remote Sensing Satellite Image Dehazing",
+        preference=10,
+    ),
+    "sarcr": ModelSpec(
+        name="sarcr",
+        task="cloud",
+        summary="SAR-guided cloud removal with attention fusion (optical + Sentinel-1 VV/VH)",
+        classes=_sarcr,
+        band_field="optical_bands",
+        needs_sar=True,
+        weights="sarcr_cloud_s2.safetensors",
+        paper="SAR-guided cloud removal network based on attention fusion",
+        preference=10,
+    ),
+    "dsen2cr": ModelSpec(
+        name="dsen2cr",
+        task="cloud",
+        summary="DSen2-CR: residual network on 13 optical + 2 SAR bands with a long skip (CARL loss)",
+        classes=_dsen2cr,
+        band_field="optical_bands",
+        needs_sar=True,
+        weights="dsen2cr_cloud_s2.safetensors",
+        paper="Meraner, Ebel, Zhu, Schmitt. Cloud removal in Sentinel-2 imagery using a deep residual neural "
+        "network and SAR-optical data fusion. ISPRS J. 2020",
+        preference=20,
     ),
 }
 
@@ -179,6 +262,14 @@ def load_model(
     cfg = build_config(spec, config, **overrides)
     model = model_cls(cfg)
     if state is not None:
+        own = model.state_dict()
+        wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+        if wrong:
+            k = wrong[0]
+            raise ModelError(
+                f"weights do not fit {name} with this config: {len(wrong)} tensor(s) of another shape, e.g. {k} "
+                f"{tuple(state[k].shape)} vs {tuple(own[k].shape)}; pass the config the weights were trained with"
+            )
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ModelError(
@@ -186,6 +277,15 @@ def load_model(
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )
     return model.to(device).eval()
+
+
+def accepted_bands(spec: ModelSpec, model: nn.Module | None = None) -> tuple[int, ...] | None:
+    """Band counts a built model takes: fixed by the spec, or by its config (e.g. in_channels), or any (None)."""
+    if spec.bands:
+        return spec.bands
+    if spec.band_field and model is not None and hasattr(model, "cfg"):
+        return (int(getattr(model.cfg, spec.band_field)),)
+    return None
 
 
 def describe_models() -> list[dict]:
@@ -199,7 +299,7 @@ def describe_models() -> list[dict]:
                 "name": spec.name,
                 "task": spec.task,
                 "summary": spec.summary,
-                "bands": list(spec.bands) if spec.bands else "any",
+                "bands": _band_summary(spec, meta),
                 "needs_sar": spec.needs_sar,
                 "trainable": spec.trainable,
                 "weights": (
@@ -213,6 +313,16 @@ def describe_models() -> list[dict]:
             }
         )
     return rows
+
+
+def _band_summary(spec: ModelSpec, meta: dict | None) -> list[int] | str:
+    """Accepted band counts: fixed, or the config's (the bundled weights' config, else the default config)."""
+    if spec.bands:
+        return list(spec.bands)
+    if spec.band_field:
+        cfg = build_config(spec, (meta or {}).get("config"))
+        return [int(getattr(cfg, spec.band_field))]
+    return "any"
 
 
 def _is_default(spec: ModelSpec) -> bool:
