@@ -76,7 +76,7 @@ def evaluate(
     root: str | Path,
     out_dir: str | Path,
     *,
-    split: str | None = "test",
+    split: str | None = None,
     weights: dict[str, str] | None = None,
     dataset_options: dict | None = None,
     device: str = "cpu",
