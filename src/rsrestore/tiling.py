@@ -16,6 +16,7 @@ classes.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,8 +218,12 @@ def compute_scene_statistics(model: nn.Module, source, device: torch.device) -> 
         raise RasterError("the scene has no valid (non-nodata) pixel")
     x = torch.from_numpy(np.ascontiguousarray(img))[None].to(device)
     m = torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(device)
+    kwargs = {}
+    if "decimation" in inspect.signature(model.scene_statistics).parameters:
+        # Statistics that depend on the sampling (e.g. percentiles of a local filter's output) are told its factor.
+        kwargs["decimation"] = source.height / img.shape[1]
     with torch.inference_mode():
-        stats = model.scene_statistics(x, mask=m)
+        stats = model.scene_statistics(x, mask=m, **kwargs)
     # The mean colour of valid pixels fills nodata pixels before a tile is restored, so they do not drag neighbours.
     stats = dict(stats)
     stats.setdefault("_fill", torch.from_numpy(img[:, mask].mean(axis=1)).to(device))

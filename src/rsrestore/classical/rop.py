@@ -21,17 +21,21 @@ Steps that the papers leave to the authors' reference implementation and that ar
 * post-processing: a per-band linear stretch between the 1st and 99th percentiles of J, clipping to [0, 1], and a
   gamma of 5/6 on the BT.601 luma (the Y of YCbCr, so the offset is the same in every band).
 
-Deliberate departure, for tiled processing: Eq. 10 smooths t~ by down- then up-sampling the whole image by a factor
-that depends on the image size (2 % below 800 pixels). That makes every output pixel depend on the whole image, so no
-tile could match the full-scene result. The smoothing here is a fixed-radius low-pass instead: `smooth_passes` box
-filters of radius `smooth_radius` (two passes of radius 25 give a triangular kernel about as wide as one 2 % cell of
-a 512-pixel image's resampling grid). Because t~ = C s_nu and the filter is linear, smoothing the scalar C is the
-same as smoothing t~, so the smoothed map is still exactly rank one. ROP+'s ADMM refinement of C (Eq. 15) is a
-global FFT-based solve and is not implemented; only its spectrum refinement (Eqs. 12-14) is available.
+Deliberate departure, for tiled processing: Eq. 10 smooths t~ by down- then up-sampling the whole image (bilinear in
+the paper; the reference code shrinks to 2 % of the size below 800 pixels, 1 % below 1500, 0.5 % above). Every output
+pixel then depends on the whole image and on its size, so no tile could match the full-scene result. The smoothing
+here is a fixed low-pass instead: `smooth_passes` box filters of radius `smooth_radius`; two passes of radius 25 make
+a triangular kernel whose half-height width, 51 pixels, matches the 50-pixel cells of the 2 % resampling. Because
+t~ = C s_nu and the filter is linear, smoothing the scalar C is the same as smoothing t~, so the smoothed map is still
+exactly rank one. ROP+'s ADMM refinement of C (Eq. 15) is a global FFT-based solve and is not implemented; only its
+spectrum refinement (Eqs. 12-14) is available (`refine_spectrum`).
 
 Every scene-wide quantity (s_nu, A, the reflection threshold and the stretch percentiles) comes from
 `scene_statistics`, which a tiling engine calls once on a decimated read of the whole scene; the only local operation
 in `forward` is the box smoothing, hence `halo = smooth_radius * smooth_passes`.
+
+The stretch percentiles (1, 99) are those of the CVPR reference code; the TPAMI code's sand-dust preset uses (1, 95).
+The authors state that commercial use of the algorithm falls under Chinese patent ZL 202011281893.3.
 
 Bands: the method is not RGB-specific (the unified spectrum simply has C entries), so it runs on every band of a
 multispectral image. Only the luma of the final gamma step uses `rgb_bands`; with fewer than 3 bands, or
@@ -91,7 +95,7 @@ class RankOnePrior(nn.Module):
         if c.stretch_percentiles is not None:
             lo, hi = c.stretch_percentiles
             if not 0.0 <= lo < hi <= 100.0:
-                raise ValueError(f"stretch_percentiles must satisfy 0 <= low < high <= 100, got {c.stretch_percentiles}")
+                raise ValueError(f"stretch_percentiles must satisfy 0 <= low < high <= 100, got {(lo, hi)}")
         if c.gamma is not None and c.gamma <= 0.0:
             raise ValueError(f"gamma must be > 0, got {c.gamma}")
         if c.rgb_bands is not None and (len(c.rgb_bands) != 3 or min(c.rgb_bands) < 0):
@@ -136,7 +140,7 @@ class RankOnePrior(nn.Module):
         stats = {"spectrum": spectrum, "airlight": airlight, "threshold": threshold}
         if c.stretch_percentiles is not None:
             radius = round(c.smooth_radius / decimation)
-            j = self._recover(x, spectrum, airlight, threshold, radius)
+            j = self._recover(x, spectrum, airlight, threshold, radius, None if mask is None else valid[:, None])
             q = torch.tensor(c.stretch_percentiles, dtype=torch.float64) / 100.0
             lo_hi = _masked_quantiles(j, valid, q)  # (B, C, 2)
             stats["low"], stats["high"] = lo_hi[..., 0], lo_hi[..., 1]
@@ -145,35 +149,66 @@ class RankOnePrior(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
     # restoration
 
-    def scattering_map(self, x: Tensor, spectrum: Tensor, threshold: Tensor, radius: int | None = None) -> Tensor:
+    def scattering_map(
+        self,
+        x: Tensor,
+        spectrum: Tensor,
+        threshold: Tensor,
+        radius: int | None = None,
+        valid: Tensor | None = None,
+    ) -> Tensor:
         """Smoothed rank-one scattering map t~ (B, C, H, W) = C(x) s_nu (Eqs. 9-10 with the over-brightness guard).
-        `radius` overrides the configured box radius (used for statistics on a decimated read)."""
+
+        `radius` overrides the configured box radius (statistics on a decimated read). `valid` (B, 1, H, W) bool
+        makes the smoothing a normalised convolution over valid pixels only, so nodata values never leak in.
+        """
         c = self.cfg
         radius = c.smooth_radius if radius is None else radius
         coef = scattering_coefficient(x, spectrum, floor=c.norm_floor)
         thr = threshold.reshape(-1, 1, 1, 1)
         coef = torch.where(coef > thr, (2.0 * thr - coef).clamp_min(0.0), coef)
-        for _ in range(c.smooth_passes):
-            coef = box_filter(coef, radius)
+        if valid is None:
+            for _ in range(c.smooth_passes):
+                coef = box_filter(coef, radius)
+        else:
+            w = valid.to(coef.dtype)
+            coef = coef * w
+            for _ in range(c.smooth_passes):
+                # The ratio of two box means cancels the window counts: a weighted mean over the valid pixels.
+                coef = box_filter(coef * w, radius) / box_filter(w, radius).clamp_min(1e-12)
         return coef * spectrum[:, :, None, None]
 
     def _recover(
-        self, x: Tensor, spectrum: Tensor, airlight: Tensor, threshold: Tensor, radius: int | None = None
+        self,
+        x: Tensor,
+        spectrum: Tensor,
+        airlight: Tensor,
+        threshold: Tensor,
+        radius: int | None = None,
+        valid: Tensor | None = None,
     ) -> Tensor:
         """Eq. 11 without post-processing."""
         c = self.cfg
-        scatter = c.omega * self.scattering_map(x, spectrum, threshold, radius)
+        scatter = c.omega * self.scattering_map(x, spectrum, threshold, radius, valid)
         return (x - scatter * airlight[:, :, None, None]) / (1.0 - scatter).clamp_min(c.xi)
 
-    def forward(self, x: Tensor, sar: Tensor | None = None, stats: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        sar: Tensor | None = None,
+        stats: dict[str, Tensor] | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
         """Restore x (B, C, H, W) in [0, 1]. `stats` from `scene_statistics` (batch 1 or B); estimated from x when
-        absent. `sar` is accepted for the common restorer interface and ignored."""
+        absent. `sar` is accepted for the common restorer interface and ignored. `mask` (optional, True = valid)
+        keeps nodata pixels out of the smoothing of valid ones; their own output values are meaningless."""
         _check_image(x)
         c = self.cfg
+        valid = None if mask is None else _valid_mask(x, mask, require_any=False)[:, None]
         if stats is None:
-            stats = self.scene_statistics(x)
+            stats = self.scene_statistics(x, mask)
         stats = _broadcast_stats(stats, x, need_stretch=c.stretch_percentiles is not None)
-        j = self._recover(x, stats["spectrum"], stats["airlight"], stats["threshold"])
+        j = self._recover(x, stats["spectrum"], stats["airlight"], stats["threshold"], valid=valid)
         if c.stretch_percentiles is not None:
             lo = stats["low"][:, :, None, None]
             hi = stats["high"][:, :, None, None]
@@ -224,11 +259,19 @@ def unified_spectrum(
 def scattering_coefficient(x: Tensor, spectrum: Tensor, floor: float = 1e-3) -> Tensor:
     """Scattering coefficient C(x) (B, 1, H, W) of Eqs. 8-9: the length, in L1 units, of I(x) projected on the unified
     direction, C = cos(angle(I(x), s_nu)) * ||I(x)||_1, so that t~0 = C s_nu."""
-    s = spectrum[:, :, None, None].to(x)
-    cos = (x * s).sum(1, keepdim=True) / (
-        x.norm(dim=1, keepdim=True).clamp_min(floor) * s.norm(dim=1, keepdim=True).clamp_min(floor)
-    )
-    return cos * x.abs().sum(1, keepdim=True)
+    s = spectrum.to(x)
+    # Accumulated band by band: torch's reductions over the band axis of an NCHW tensor are strided and several
+    # times slower than a few fused in-place updates (the loop runs over bands, never over pixels).
+    dot = torch.zeros_like(x[:, :1])
+    sq = torch.zeros_like(dot)
+    l1 = torch.zeros_like(dot)
+    for k in range(x.shape[1]):
+        xk = x[:, k : k + 1]
+        dot.addcmul_(xk, s[:, k, None, None, None])
+        sq.addcmul_(xk, xk)
+        l1.add_(xk.abs())
+    s_norm = s.norm(dim=1).clamp_min(floor)[:, None, None, None]
+    return dot / (sq.sqrt_().clamp_min_(floor) * s_norm) * l1
 
 
 def luma_gamma(x: Tensor, gamma: float, rgb_bands: tuple[int, int, int] | None = (0, 1, 2)) -> Tensor:
@@ -239,10 +282,12 @@ def luma_gamma(x: Tensor, gamma: float, rgb_bands: tuple[int, int, int] | None =
     if rgb_bands is not None and ch >= 3:
         if max(rgb_bands) >= ch:
             raise ValueError(f"rgb_bands {rgb_bands} out of range for {ch} bands")
-        w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)[None, :, None, None]
-        luma = (x[:, list(rgb_bands)] * w).sum(1, keepdim=True)
+        bands, weights = list(rgb_bands), _LUMA
     else:
-        luma = x.mean(1, keepdim=True)
+        bands, weights = list(range(ch)), [1.0 / ch] * ch
+    luma = torch.zeros_like(x[:, :1])
+    for k, wk in zip(bands, weights):  # per band, not per pixel: faster than a strided reduction over bands
+        luma.add_(x[:, k : k + 1], alpha=wk)
     y8 = 16.0 + 219.0 * luma
     y8_new = 256.0 * ((y8 + 0.5) / 256.0) ** gamma - 0.5
     return (x + (y8_new - y8) / 219.0).clamp(0.0, 1.0)
@@ -261,17 +306,19 @@ def _check_image(x: Tensor) -> None:
         raise ValueError(f"empty image of shape {tuple(x.shape)}")
 
 
-def _valid_mask(x: Tensor, mask: Tensor | None) -> Tensor:
-    """(B, H, W) bool validity; raises if an image has no valid pixel."""
+def _valid_mask(x: Tensor, mask: Tensor | None, require_any: bool = True) -> Tensor:
+    """(B, H, W) bool validity; with `require_any`, raises if an image has no valid pixel."""
     b, _, h, w = x.shape
     if mask is None:
         return torch.ones((b, h, w), dtype=torch.bool, device=x.device)
     if mask.ndim == 4 and mask.shape[1] == 1:
         mask = mask[:, 0]
     if mask.ndim != 3 or mask.shape[0] not in (1, b) or tuple(mask.shape[1:]) != (h, w):
-        raise ValueError(f"mask must be (B, 1, H, W) or (B, H, W) matching image {tuple(x.shape)}, got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be (B, 1, H, W) or (B, H, W) matching image {tuple(x.shape)}, got {tuple(mask.shape)}"
+        )
     valid = mask.to(device=x.device, dtype=torch.bool).expand(b, h, w)
-    if not bool(valid.reshape(b, -1).any(dim=1).all()):
+    if require_any and not bool(valid.reshape(b, -1).any(dim=1).all()):
         raise ValueError("mask leaves an image with no valid pixel: its statistics are undefined")
     return valid
 

@@ -112,7 +112,7 @@ MODELS: dict[str, ModelSpec] = {
         summary="Rank-one prior scene recovery for sand-dust (training-free)",
         classes=_rop,
         trainable=False,
-        paper="Liu, Wang, Wu, Chang. Rank-One Prior: Toward Real-Time Scene Recovery. CVPR 2021",
+        paper="Liu, Liu, Sun, Zeng. Rank-One Prior: Toward Real-Time Scene Recovery. CVPR 2021 (TPAMI 2022)",
         preference=50,
     ),
     "aosrnet": ModelSpec(
