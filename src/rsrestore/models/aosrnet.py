@@ -1,0 +1,199 @@
+"""AOSR-Net: All-in-One Sandstorm Removal Network.
+
+Si et al., "AOSR-Net: All-in-One Sandstorm Removal Network", ICTAI 2023 (arXiv:2309.08838).
+
+The sand-dust scattering model  I = A_s + (J - A'_s) t,  A'_s = 1 - A_s  is re-formulated so that one map Phi
+carries both the transmission t and the sand-dust light A_s (Eq. 6):
+
+    Phi = (I - A_s + t (A'_s - beta)) / (t (I - alpha)),   alpha = 1.6, beta = 1,
+
+and the clear image follows from Phi alone (Eq. 5):
+
+    J = Phi (I - alpha) + beta.
+
+The network has two parts: a Phi-estimation module (an encoder-decoder of four convolutions and two transposed
+convolutions, each followed by PReLU, a residual group of three residual blocks in the latent space, and mixup
+fusion f = sigmoid(xi) f1 + (1 - sigmoid(xi)) f2 of shallow features f1 with deep features f2 through a trainable
+xi), and the parameter-free post-restoring module of Eq. 5. Both Phi and J are outputs, since the training loss
+supervises both.
+
+Where this description leaves kernel sizes, widths and strides open, they follow the AECR-Net backbone that the
+design and its mixup come from (Wu et al., CVPR 2021): a 7x7 convolution at full resolution, two stride-2 3x3
+convolutions (width 64, 128, 256), two stride-2 3x3 transposed convolutions back up, and a 7x7 convolution to Phi,
+with the two mixups initialised at xi = -1 (latent) and xi = -0.6 (half resolution).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: The encoder halves the resolution twice, so inputs are padded to a multiple of this.
+STRIDE = 4
+
+
+@dataclass
+class AOSRNetConfig:
+    """Settings of :class:`AOSRNet`; defaults are the paper's, and AECR-Net's for the unstated widths and kernels.
+
+    Attributes:
+        in_channels: bands of the input; Phi and the output have the same count.
+        width: channels after the first convolution; the encoder doubles it twice (64, 128, 256).
+        num_res_blocks: residual blocks in the latent residual group (3 in the paper).
+        alpha, beta: constants of Eqs. 5-6 (1.6 and 1). ``alpha`` must exceed 1 so that I - alpha never vanishes for
+            inputs in [0, 1].
+        mix_init: initial xi of the latent and the half-resolution mixups.
+    """
+
+    in_channels: int = 3
+    width: int = 64
+    num_res_blocks: int = 3
+    alpha: float = 1.6
+    beta: float = 1.0
+    mix_init: tuple[float, float] = (-1.0, -0.6)
+
+    def __post_init__(self) -> None:
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        if self.width < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
+        if self.num_res_blocks < 0:
+            raise ValueError(f"num_res_blocks must be >= 0, got {self.num_res_blocks}")
+        if not self.alpha > 1.0:
+            raise ValueError(f"alpha must be > 1 so that I - alpha != 0 for I in [0, 1], got {self.alpha}")
+        if len(self.mix_init) != 2:
+            raise ValueError(f"mix_init needs two values (latent, half resolution), got {self.mix_init}")
+
+
+def restore_from_phi(hazy: Tensor, phi: Tensor, alpha: float = 1.6, beta: float = 1.0) -> Tensor:
+    """Post-restoring module, Eq. 5 of Si et al.: J = Phi (I - alpha) + beta."""
+    return phi * (hazy - alpha) + beta
+
+
+def phi_from_clean(clean: Tensor, hazy_input: Tensor, alpha: float = 1.6, beta: float = 1.0) -> Tensor:
+    """The Phi target that makes Eq. 5 exact for a (clean, degraded) pair: Phi = (J - beta) / (I - alpha).
+
+    For a pair synthesised with the scattering model and no clipping this equals Eq. 6; it also gives a target for
+    datasets that ship only (input, target). Requires every input value to differ from ``alpha`` (true for inputs in
+    [0, 1] and alpha > 1).
+    """
+    if clean.shape != hazy_input.shape:
+        raise ValueError(f"clean and hazy_input shapes differ: {tuple(clean.shape)} vs {tuple(hazy_input.shape)}")
+    denom = hazy_input - alpha
+    if bool((denom == 0).any()):
+        raise ValueError(f"hazy_input equals alpha={alpha} somewhere; Phi is undefined there")
+    return (clean - beta) / denom
+
+
+def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    # Reflection needs the pad to be smaller than the side; only images a few pixels wide fall back to replicate.
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class Mixup(nn.Module):
+    """Adaptive mixup f = sigmoid(xi) f1 + (1 - sigmoid(xi)) f2 with a trainable scalar xi (shallow f1, deep f2)."""
+
+    def __init__(self, init: float) -> None:
+        super().__init__()
+        self.xi = nn.Parameter(torch.tensor([float(init)]))
+
+    def forward(self, shallow: Tensor, deep: Tensor) -> Tensor:
+        m = torch.sigmoid(self.xi).to(shallow.dtype)
+        return m * shallow + (1 - m) * deep
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3 - PReLU - conv3x3, plus the identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.PReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResidualGroup(nn.Module):
+    """A chain of residual blocks with a long skip around it."""
+
+    def __init__(self, channels: int, num_blocks: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[ResidualBlock(channels) for _ in range(num_blocks)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.blocks(x)
+
+
+class AOSRNet(nn.Module):
+    """AOSR-Net (Si et al., ICTAI 2023): Phi-estimation module plus the post-restoring module of Eq. 5.
+
+    ``forward(x)`` returns the restored image J with the shape of ``x``; ``forward(x, return_phi=True)`` returns
+    ``(J, Phi)``. Any height and width work: the input is reflect-padded to a multiple of 4 and the outputs are
+    cropped back. In eval mode J is clipped to [0, 1]; in training it is left unclipped so that every pixel gets a
+    gradient.
+    """
+
+    def __init__(self, cfg: AOSRNetConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or AOSRNetConfig()
+        c, w = cfg.in_channels, cfg.width
+        # Four convolutions and two transposed convolutions, each followed by PReLU, as the paper describes.
+        self.conv1 = nn.Sequential(nn.Conv2d(c, w, 7, padding=3, padding_mode="reflect"), nn.PReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.PReLU())
+        self.conv3 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.PReLU())
+        self.latent = ResidualGroup(4 * w, cfg.num_res_blocks)
+        self.mix1 = Mixup(cfg.mix_init[0])
+        self.deconv1 = nn.Sequential(
+            nn.ConvTranspose2d(4 * w, 2 * w, 3, stride=2, padding=1, output_padding=1), nn.PReLU()
+        )
+        self.mix2 = Mixup(cfg.mix_init[1])
+        self.deconv2 = nn.Sequential(
+            nn.ConvTranspose2d(2 * w, w, 3, stride=2, padding=1, output_padding=1), nn.PReLU()
+        )
+        # Phi = (J - beta) / (I - alpha) is >= 0 for J <= 1 < alpha; PReLU lets the net learn that bias cheaply.
+        self.conv4 = nn.Sequential(nn.Conv2d(w, c, 7, padding=3, padding_mode="reflect"), nn.PReLU())
+
+    def estimate_phi(self, x: Tensor) -> Tensor:
+        """Phi-estimation module on an input whose height and width are multiples of 4."""
+        f1 = self.conv1(x)
+        f2 = self.conv2(f1)
+        f3 = self.conv3(f2)
+        up1 = self.deconv1(self.mix1(f3, self.latent(f3)))
+        up2 = self.deconv2(self.mix2(f2, up1))
+        return self.conv4(up2)
+
+    def forward(
+        self, x: Tensor, sar: Tensor | None = None, return_phi: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Restore a sand-dust degraded batch.
+
+        Args:
+            x: (B, C, H, W) float image in [0, 1], C = ``cfg.in_channels``.
+            sar: accepted for the common restorer interface and ignored (AOSR-Net is optical only).
+            return_phi: also return the estimated Phi (needed by :class:`~rsrestore.losses.aosr.AOSRLoss`).
+        """
+        del sar
+        if x.ndim != 4:
+            raise ValueError(f"AOSRNet expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"AOSRNet was built for {self.cfg.in_channels} bands, got {x.shape[1]}")
+        if not x.is_floating_point():
+            raise ValueError(f"AOSRNet expects a float tensor in [0, 1], got {x.dtype}")
+        h, w = x.shape[-2:]
+        phi = self.estimate_phi(_pad_to_multiple(x, STRIDE))[..., :h, :w]
+        j = restore_from_phi(x, phi, self.cfg.alpha, self.cfg.beta)
+        if not self.training:
+            j = j.clamp(0.0, 1.0)
+        return (j, phi) if return_phi else j
