@@ -32,7 +32,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .models.registry import ModelError
     from .raster import RasterError
 
-    return (RasterError, ModelError, ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+    return (RasterError, ModelError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
 
 
 def _fail(message: str) -> None:
@@ -209,11 +209,12 @@ def synthesize(
     clean: List[Path] = typer.Argument(..., help="Clean images or folders of them (PNG, JPEG, GeoTIFF; any bands)."),
     out: Path = typer.Option(..., "-o", "--out", help="Dataset folder to write (paired layout + manifest.json)."),
     kind: str = typer.Option(..., help="haze | dust | cloud"),
-    preset: Optional[str] = typer.Option(None, help="haze: thin|moderate|thick; cloud: thin|thick; default: random "
-                                         "per sample."),
+    preset: Optional[str] = typer.Option(None, help="haze: thin|moderate|thick; dust: light|moderate|heavy; "
+                                         "cloud: thin|thick; default: random per sample."),
     n: int = typer.Option(1000, help="Number of pairs."),
     size: int = typer.Option(256, help="Crop size in pixels."),
     seed: int = typer.Option(0, help="Seed: the same seed regenerates the dataset bit for bit."),
+    overwrite: bool = typer.Option(False, help="Replace an existing dataset folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Synthesise degraded/clean pairs from clean imagery with the physics models.
@@ -227,7 +228,8 @@ def synthesize(
     from .synthesize import synthesize_dataset
 
     sources = clean[0] if len(clean) == 1 else list(clean)
-    path = _run(synthesize_dataset, sources, out, kind, preset=preset, n=n, size=size, seed=seed, progress=not quiet)
+    path = _run(synthesize_dataset, sources, out, kind, preset=preset, n=n, size=size, seed=seed, progress=not quiet,
+                overwrite=overwrite)
     typer.echo(f"wrote {n} {kind} pairs to {path}")
 
 

@@ -24,7 +24,7 @@ from .rsid import RSIDDataset
 from .satehaze1k import SateHaze1KDataset
 from .sen12mscr import SEN12MSCRDataset
 
-# >>> synthetic: add `from .synthetic import SyntheticDataset` here (and its DATASETS entry below) <<<
+from .synthetic import SyntheticDataset
 
 DATASETS: dict[str, type[Dataset]] = {
     "paired": PairedDataset,
@@ -32,7 +32,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "rice": RICEDataset,
     "rsid": RSIDDataset,
     "sen12mscr": SEN12MSCRDataset,
-    # >>> synthetic: "synthetic": SyntheticDataset, <<<
+    "synthetic": SyntheticDataset,
 }
 
 

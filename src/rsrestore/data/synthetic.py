@@ -1,0 +1,185 @@
+"""On-the-fly synthetic training pairs from any clean imagery.
+
+Each item is a random crop of a clean image (a folder searched recursively, a file, or a list of either), randomly
+flipped/rotated, then degraded by haze, sand-dust or clouds (:mod:`rsrestore.physics`). Everything an item draws comes
+from a generator seeded with ``sample_seed(seed, epoch, index)``, so an epoch replays identically whatever the
+worker count or visiting order, and :meth:`SyntheticDataset.set_epoch` gives each epoch fresh crops and degradations.
+
+Items are dicts of (C, H, W) float32 tensors in [0, 1]:
+
+* ``input`` (degraded) and ``target`` (clean crop), always;
+* ``phi`` for dust: the AOSR-Net Eq. 5 target, ``target = phi * (input - 1.6) + 1`` exactly;
+* ``mask`` (1, H, W), 0/1, for clouds;
+* ``meta``: ``name``, ``path``, ``index``, ``kind``, ``preset``, ``window`` (row, col, h, w in file pixels, before
+  padding), ``pad``, ``rot90``, ``hflip``, ``seed`` and the drawn ``params``.
+
+With ``kind="mixed"`` items of one batch may carry different keys; use ``collate_fn=SyntheticDataset.collate``, which
+stacks the tensors every item has and keeps ``meta`` as a list. (For a single kind the default collate works too.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..physics.noise import randint
+from ..synthesize import (
+    KINDS,
+    PRESETS,
+    draw_window,
+    find_images,
+    image_shape,
+    read_crop,
+    sample_params,
+    sample_seed,
+    synthesize,
+)
+
+__all__ = ["SyntheticDataset"]
+
+_TENSOR_KEYS = ("input", "target", "phi", "mask")
+
+
+class SyntheticDataset(Dataset):
+    """Synthetic degraded/clean pairs, drawn reproducibly per (seed, epoch, index).
+
+    Args:
+        sources: folder(s) and/or image files (png, jpg, tif) of clean imagery.
+        kind: 'haze' | 'dust' | 'cloud' | 'mixed' (a kind drawn uniformly per item).
+        preset: a preset of `kind` (see ``rsrestore.synthesize.PRESETS``), or None to draw one per item.
+        size: side of the square crops; smaller images are reflect-padded up to it.
+        length: items per epoch (default: one per source file). Item i reads file ``i % len(files)``.
+        seed: base seed.
+        flip: random horizontal mirror and quarter turns (the 8 dihedral moves) before degradation.
+        bands: 0-based band indices to keep (default all bands; all files must then have the same count).
+        scale: divisor mapping file values to [0, 1] (default by dtype, see :mod:`rsrestore.raster`).
+        wavelengths_nm: band centres for band counts without a default (see :mod:`rsrestore.physics.haze`).
+        shadow: cast shadows of thick clouds.
+        crop: alias of `size`, the option name the other datasets use (so training configs can swap datasets).
+    """
+
+    def __init__(
+        self,
+        sources: str | Path | Sequence[str | Path],
+        kind: str = "haze",
+        preset: str | None = None,
+        size: int = 256,
+        length: int | None = None,
+        seed: int = 0,
+        flip: bool = True,
+        bands: Sequence[int] | None = None,
+        *,
+        scale: float | None = None,
+        wavelengths_nm: Sequence[float] | None = None,
+        shadow: bool = True,
+        crop: int | None = None,
+    ) -> None:
+        if crop is not None:
+            size = crop
+        if kind not in (*KINDS, "mixed"):
+            raise ValueError(f"kind must be one of {', '.join((*KINDS, 'mixed'))}; got {kind!r}")
+        if preset is not None:
+            if kind == "mixed":
+                raise ValueError("preset must be None with kind='mixed' (each kind draws among its own presets)")
+            if preset not in PRESETS[kind]:
+                raise ValueError(f"unknown {kind} preset {preset!r}; choose one of {', '.join(PRESETS[kind])}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            raise ValueError(f"size must be an int >= 8; got {size!r}")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+            raise ValueError(f"length must be a positive int or None; got {length!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+        if bands is not None and (not list(bands) or any(int(b) < 0 for b in bands)):
+            raise ValueError(f"bands must be a non-empty list of 0-based band indices; got {bands!r}")
+        self.files = find_images(sources)
+        self.kind = kind
+        self.preset = preset
+        self.size = size
+        self.length = len(self.files) if length is None else length
+        self.seed = seed
+        self.flip = bool(flip)
+        self.bands = None if bands is None else [int(b) for b in bands]
+        self.scale = scale
+        self.wavelengths_nm = None if wavelengths_nm is None else [float(w) for w in wavelengths_nm]
+        self.shadow = shadow
+        self.epoch = 0
+        self._shapes: dict[int, tuple[int, int, int]] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crops and degradations the next items draw."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int; got {epoch!r}")
+        self.epoch = epoch
+
+    def _shape(self, file_index: int) -> tuple[int, int, int]:
+        if file_index not in self._shapes:
+            self._shapes[file_index] = image_shape(self.files[file_index])
+        return self._shapes[file_index]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"index must be an int, got {type(index).__name__}")
+        if not -self.length <= index < self.length:
+            raise IndexError(f"index {index} out of range for a dataset of {self.length} items")
+        index %= self.length
+        seed = sample_seed(self.seed, self.epoch, index)
+        g = torch.Generator().manual_seed(seed)
+        fi = index % len(self.files)
+        path = self.files[fi]
+        _, h, w = self._shape(fi)
+
+        window = draw_window(g, h, w, self.size)
+        clean_np, pad = read_crop(path, window, self.size, self.scale, self.bands)
+        clean = torch.from_numpy(clean_np)
+        rot, mirror = 0, False
+        if self.flip:
+            rot = randint(g, 4)
+            mirror = bool(randint(g, 2))
+            if mirror:
+                clean = clean.flip(-1)
+            if rot:
+                clean = torch.rot90(clean, rot, dims=(-2, -1))
+            clean = clean.contiguous()
+
+        kind = KINDS[randint(g, len(KINDS))] if self.kind == "mixed" else self.kind
+        preset = self.preset if self.preset is not None else PRESETS[kind][randint(g, len(PRESETS[kind]))]
+        kw: dict[str, Any] = {"wavelengths_nm": self.wavelengths_nm}
+        if kind == "cloud":
+            kw["shadow"] = self.shadow
+        out = synthesize(clean[None], kind, g, preset=preset, **kw)
+
+        item: dict[str, Any] = {"input": out["input"][0].contiguous(), "target": clean}
+        if kind == "dust":
+            item["phi"] = out["phi"][0].contiguous()
+        if kind == "cloud":
+            item["mask"] = out["mask"][0].contiguous()
+        item["meta"] = {
+            "name": f"{path.stem}_{index}",
+            "path": str(path),
+            "index": index,
+            "kind": kind,
+            "preset": preset,
+            "window": tuple(window),
+            "pad": pad,
+            "rot90": rot,
+            "hflip": mirror,
+            "seed": seed,
+            "params": sample_params(out["params"], 0),
+        }
+        return item
+
+    @staticmethod
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack the tensors that every item of `batch` has; ``meta`` stays a list of dicts."""
+        out: dict[str, Any] = {}
+        for key in _TENSOR_KEYS:
+            if all(key in item for item in batch):
+                out[key] = torch.stack([item[key] for item in batch])
+        out["meta"] = [item["meta"] for item in batch]
+        return out

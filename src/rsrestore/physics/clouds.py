@@ -1,0 +1,239 @@
+"""Cloud synthesis from thresholded fractal noise: thin (semi-transparent) and thick (opaque) clouds, with masks.
+
+A cloud layer is composited over the ground as an alpha blend, the usual model of thin-cloud imagery (e.g. Xu et al.,
+"Thin cloud removal based on signal transmission principles and spectral mixture analysis", TGRS 2016; Lin et al.
+RICE, 2019):
+
+    I_c(x) = J'_c(x) (1 - o_c(x)) + o_c(x) C_c(x)
+
+* density a(x) = clip((n(x) - q) / w, 0, 1) of a fractal field n in [0, 1]; q is the per-sample (1 - coverage)
+  quantile of n, so the drawn coverage is exactly the cloudy fraction, and w (the preset's ``softness``) sets how
+  gradually cloud edges fade in. The cloud mask is a(x) > 0.
+* opacity o_c(x) = min(1, opacity * a(x) * (lambda_c / 550)^(-k)). Thin clouds scatter short wavelengths a little
+  more, so their brightening falls with wavelength (k > 0, the band-dependent thickness coefficients of thin-cloud
+  models); thick clouds are opaque in every band (k = 0, opacity 1 in the cloud core).
+* cloud reflectance C_c(x) = brightness * S(lambda_c) * (1 - texture * m(x)): near white in the visible and NIR,
+  falling in the SWIR (water/ice absorption: S = 1 up to 1000 nm, 0.75 at 1610 nm, 0.55 at 2190 nm, linear between),
+  modulated by a finer fractal field m for the cloud's own relief.
+* shadow (thick clouds only; thin-cloud shadows are too faint to matter): J' = J (1 - g_c s(x)), where s is the density
+  shifted by a random offset (the sun-cloud-ground geometry, 3-12 % of the image size in a random direction) and lightly
+  smoothed, and g_c = strength * min(1, (lambda_c / 550)^0.3) darkens short wavelengths a little less because shadows
+  keep the bluish skylight.
+
+SAR is unaffected by clouds: a ``sar`` tensor passed in is returned as the same object.
+
+Presets (``CLOUD_PRESETS``; "scale" is the size of the largest structures as a fraction of max(H, W), drawn once per
+call):
+
+======  ============  ========  ============  ==========  ============  ============  ============  ============
+preset  coverage      softness  opacity       k           brightness    texture       scale         shadow
+======  ============  ========  ============  ==========  ============  ============  ============  ============
+thin    [0.40, 1.00]  0.40      [0.35, 0.75]  [0.3, 1.0]  [0.75, 0.95]  [0.00, 0.10]  [0.40, 1.00]  none
+thick   [0.10, 0.50]  0.06      1             0           [0.85, 1.00]  [0.03, 0.15]  [0.25, 0.60]  [0.30, 0.60]
+======  ============  ========  ============  ==========  ============  ============  ============  ============
+
+The cloud reflectance is further shaded by the cloud's own thickness (0.72 at the edge to 1 at the thickest point), so
+opaque clouds have bright cores and greyer fringes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .haze import REFERENCE_WAVELENGTH_NM, check_image, resolve_wavelengths
+from .noise import fractal_noise, uniform
+
+__all__ = ["CloudPreset", "CLOUD_PRESETS", "cloud_reflectance_spectrum", "synthesize_clouds"]
+
+
+@dataclass(frozen=True)
+class CloudPreset:
+    """Ranges for one cloud realisation (uniform, independent per sample)."""
+
+    coverage_range: tuple[float, float]
+    softness: float  # edge ramp width in units of the [0, 1] noise field
+    opacity_range: tuple[float, float]
+    k_range: tuple[float, float]  # spectral slope of the opacity
+    brightness_range: tuple[float, float]
+    texture_range: tuple[float, float]  # relative brightness modulation inside the cloud
+    shadow: bool
+    shadow_strength_range: tuple[float, float] = (0.35, 0.65)
+    shadow_offset_range: tuple[float, float] = (0.03, 0.12)  # fraction of max(H, W)
+    scale_range: tuple[float, float] = (0.25, 0.6)  # largest cloud structures, fraction of max(H, W)
+    octaves: int = 6
+    persistence: float = 0.55
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CLOUD_PRESETS: dict[str, CloudPreset] = {
+    "thin": CloudPreset(
+        coverage_range=(0.40, 1.00),
+        softness=0.40,
+        opacity_range=(0.35, 0.75),
+        k_range=(0.3, 1.0),
+        brightness_range=(0.75, 0.95),
+        texture_range=(0.0, 0.1),
+        shadow=False,
+        scale_range=(0.4, 1.0),
+        octaves=5,
+        persistence=0.5,
+    ),
+    "thick": CloudPreset(
+        coverage_range=(0.10, 0.50),
+        softness=0.06,
+        opacity_range=(1.0, 1.0),
+        k_range=(0.0, 0.0),
+        brightness_range=(0.85, 1.00),
+        texture_range=(0.03, 0.15),
+        shadow=True,
+        shadow_strength_range=(0.3, 0.6),
+    ),
+}
+
+_SWIR_ANCHORS = ((1000.0, 1.0), (1610.0, 0.75), (2190.0, 0.55))
+
+
+def cloud_reflectance_spectrum(wavelengths_nm: Sequence[float]) -> Tensor:
+    """Relative cloud-top reflectance S(lambda) at band centres (1 in the VNIR, falling in the SWIR); (C,) float64."""
+    wl = torch.as_tensor(wavelengths_nm, dtype=torch.float64)
+    (l0, s0), (l1, s1), (l2, s2) = _SWIR_ANCHORS
+    seg1 = s0 + (s1 - s0) * (wl - l0) / (l1 - l0)
+    seg2 = s1 + (s2 - s1) * (wl - l1) / (l2 - l1)
+    out = torch.where(wl <= l0, torch.ones_like(wl), torch.where(wl <= l1, seg1, seg2))
+    return out.clamp(0.3, 1.0)
+
+
+def _quantile_per_sample(x: Tensor, q: Tensor) -> Tensor:
+    """Per-sample quantile of (B, 1, H, W) at levels q (B,), by sorting (torch.quantile caps the input size)."""
+    flat = x.flatten(1)
+    srt = flat.sort(dim=1).values
+    n = flat.shape[1]
+    idx = (q.to(x.device) * (n - 1)).round().long().clamp(0, n - 1)
+    return srt.gather(1, idx[:, None]).view(-1, 1, 1, 1)
+
+
+def _shift(x: Tensor, dy: int, dx: int) -> Tensor:
+    """Translate (B, 1, H, W) by (dy, dx) pixels, filling with zeros (no wrap-around)."""
+    h, w = x.shape[-2:]
+    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))
+    y = F.pad(x, pad)
+    y0 = max(-dy, 0)
+    x0 = max(-dx, 0)
+    return y[..., y0 : y0 + h, x0 : x0 + w]
+
+
+def _box_blur(x: Tensor, radius: int) -> Tensor:
+    if radius < 1:
+        return x
+    k = 2 * radius + 1
+    return F.avg_pool2d(F.pad(x, (radius,) * 4, mode="replicate"), k, stride=1)
+
+
+def _preset(kind: str | CloudPreset) -> tuple[str, CloudPreset]:
+    if isinstance(kind, CloudPreset):
+        return "custom", kind
+    if kind not in CLOUD_PRESETS:
+        raise ValueError(f"unknown cloud kind {kind!r}; choose one of {sorted(CLOUD_PRESETS)} or pass a CloudPreset")
+    return kind, CLOUD_PRESETS[kind]
+
+
+def synthesize_clouds(
+    clear: Tensor,
+    generator: torch.Generator,
+    kind: str | CloudPreset = "thin",
+    shadow: bool = True,
+    wavelengths_nm: Sequence[float] | None = None,
+    sar: Tensor | None = None,
+) -> dict:
+    """Composite thin or thick clouds over `clear` (B, C, H, W) in [0, 1].
+
+    `shadow` enables cast shadows for presets that have them (thick). Returns a dict with ``input``, ``mask`` (cloud,
+    (B, 1, H, W) float 0/1), ``shadow`` (shadow outside the cloud, (B, 1, H, W) float 0/1; zeros when there is none),
+    ``opacity`` (B, C, H, W), ``params`` (JSON-ready, one entry per sample) and ``sar`` when one was passed (untouched).
+    """
+    check_image(clear)
+    if sar is not None and (sar.ndim != 4 or sar.shape[0] != clear.shape[0] or sar.shape[-2:] != clear.shape[-2:]):
+        raise ValueError(f"sar must be (B, 2, H, W) matching the image; got {tuple(sar.shape)}")
+    name, p = _preset(kind)
+    b, c, h, w = clear.shape
+    wl = resolve_wavelengths(c, wavelengths_nm)
+    dev, dt = clear.device, clear.dtype
+    wl_t = torch.tensor(wl, dtype=torch.float64)
+
+    coverage = uniform(generator, b, *p.coverage_range)
+    opacity = uniform(generator, b, *p.opacity_range)
+    k = uniform(generator, b, *p.k_range)
+    brightness = uniform(generator, b, *p.brightness_range)
+    texture = uniform(generator, b, *p.texture_range)
+    size = uniform(generator, 1, *p.scale_range)
+    scale = max(h, w, 4)
+    n = fractal_noise(b, h, w, generator, octaves=p.octaves, persistence=p.persistence,
+                      base_scale=max(float(size) * scale, 2.0), device=dev, dtype=dt)
+    m = fractal_noise(b, h, w, generator, octaves=4, persistence=0.6,
+                      base_scale=max(scale / 8.0, 2.0), device=dev, dtype=dt)
+
+    q = _quantile_per_sample(n, (1.0 - coverage).clamp(0.0, 1.0))
+    # Full coverage means every pixel is cloudy: put the threshold just under the minimum so a(x) > 0 everywhere.
+    q = torch.where((coverage >= 1.0).to(dev).view(b, 1, 1, 1), torch.full_like(q, -1e-3), q - 1e-6)
+    density = ((n - q) / p.softness).clamp(0.0, 1.0)
+    mask = (density > 0).to(dt)
+
+    ratio = (wl_t[None, :] / REFERENCE_WAVELENGTH_NM) ** (-k[:, None])  # (B, C)
+    op = (opacity[:, None] * ratio).to(dev, dt)[:, :, None, None] * density
+    op = op.clamp(0.0, 1.0)
+    spectrum = cloud_reflectance_spectrum(wl)  # (C,)
+    colour = (brightness[:, None] * spectrum[None, :]).to(dev, dt)[:, :, None, None]
+    # Reflectance grows with cloud optical thickness: darker, greyer fringes and bright cores, which is what makes an
+    # opaque cloud read as a cloud rather than a flat grey blob.
+    core = ((n - q) / (1.0 - q).clamp_min(1e-6)).clamp(0.0, 1.0)
+    shade = 0.72 + 0.28 * core.sqrt()
+    cloud = colour * shade * (1.0 - texture.to(dev, dt).view(b, 1, 1, 1) * m)
+
+    ground = clear
+    shadow_mask = torch.zeros_like(mask)
+    # Same keys with or without shadow, so parameters of thin and thick samples collate together.
+    shadow_info: dict = {"shadow": False, "shadow_strength": [0.0] * b, "shadow_offset_px": [[0, 0]] * b}
+    if shadow and p.shadow:
+        strength = uniform(generator, b, *p.shadow_strength_range)
+        offset = uniform(generator, b, *p.shadow_offset_range)
+        angle = uniform(generator, b, 0.0, 2.0 * math.pi)
+        shifted = []
+        offsets = []
+        for i in range(b):
+            dy = int(round(offset[i].item() * scale * math.sin(angle[i].item())))
+            dx = int(round(offset[i].item() * scale * math.cos(angle[i].item())))
+            offsets.append([dy, dx])
+            shifted.append(_shift(density[i : i + 1], dy, dx))
+        s = _box_blur(torch.cat(shifted), max(1, scale // 128))
+        gain = (strength[:, None] * (wl_t[None, :] / REFERENCE_WAVELENGTH_NM).pow(0.3).clamp(max=1.0)).to(dev, dt)
+        ground = clear * (1.0 - gain[:, :, None, None] * s)
+        shadow_mask = ((s > 0) & (mask == 0)).to(dt)
+        shadow_info = {"shadow": True, "shadow_strength": strength.tolist(), "shadow_offset_px": offsets}
+
+    cloudy = (ground * (1.0 - op) + op * cloud).clamp(0.0, 1.0)
+    params = {
+        "kind": "cloud",
+        "preset": name,
+        "coverage": coverage.tolist(),
+        "opacity": opacity.tolist(),
+        "spectral_k": k.tolist(),
+        "brightness": brightness.tolist(),
+        "texture": texture.tolist(),
+        "cloud_scale": float(size),
+        "wavelengths_nm": list(wl),
+        **shadow_info,
+        "cloud_fraction": mask.flatten(1).mean(1).double().cpu().tolist(),
+        "shadow_fraction": shadow_mask.flatten(1).mean(1).double().cpu().tolist(),
+    }
+    out = {"input": cloudy, "mask": mask, "shadow": shadow_mask, "opacity": op, "params": params}
+    if sar is not None:
+        out["sar"] = sar
+    return out
