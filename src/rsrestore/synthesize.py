@@ -317,7 +317,7 @@ def synthesize_dataset(
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         if not overwrite:
-            raise FileExistsError(f"{out} already holds a dataset (manifest.json); pass overwrite=True to replace it")
+            raise FileExistsError(f"{out} already holds a dataset (manifest.json); pass --overwrite (overwrite=True) to replace it")
         for sub in ("input", "target", "phi", "mask"):
             shutil.rmtree(out / sub, ignore_errors=True)
     dirs = ["input", "target"] + (["phi"] if kind == "dust" else []) + (["mask"] if kind == "cloud" else [])

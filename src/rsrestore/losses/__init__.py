@@ -1,0 +1,142 @@
+"""Training losses, by name, behind one interface.
+
+Every loss is an ``nn.Module`` (so that what it holds, e.g. a VGG, follows the model to its device) with
+
+- ``forward(output, batch) -> (total, parts)``: ``output`` is whatever the model returned, ``batch`` the collated
+  dict of the dataset (``"input"``, ``"target"`` and optionally ``"sar"``, ``"mask"``, ``"phi"``); ``total`` is the
+  scalar to minimise and ``parts`` a dict of floats for logging;
+- ``model_kwargs``: keyword arguments the trainer passes to the model's forward (AOSR-Net must return Phi as well).
+
+``LOSSES`` maps a name to a function returning the class, so that a loss's dependencies (the VGG of the
+contrastive term, the model module that defines Phi) are imported only when that loss is used:
+
+- ``l1``: mean absolute error to the target (RSDehamba, SAR-CR).
+- ``aosr``: :class:`~rsrestore.losses.aosr.AOSRLoss`, Si et al. (ICTAI 2023),
+  lambda1 (L1(Phi) + L1(J)) + lambda2 L_contrastive.
+- ``carl``: cloud-adaptive regularised loss of Meraner et al. (ISPRS J. 2020), Eq. (3), with the batch's cloud mask
+  when the dataset ships one and otherwise DSen2-CR's rule-based cloud/shadow mask computed from the cloudy input.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LOSSES", "CARLLoss", "L1Loss", "build_loss", "loss_params", "prediction_of"]
+
+
+def prediction_of(output: Any) -> Tensor:
+    """The restored image in a model's output: the output itself, or the first item of a tuple (AOSR-Net's (J, Phi))."""
+    if isinstance(output, (tuple, list)):
+        if not output:
+            raise ValueError("the model returned an empty tuple")
+        output = output[0]
+    if not isinstance(output, Tensor):
+        raise ValueError(f"the model's output must be a tensor or a tuple starting with one, got {type(output).__name__}")
+    return output
+
+
+def _batch_tensor(batch: Mapping[str, Any], key: str, like: Tensor) -> Tensor:
+    if key not in batch:
+        raise ValueError(f"batch has no {key!r} entry (keys: {sorted(batch)})")
+    value = batch[key]
+    if value.shape != like.shape:
+        raise ValueError(f"prediction {tuple(like.shape)} and batch[{key!r}] {tuple(value.shape)} differ in shape")
+    return value
+
+
+class L1Loss(nn.Module):
+    """Mean absolute error between the prediction and ``batch["target"]`` over all pixels and bands."""
+
+    model_kwargs: dict[str, Any] = {}
+
+    def forward(self, output: Any, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        pred = prediction_of(output)
+        target = _batch_tensor(batch, "target", pred)
+        # In float32 even under autocast: a bf16 mean over a large batch loses the small differences late in training.
+        loss = F.l1_loss(pred.float(), target.float())
+        return loss, {"l1": float(loss.detach())}
+
+
+class CARLLoss(nn.Module):
+    """Cloud-adaptive regularised loss, Meraner et al. (2020) Eq. (3), see :func:`rsrestore.losses.carl.carl_loss`.
+
+    Args:
+        lam: weight of the global target term (1 in the paper).
+        threshold: cloud-score binarisation threshold of the fallback mask (0.2 in DSen2-CR's code).
+
+    The cloud/shadow mask is ``batch["mask"]`` when present (1 = cloud or shadow), else
+    :func:`~rsrestore.losses.carl.cloud_shadow_mask` of the cloudy input, which needs 13 Sentinel-2 bands.
+    """
+
+    model_kwargs: dict[str, Any] = {}
+
+    def __init__(self, lam: float = 1.0, threshold: float = 0.2) -> None:
+        super().__init__()
+        if lam < 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.lam = float(lam)
+        self.threshold = float(threshold)
+
+    def forward(self, output: Any, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        from .carl import carl_loss, cloud_shadow_mask
+
+        pred = prediction_of(output).float()
+        cloudy = _batch_tensor(batch, "input", pred).float()
+        target = _batch_tensor(batch, "target", pred).float()
+        mask = batch.get("mask")
+        if mask is None:
+            if cloudy.shape[1] != 13:
+                raise ValueError(
+                    f"the CARL loss needs a cloud mask: the batch has no 'mask' and the input has {cloudy.shape[1]} "
+                    "bands, while the built-in cloud/shadow detector needs the 13 Sentinel-2 bands"
+                )
+            with torch.no_grad():
+                mask = cloud_shadow_mask(cloudy, self.threshold)
+        loss = carl_loss(pred, cloudy, target, mask.to(pred.dtype), lam=self.lam)
+        return loss, {"carl": float(loss.detach())}
+
+
+def _aosr() -> type[nn.Module]:
+    from .aosr import AOSRLoss
+
+    return AOSRLoss
+
+
+LOSSES: dict[str, Callable[[], type[nn.Module]]] = {
+    "l1": lambda: L1Loss,
+    "aosr": _aosr,
+    "carl": lambda: CARLLoss,
+}
+
+
+def _loss_class(name: str) -> type[nn.Module]:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]()
+
+
+def loss_params(name: str) -> list[str]:
+    """The keyword parameters that ``build_loss(name, ...)`` accepts."""
+    params = list(inspect.signature(_loss_class(name).__init__).parameters.values())[1:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def build_loss(name: str, **params: Any) -> nn.Module:
+    """The loss ``name`` (a key of :data:`LOSSES`) built with ``params``; unknown parameters are a ValueError."""
+    cls = _loss_class(name)
+    accepted = loss_params(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for loss {name!r}; accepted: {accepted}")
+    loss = cls(**params)
+    if not isinstance(getattr(loss, "model_kwargs", {}), dict):
+        raise TypeError(f"loss {name!r} has a model_kwargs that is not a dict")
+    return loss

@@ -229,6 +229,33 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def weights_sidecar(path: str | Path, name: str | None = None) -> dict | None:
+    """The metadata JSON beside a weights file (``W.safetensors`` -> ``W.json``) when it records a model ``config``.
+
+    This is what the trainer writes next to its ``final.safetensors`` and what bundled weights carry, so weights
+    trained with a non-default config load without restating it. A sidecar without a ``config`` mapping is ignored;
+    one that is unreadable, records another method, or records a sha256 the weights do not have is a ModelError.
+    """
+    p = Path(path)
+    meta_path = p.with_suffix(".json")
+    if meta_path == p or not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the weights metadata {meta_path}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        return None
+    recorded = meta.get("method", meta.get("model"))
+    if name is not None and isinstance(recorded, str) and recorded in MODELS and recorded != name:
+        raise ModelError(f"{meta_path.name} says {p.name} holds {recorded} weights, not {name}")
+    if meta.get("sha256") and p.exists() and meta["sha256"] != sha256_of(p):
+        raise ModelError(
+            f"{p.name} does not match the sha256 recorded in {meta_path.name}; the metadata belongs to other weights"
+        )
+    return meta
+
+
 def load_model(
     name: str,
     weights: str | Path | None = "default",
@@ -238,7 +265,8 @@ def load_model(
 ) -> nn.Module:
     """Build a method by name, in eval mode, with weights: "default" (bundled, if any), a path, or None (untrained).
 
-    Bundled weights carry the config they were trained with; it is used unless `config` is given.
+    Bundled weights carry the config they were trained with; it is used unless `config` is given. So do weights
+    given by path when a metadata JSON with a ``config`` sits beside them (see :func:`weights_sidecar`).
     """
     spec = get_spec(name)
     model_cls, _ = spec.classes()
@@ -258,6 +286,10 @@ def load_model(
                 config = meta.get("config")
         else:
             path = Path(weights)
+            if config is None:
+                meta = weights_sidecar(path, name)
+                if meta is not None:
+                    config = meta["config"]
         state = read_state_dict(path)
     cfg = build_config(spec, config, **overrides)
     model = model_cls(cfg)
