@@ -37,7 +37,9 @@ def prediction_of(output: Any) -> Tensor:
             raise ValueError("the model returned an empty tuple")
         output = output[0]
     if not isinstance(output, Tensor):
-        raise ValueError(f"the model's output must be a tensor or a tuple starting with one, got {type(output).__name__}")
+        raise ValueError(
+            f"the model's output must be a tensor or a tuple starting with one, got {type(output).__name__}"
+        )
     return output
 
 
