@@ -56,3 +56,29 @@ def test_evaluate_unknown_dataset_is_a_clear_error(hazy_pairs, tmp_path):
     r = CliRunner().invoke(app, ["evaluate", "--method", "dcp", "--dataset", "nope", "--root", str(hazy_pairs),
                                  "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "unknown dataset" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("kind,options", [("synthetic", ["kind=dust", "size=48", "length=2", "flip=false"]),
+                                          ("synthetic", ["kind=haze", "size=48", "length=2"])])
+def test_evaluate_accepts_the_synthetic_kind(tmp_path, kind, options):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    g = np.random.default_rng(0)
+    for i in range(2):
+        _write_png(clean / f"c{i}.png", 0.2 + 0.5 * g.random((3, 64, 64)))
+    args = ["evaluate", "--method", "input,rop", "--dataset", kind, "--root", str(clean), "--out", str(tmp_path / "r"),
+            "-q"]
+    for o in options:
+        args += ["--option", o]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "r" / "rop" / "metrics.json").read_text())
+    assert m["n"] == 2 and m["dataset"] == "synthetic"
+
+
+def test_evaluate_sen12mscr_layout_as_downloaded(shared_data, tmp_path):
+    r = CliRunner().invoke(app, ["evaluate", "--method", "input", "--dataset", "sen12mscr", "--root",
+                                 str(shared_data / "sen12mscr"), "--out", str(tmp_path / "r"), "-q"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "r" / "input" / "metrics.json").read_text())
+    assert m["n"] == 1 and {"psnr", "psnr_rgb", "sam", "sam_rgb", "ciede2000"} <= set(m["mean"])
