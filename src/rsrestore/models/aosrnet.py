@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .blocks import pad_to_multiple
+
 #: The encoder halves the resolution twice, so inputs are padded to a multiple of this.
 STRIDE = 4
 
@@ -88,14 +90,6 @@ def phi_from_clean(clean: Tensor, hazy_input: Tensor, alpha: float = 1.6, beta: 
     return (clean - beta) / denom
 
 
-def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    # Reflection needs the pad to be smaller than the side; only images a few pixels wide fall back to replicate.
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 class Mixup(nn.Module):
@@ -192,7 +186,7 @@ class AOSRNet(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"AOSRNet expects a float tensor in [0, 1], got {x.dtype}")
         h, w = x.shape[-2:]
-        phi = self.estimate_phi(_pad_to_multiple(x, STRIDE))[..., :h, :w]
+        phi = self.estimate_phi(pad_to_multiple(x, STRIDE)[0])[..., :h, :w]
         j = restore_from_phi(x, phi, self.cfg.alpha, self.cfg.beta)
         if not self.training:
             j = j.clamp(0.0, 1.0)

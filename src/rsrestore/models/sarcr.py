@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .blocks import pad_to_multiple
+
 from rsrestore.models.mbconv import MBConv
 
 
@@ -86,15 +88,6 @@ def _check_pair(x: torch.Tensor, sar: torch.Tensor | None, optical_bands: int, s
         )
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    # Reflect padding avoids a hard edge the convs would learn to respond to; it needs the pad to be smaller than
-    # the side, so very small inputs fall back to edge replication.
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 def _sincos_2d(gh: int, gw: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -307,8 +300,8 @@ class SARCloudRemoval(nn.Module):
         _check_pair(x, sar, cfg.optical_bands, cfg.sar_bands)
         h, w = x.shape[-2:]
         m = self.pad_multiple
-        xp = _pad_to_multiple(x, m)
-        sp = _pad_to_multiple(sar.to(x.dtype), m)
+        xp = pad_to_multiple(x, m)[0]
+        sp = pad_to_multiple(sar.to(x.dtype), m)[0]
 
         base = self.base(self.base_in(torch.cat([xp, sp], dim=1)))
         a = self.dfin_base(base)
