@@ -132,7 +132,8 @@ MODELS: dict[str, ModelSpec] = {
         classes=_rsdehamba,
         band_field="in_channels",
         weights="rsdehamba_haze_rgb.safetensors",
-        paper="RSDehamba: Lightweight Vision Mamba for Remote Sensing Satellite Image Dehazing",
+        paper="Zhou, Wu, Chen, Chen, He. RSDehamba: Lightweight Vision Mamba for Remote Sensing Satellite Image "
+        "Dehazing. arXiv:2405.10030, 2024",
         preference=10,
     ),
     "sarcr": ModelSpec(

@@ -1,0 +1,230 @@
+"""Selective scan: every implementation against the reference, closed forms, a NumPy recurrence, memory."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rsrestore.models import scan
+
+FAST = ["loop", "chunked"]
+
+
+def make(bsz=2, g=2, dg=3, n=4, length=37, dtype=torch.float64, seed=0, z=True, three_d_bc=False):
+    gen = torch.Generator().manual_seed(seed)
+    dim = g * dg
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+
+    B = r(bsz, n, length) if three_d_bc else r(bsz, g, n, length)
+    C = r(bsz, n, length) if three_d_bc else r(bsz, g, n, length)
+    return dict(
+        u=r(bsz, dim, length),
+        delta=r(bsz, dim, length) * 0.5,
+        A=-torch.rand(dim, n, generator=gen, dtype=dtype) * 3 - 0.1,
+        B=B,
+        C=C,
+        D=r(dim),
+        z=r(bsz, dim, length) if z else None,
+        delta_bias=r(dim) * 0.3,
+    )
+
+
+def run(impl, args, grads=True, **kw):
+    """Output, last state and the gradients of a fixed random projection of both, for every tensor input."""
+    args = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in args.items()}
+    fn = scan.IMPLEMENTATIONS[impl]
+    y, last = fn(**args, return_last_state=True, **kw)
+    if not grads:
+        return [y.detach(), last.detach()]
+    gen = torch.Generator().manual_seed(1)
+    wy = torch.randn(y.shape, generator=gen, dtype=y.dtype)
+    wl = torch.randn(last.shape, generator=gen, dtype=y.dtype)
+    leaves = [v for v in args.values() if v is not None]
+    gs = torch.autograd.grad((y * wy).sum() + (last * wl).sum(), leaves)
+    return [y.detach(), last.detach(), *gs]
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("length", [1, 7, 33, 100])
+@pytest.mark.parametrize("softplus", [True, False])
+def test_matches_reference_float64(impl, length, softplus):
+    args = make(length=length)
+    if not softplus:
+        args["delta"] = args["delta"].abs()  # a positive step, as softplus would give
+        args["delta_bias"] = args["delta_bias"].abs()
+    ref = run("ref", args, delta_softplus=softplus)
+    got = run(impl, args, delta_softplus=softplus)
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("length", [45, 129])
+def test_matches_reference_float32(impl, length):
+    """The 1e-5 relative agreement in float32 (forward and every gradient), lengths not powers of two."""
+    args = {k: (v.float() if v is not None else None) for k, v in make(length=length, g=4, dg=5, n=16).items()}
+    ref = run("ref", args, delta_softplus=True)
+    got = run(impl, args, delta_softplus=True)
+    for a, b in zip(got, ref):
+        assert a.dtype == torch.float32
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 50, 1000])
+@pytest.mark.parametrize("group_elements", [1, 200, 1 << 20])
+def test_chunked_any_chunk_and_group_size(chunk, group_elements, monkeypatch):
+    """Chunks that do not divide L, chunks longer than L, one chunk per group and everything in one group."""
+    monkeypatch.setattr(scan, "GROUP_ELEMENTS", group_elements)
+    args = make(length=50)
+    ref = run("ref", args, delta_softplus=True)
+    got = run("chunked", args, delta_softplus=True, chunk=chunk)
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_options_off_and_three_dim_bc(impl):
+    """No D, no gate, no bias; B and C given as (batch, N, L) (one group shared by all channels)."""
+    args = make(length=21, three_d_bc=True, z=False)
+    args["D"] = None
+    args["delta_bias"] = None
+    args["delta"] = args["delta"].abs()
+    ref = run("ref", args)
+    got = run(impl, args)
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_chunked_gradcheck():
+    """Finite differences, independent of the reference: the hand-written backward of the chunked scan."""
+    args = make(bsz=1, g=2, dg=2, n=3, length=11)
+
+    def f(u, delta, A, B, C, D, z, delta_bias):
+        return scan.selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, True, True, chunk=4)
+
+    inputs = tuple(v.clone().requires_grad_() for v in args.values())
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_reference_against_numpy_recurrence():
+    """The reference against Eq. 2a-2b written independently in NumPy, channel by channel and state by state."""
+    args = make(bsz=1, g=2, dg=2, n=3, length=9, z=False)
+    y = scan.selective_scan_ref(**args, delta_softplus=True).numpy()
+    u, delta, A = args["u"].numpy(), args["delta"].numpy(), args["A"].numpy()
+    B, C, D, bias = args["B"].numpy(), args["C"].numpy(), args["D"].numpy(), args["delta_bias"].numpy()
+    dt = np.log1p(np.exp(delta + bias[:, None]))
+    expect = np.zeros_like(y)
+    for d in range(u.shape[1]):
+        g = d // 2
+        for n in range(A.shape[1]):
+            h = 0.0
+            for t in range(u.shape[2]):
+                h = math.exp(dt[0, d, t] * A[d, n]) * h + dt[0, d, t] * B[0, g, n, t] * u[0, d, t]
+                expect[0, d, t] += C[0, g, n, t] * h
+        expect[0, d] += D[d] * u[0, d]
+    np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["ref", *FAST])
+def test_constant_inputs_closed_form(impl):
+    """Constant inputs: h_t = b (1 - a^(t+1)) / (1 - a) with a = exp(dt A), b = dt B u."""
+    length, dt, a_val, b_val, u_val = 40, 0.3, -0.7, 0.5, 2.0
+    kw = dict(
+        u=torch.full((1, 1, length), u_val, dtype=torch.float64),
+        delta=torch.full((1, 1, length), dt, dtype=torch.float64),
+        A=torch.tensor([[a_val]], dtype=torch.float64),
+        B=torch.full((1, 1, 1, length), b_val, dtype=torch.float64),
+        C=torch.ones(1, 1, 1, length, dtype=torch.float64),
+    )
+    y = scan.IMPLEMENTATIONS[impl](**kw)[0, 0]
+    a = math.exp(dt * a_val)
+    t = torch.arange(length, dtype=torch.float64)
+    expect = dt * b_val * u_val * (1 - a ** (t + 1)) / (1 - a)
+    torch.testing.assert_close(y, expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_extreme_decay_is_finite(impl):
+    """Steps so large that exp(dt A) underflows to 0 (and exp(-cumsum) would overflow): still exact and finite."""
+    args = make(length=30)
+    args["delta"] = args["delta"].abs() * 200 + 50
+    args = {k: (v.float() if v is not None else None) for k, v in args.items()}
+    ref = run("ref", args, delta_softplus=True)
+    got = run(impl, args, delta_softplus=True)
+    for a, b in zip(got, ref):
+        assert torch.isfinite(a).all()
+        assert rel_err(a, b) < 1e-5
+
+
+def test_chunked_keeps_only_chunk_states():
+    """What the chunked scan saves for backward grows as L / chunk states, not L states."""
+    bsz, g, dg, n, length, chunk = 1, 2, 8, 16, 512, 32
+    args = {k: v.float() for k, v in make(bsz, g, dg, n, length, z=False).items() if v is not None}
+    for v in args.values():
+        v.requires_grad_()
+    inputs = {v.untyped_storage().data_ptr() for v in args.values()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in inputs:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        scan.selective_scan_chunked(**args, delta_softplus=True, chunk=chunk)
+    state_bytes = bsz * g * dg * n * 4
+    assert sum(saved.values()) <= (length // chunk + 1) * state_bytes
+    assert sum(saved.values()) < length * state_bytes / 10
+
+
+def test_auto_picks_chunked_on_cpu_and_cuda_kernel_is_lazy(monkeypatch):
+    assert "mamba_ssm" not in sys.modules or scan.cuda_kernel_available()
+    args = make(length=10)
+    calls = []
+    monkeypatch.setitem(scan.IMPLEMENTATIONS, "chunked", lambda *a, **k: calls.append(1) or a[0])
+    scan.selective_scan(*args.values())
+    assert calls == [1]
+    if not scan.cuda_kernel_available():
+        with pytest.raises(RuntimeError):
+            scan.selective_scan_cuda(*args.values())
+
+
+def test_half_precision_inputs_scan_in_float32():
+    args = {k: (v.to(torch.bfloat16) if v is not None else None) for k, v in make(length=12).items()}
+    y = scan.selective_scan_chunked(**args, delta_softplus=True)
+    ref = scan.selective_scan_ref(**{k: (v.float() if v is not None else None) for k, v in args.items()},
+                                  delta_softplus=True)
+    assert y.dtype == torch.bfloat16
+    assert rel_err(y.float(), ref) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(u=torch.zeros(2, 6)), "u must be"),
+        (dict(delta=torch.zeros(2, 6, 5)), "delta must"),
+        (dict(A=torch.zeros(5, 4)), "A must"),
+        (dict(B=torch.zeros(2, 4, 4, 37)), "divide"),
+        (dict(C=torch.zeros(2, 2, 3, 37)), "C must"),
+        (dict(D=torch.zeros(5)), "D must"),
+        (dict(z=torch.zeros(2, 6, 36)), "z must"),
+    ],
+)
+def test_bad_shapes(change, message):
+    args = make()
+    args.update({k: v.double() for k, v in change.items()})
+    with pytest.raises(ValueError, match=message):
+        scan.selective_scan(**args)
+    with pytest.raises(ValueError, match="unknown selective scan"):
+        scan.selective_scan(**make(), impl="fast")
