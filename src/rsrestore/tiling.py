@@ -174,8 +174,10 @@ def open_sar_on_grid(sar_path: str | Path, info: RasterInfo, align: bool):
     if ds.crs is None or info.crs is None:
         ds.close()
         raise RasterError(f"cannot align {sar_path}: both rasters need a CRS")
+    # Optical pixels beyond the SAR footprint come out as NaN, which `sar_to_unit` maps to the lowest backscatter (0),
+    # as the SEN12MS-CR loader treats holes; GDAL's default fill of 0 would read as 0 dB, the brightest return.
     return WarpedVRT(ds, crs=info.crs, transform=info.transform, width=info.width, height=info.height,
-                     resampling=Resampling.bilinear)
+                     resampling=Resampling.bilinear, dtype="float32", nodata=float("nan"))
 
 
 class ArraySink:
