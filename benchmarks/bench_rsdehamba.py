@@ -1,0 +1,184 @@
+"""RSDehamba speed on the CPU against the dark channel prior, measured in one run.
+
+RSDehamba (Zhou et al., arXiv:2405.10030, 2024) replaces attention with a selective scan (Mamba, Gu & Dao 2023),
+whose cost is linear in the number of pixels L = H * W. This benchmark checks that on the network as shipped:
+
+- forward time at 256 x 256 and 512 x 512 (batch 1, channels_last, inference mode, median over repeats after a
+  warm-up; the sizes take turns within each repeat), and ``time_ratio / pixel_ratio`` = (t_512 / t_256) / 4: 1 for linear cost, 4 for a quadratic one;
+- inference throughput in MPix/s of RSDehamba and of ``dcp`` (dark channel prior with guided filter, He et al.,
+  TPAMI 2011) on the same hazy image at both sizes, and their ratio;
+- training throughput in MPix/s of RSDehamba (forward + L1 loss + backward + Adam step) at the training setting of the
+  bundled weights (64 x 64 crops, batch 8), set beside ``dcp``'s inference throughput (``dcp`` needs no training).
+
+The model is the bundled ``rsdehamba_haze_rgb`` (its config from the weights' metadata); without bundled weights the
+config of ``configs/rsdehamba_haze_cpu.yaml`` is built untrained (the speed is the same). The input is the
+package's Landsat-7 sample scene with synthetic moderate haze. Numbers depend on the CPU, its load (recorded) and the
+thread count: compare ratios within one run.
+
+Usage: python benchmarks/bench_rsdehamba.py [--threads 1] [--repeats 3] [--out benchmarks/results/rsdehamba.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from rsrestore.models.registry import MODELS, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "rsdehamba_haze_cpu.yaml"
+SIZES = (256, 512)
+TRAIN_CROP, TRAIN_BATCH = 64, 8
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def build_rsdehamba() -> tuple[torch.nn.Module, str]:
+    if MODELS["rsdehamba"].weights_path is not None:
+        return load_model("rsdehamba"), f"bundled {MODELS['rsdehamba'].weights}"
+    cfg = yaml.safe_load(CONFIG.read_text())["model"]["config"]
+    torch.manual_seed(0)
+    return load_model("rsdehamba", weights=None, config=cfg), f"untrained, config of {CONFIG.name}"
+
+
+def hazy_scene(size: int) -> torch.Tensor:
+    """A (1, 3, size, size) crop of the packaged Landsat-7 RGB scene (mirrored up when smaller) with moderate haze."""
+    import rasterio
+
+    from rsrestore.physics.haze import synthesize_haze
+
+    path = ROOT / "src" / "rsrestore" / "sample_data" / "landsat7_rgb.tif"
+    with rasterio.open(path) as ds:
+        a = ds.read().astype(np.float32) / 255.0
+    x = torch.from_numpy(a)[None]
+    if min(x.shape[-2:]) < size:
+        x = torch.nn.functional.pad(x, (0, max(0, size - x.shape[-1]), 0, max(0, size - x.shape[-2])), mode="reflect")
+    h, w = x.shape[-2:]
+    x = x[..., (h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size].contiguous()
+    return synthesize_haze(x, torch.Generator().manual_seed(0), preset="moderate")["input"]
+
+
+def median_seconds(fn, warmup: int, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def bench_inference(methods: dict, inputs: dict, warmup: int, repeats: int) -> dict:
+    """{size: {method: timing}}. Sizes and methods take turns within each repeat, so a change in the machine's load
+    during the run falls on all of them alike instead of on whichever ran last."""
+    inputs = {s: x.contiguous(memory_format=torch.channels_last) for s, x in inputs.items()}
+    times: dict = {s: {m: [] for m in methods} for s in inputs}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for s, x in inputs.items():
+                for name, model in methods.items():
+                    t0 = time.perf_counter()
+                    model(x)
+                    if i >= warmup:
+                        times[s][name].append(time.perf_counter() - t0)
+    out: dict = {}
+    for s, row in times.items():
+        out[s] = {}
+        for name, ts in row.items():
+            med = statistics.median(ts)
+            out[s][name] = {"median_s": med, "times_s": ts, "mpix_per_s": s * s / 1e6 / med}
+    return out
+
+
+def bench_training(model: torch.nn.Module, warmup: int, repeats: int) -> dict:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(TRAIN_BATCH, 3, TRAIN_CROP, TRAIN_CROP, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.rand(TRAIN_BATCH, 3, TRAIN_CROP, TRAIN_CROP, generator=g).contiguous(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-6)
+
+    def step():
+        loss = (model(x) - y).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    try:
+        med, times = median_seconds(step, warmup, repeats)
+    finally:
+        model.eval()
+    pixels = TRAIN_BATCH * TRAIN_CROP * TRAIN_CROP
+    return {"crop": TRAIN_CROP, "batch": TRAIN_BATCH, "median_s_per_step": med, "times_s": times,
+            "mpix_per_s": pixels / 1e6 / med}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "rsdehamba.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, source = build_rsdehamba()
+    model = model.to(memory_format=torch.channels_last).eval()
+    dcp = load_model("dcp")
+    result: dict = {
+        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
+                    "torch": torch.__version__},
+        "rsdehamba": {"weights": source, "config": {k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in vars(model.cfg).items()},
+                      "parameters": sum(p.numel() for p in model.parameters())},
+        "setup": {"input": "src/rsrestore/sample_data/landsat7_rgb.tif, centre crop, synthetic moderate haze",
+                  "batch": 1, "memory_format": "channels_last", "dtype": "float32", "warmup": args.warmup,
+                  "repeats": args.repeats, "statistic": "median seconds",
+                  "order": "sizes and methods interleaved within each repeat"},
+        "inference": {},
+    }
+    timed = bench_inference({"rsdehamba": model, "dcp": dcp}, {size: hazy_scene(size) for size in SIZES},
+                            args.warmup, args.repeats)
+    for size, row in timed.items():
+        row["rsdehamba_over_dcp_speed"] = row["rsdehamba"]["mpix_per_s"] / row["dcp"]["mpix_per_s"]
+        result["inference"][f"{size}x{size}"] = row
+        print(json.dumps({"size": size, "rsdehamba_s": row["rsdehamba"]["median_s"],
+                          "dcp_s": row["dcp"]["median_s"]}), flush=True)
+    small, large = (result["inference"][f"{s}x{s}"] for s in SIZES)
+    pixel_ratio = (SIZES[1] / SIZES[0]) ** 2
+    result["scaling"] = {}
+    for name in ("rsdehamba", "dcp"):
+        time_ratio = large[name]["median_s"] / small[name]["median_s"]
+        result["scaling"][name] = {"time_ratio": time_ratio, "pixel_ratio": pixel_ratio,
+                                   "time_ratio_over_pixel_ratio": time_ratio / pixel_ratio}
+    train = bench_training(model, args.warmup, args.repeats)
+    dcp_mpix = large["dcp"]["mpix_per_s"]
+    result["training"] = {"rsdehamba": train, "dcp_inference_mpix_per_s_512": dcp_mpix,
+                          "rsdehamba_train_over_dcp_inference_speed": train["mpix_per_s"] / dcp_mpix,
+                          "note": "dcp is training-free; its inference speed is the reference"}
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"scaling": result["scaling"], "train_mpix_s": train["mpix_per_s"]}), flush=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
