@@ -26,17 +26,20 @@ import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+# Peak RSS is read from /proc/self/status (VmHWM: this process's own high-water mark). getrusage's ru_maxrss is not
+# used: Linux carries the parent's high-water mark across fork + exec into it.
 RUNNER = r"""
-import resource, sys, time, json
-t0 = time.perf_counter()
+import sys, time, json
 import torch
 torch.set_num_threads({threads})
 from rsrestore.classical.dcp import DarkChannelPrior
 from rsrestore.tiling import restore_file
+t0 = time.perf_counter()
 if {restore}:
     restore_file(DarkChannelPrior(), sys.argv[1], sys.argv[2], tile={tile}, overlap=32, progress=False, overwrite=True)
 t = time.perf_counter() - t0
-print(json.dumps({{"seconds": t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({{"seconds": t, "peak_rss_mb": hwm / 1024}}))
 """
 
 

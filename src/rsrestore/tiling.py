@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import rasterio
 import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
@@ -41,6 +42,7 @@ from .raster import (
     valid_mask,
 )
 
+GDAL_CACHE_MB = 128  # GDAL block cache while streaming a scene (MB)
 DEFAULT_NETWORK_HALO = 16  # context for learned models that do not declare a `halo`
 STATS_MAX_SIDE = 1024  # scene statistics are estimated on a read decimated to at most this many pixels per side
 
@@ -412,6 +414,13 @@ def restore_file(
             f"{src}: the method takes {' or '.join(map(str, expected_bands))} band(s), got {len(info.bands)}; "
             f"select bands with --bands (e.g. --bands 3,2,1)"
         )
+    # GDAL's block cache defaults to 5 % of RAM and fills with written blocks as the scene streams through; a fixed
+    # cap keeps peak memory set by the tile size rather than by the scene size.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _restore_file(model, info, dst, sar, align, tile, overlap, batch_size, device, amp, progress)
+
+
+def _restore_file(model, info, dst, sar, align, tile, overlap, batch_size, device, amp, progress) -> Path:
     source = RasterSource(info, sar_path=sar, align=align)
     try:
         with RasterWriter(info, dst) as writer:
