@@ -416,7 +416,7 @@ def restore_file(
         )
     # GDAL's block cache defaults to 5 % of RAM and fills with written blocks as the scene streams through; a fixed
     # cap keeps peak memory set by the tile size rather than by the scene size.
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):  # bytes: rasterio passes it to GDALSetCacheMax
         return _restore_file(model, info, dst, sar, align, tile, overlap, batch_size, device, amp, progress)
 
 
