@@ -95,7 +95,7 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 def test_resume_with_longer_run_is_exact(tmp_path, pairs, models):
-    """The brief's recipe: train k steps (the run ends with a checkpoint at k), then resume with steps = n."""
+    """The issue's recipe: train k steps (the run ends with a checkpoint at k), then resume with steps = n."""
     n, k = 10, 4  # k = 4 stops one batch into the second epoch
     kwargs = dict(loss__name="aosr", loss__params={"lambda2": 0.0}, run__ema=0.9, run__grad_clip=0.5)
     kwargs["schedule__name"], kwargs["schedule__gamma"], kwargs["schedule__interval"] = "exponential", 0.7, "epoch"
