@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,38 +25,13 @@ from rsrestore.metrics.niqe import (
     to_luma_8bit,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SSEQ_EXAMPLE = DATA / "sseq" / "img.bmp"
+from _degraded_images import SSEQ_EXAMPLE, neon_plots
+from _degraded_images import blurred as _blurred
+from _degraded_images import load_rgb as _load_rgb
+from _degraded_images import noisy as _noisy
+
 # One plot per NEON site: forest, savanna and mixed scenes, all 400 x 400.
-NEON = [
-    DATA / "neon" / site / f"{site}_{plot}.png"
-    for site, plot in (("HARV", "001"), ("SJER", "007"), ("TEAK", "049"))
-]
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real test data not found at {path} (expected the shared data folder beside the repository)")
-    return path
-
-
-def _load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(_need(path)).convert("RGB"), dtype=np.float64) / 255.0
-
-
-def _to_tensor(stack: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(stack)).permute(0, 3, 1, 2).float()
-
-
-def _blurred(a: np.ndarray, sigmas) -> torch.Tensor:
-    return _to_tensor([ndimage.gaussian_filter(a, (s, s, 0)) if s else a for s in sigmas])
-
-
-def _noisy(a: np.ndarray, stds, seed: int = 0) -> torch.Tensor:
-    z = np.random.default_rng(seed).standard_normal(a.shape)  # one draw, scaled: levels differ only in strength
-    return _to_tensor([np.clip(a + s * z, 0.0, 1.0) for s in stds])
+NEON = neon_plots(("HARV", "001"), ("SJER", "007"), ("TEAK", "049"))
 
 
 def _sample_aggd(alpha: float, beta_l: float, beta_r: float, n: int, rng: np.random.Generator) -> np.ndarray:
