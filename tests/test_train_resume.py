@@ -124,7 +124,7 @@ def test_interrupted_run_resumes_exactly_with_dropout_and_cosine(tmp_path, pairs
     kwargs = dict(run__ema=0.95, run__ckpt_every=2, schedule__name="cosine", schedule__min_lr=1e-4,
                   schedule__warmup_steps=2)
     cfg = parse_config(config(pairs, tmp_path / "full", "dropnet", n, **kwargs))
-    full = train(cfg)
+    train(cfg)
     interrupted = parse_config(config(pairs, tmp_path / "part", "dropnet", n, **kwargs))
     first = train(interrupted, stop_after=k)
     assert not first.finished and first.step == k and first.final_weights is None

@@ -18,7 +18,7 @@ import torch
 from .metrics.full_reference import compute_metrics
 from .models.registry import accepted_bands, default_method, get_spec, load_model
 from .physics.haze import synthesize_haze
-from .raster import inspect_raster, read_raster, write_raster
+from .raster import read_raster, write_raster
 from .tiling import restore_file
 from .visualize import save_comparison
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..physics.dark_channel import atmospheric_light, dark_channel, transmission_estimate
