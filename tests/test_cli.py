@@ -79,8 +79,8 @@ def test_clear_errors(geotiff_factory, tmp_path):
     _user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--bands", "9"]), "band")
     _user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "nope"]),
                 "unknown method")
-    _user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet"]),
-                "no bundled weights")
+    _user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet",
+                                    "--weights", str(tmp_path / "missing.safetensors")]), "weights file not found")
 
 
 def test_band_count_the_method_cannot_take(geotiff_factory, tmp_path):
@@ -102,3 +102,15 @@ def test_band_count_the_method_cannot_take(geotiff_factory, tmp_path):
     save_file({k: v.contiguous() for k, v in default_model.state_dict().items()}, str(w2))
     _user_error(runner.invoke(app, ["restore", str(src4), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet",
                                     "--weights", str(w2)]), "takes 3 band")
+
+
+def test_learned_method_without_bundled_weights_is_a_clear_error(monkeypatch, geotiff_factory, tmp_path):
+    import dataclasses
+
+    from rsrestore.models import registry
+
+    spec = registry.MODELS["aosrnet"]
+    monkeypatch.setitem(registry.MODELS, "aosrnet", dataclasses.replace(spec, weights="absent.safetensors"))
+    src, _ = geotiff_factory()
+    _user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet"]),
+                "no bundled weights")
