@@ -82,3 +82,24 @@ def test_evaluate_sen12mscr_layout_as_downloaded(shared_data, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "r" / "input" / "metrics.json").read_text())
     assert m["n"] == 1 and {"psnr", "psnr_rgb", "sam", "sam_rgb", "ciede2000"} <= set(m["mean"])
+
+
+def test_evaluate_no_reference_columns(tmp_path):
+    """`--nr` adds NIQE and SSEQ to every row (the dust tables of the papers carry them)."""
+    root = tmp_path / "pairs"
+    (root / "dusty").mkdir(parents=True)
+    (root / "clear").mkdir()
+    yy, xx = np.meshgrid(np.linspace(0, 12, 112), np.linspace(0, 12, 112), indexing="ij")
+    rng = np.random.default_rng(0)
+    clean = np.stack([0.4 + 0.2 * np.sin(xx), 0.35 + 0.2 * np.cos(yy), 0.3 + 0.1 * np.sin(xx + yy)])
+    clean = np.clip(clean + 0.08 * rng.random(clean.shape), 0, 1)
+    _write_png(root / "clear" / "a.png", clean)
+    _write_png(root / "dusty" / "a.png", 0.5 * clean + np.array([0.4, 0.3, 0.1])[:, None, None])
+    r = CliRunner().invoke(app, ["evaluate", "--method", "input,rop", "--dataset", "paired", "--root", str(root),
+                                 "--out", str(tmp_path / "r"), "--nr", "-q"])
+    assert r.exit_code == 0, r.output
+    header = next(line for line in r.output.splitlines() if line.startswith("| method"))
+    assert "niqe" in header and "sseq" in header
+    for m in ("input", "rop"):
+        mean = json.loads((tmp_path / "r" / m / "metrics.json").read_text())["mean"]
+        assert np.isfinite(mean["niqe"]) and np.isfinite(mean["sseq"])
