@@ -9,21 +9,14 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from _random_vgg import random_vgg
+
 from rsrestore.losses.aosr import AOSRLoss
 from rsrestore.losses.contrastive import DEFAULT_WEIGHTS, ContrastiveLoss
 from rsrestore.models.aosrnet import phi_from_clean
 from rsrestore.vgg import VGG19Features
 
 
-def random_vgg(seed: int = 0) -> VGG19Features:
-    """He-initialised VGG19 (no pretrained weights can be fetched here), so deep features keep their scale."""
-    torch.manual_seed(seed)
-    vgg = VGG19Features()
-    for m in vgg.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.uniform_(m.bias, -0.05, 0.05)
-    return vgg
 
 
 @pytest.fixture(scope="module")

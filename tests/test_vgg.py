@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from _random_vgg import random_vgg
+
 from rsrestore.vgg import DEFAULT_TAPS, IMAGENET_MEAN, IMAGENET_STD, VGG19_LAYERS, VGG19Features, load_vgg19
 
 # Conv indices of torchvision's vgg19().features and their output channels.
@@ -16,15 +18,6 @@ CONV_OUT = {0: 64, 2: 64, 5: 128, 7: 128, 10: 256, 12: 256, 14: 256, 16: 256,
 POOLS = (4, 9, 18, 27, 36)
 
 
-def random_vgg(seed: int = 0) -> VGG19Features:
-    """A VGG19 with He-initialised weights, so deep activations keep a usable scale."""
-    torch.manual_seed(seed)
-    vgg = VGG19Features()
-    for m in vgg.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.uniform_(m.bias, -0.05, 0.05)
-    return vgg
 
 
 @pytest.fixture(scope="module")
