@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import yaml
 
+from bench_models import cpu_name  # benchmarks/ is on sys.path when a benchmark runs as a script
 from rsrestore.models.registry import MODELS, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,15 +41,6 @@ CONFIG = ROOT / "configs" / "rsdehamba_haze_cpu.yaml"
 SIZES = (256, 512)
 TRAIN_CROP, TRAIN_BATCH = 64, 8
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_rsdehamba() -> tuple[torch.nn.Module, str]:
