@@ -84,10 +84,10 @@ def test_registry_loads_bundled_config(model, meta):
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
-def test_haze_default_follows_the_heldout_decision(meta):
-    # The weights become the default for haze only if they beat dcp on the held-out table.
-    expected = "rsdehamba" if meta["heldout_decision"]["beats_dcp_on_all"] else "dcp"
-    assert default_method("haze") == expected
+def test_haze_default_stays_dcp_while_the_weights_are_experimental(meta):
+    # Beating dcp on the synthetic held-out table is not enough: the weights lose to dcp on real hazy scenes.
+    assert MODELS["rsdehamba"].experimental
+    assert default_method("haze") == "dcp"
 
 
 def _read_rgb(path: Path) -> torch.Tensor:

@@ -190,18 +190,24 @@ def _parse_kv(item: str) -> tuple[str, object]:
 
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table.")):
-    """List the methods: task, input bands, SAR need, weights, and which is the default per task."""
-    from .models.registry import describe_models
+    """List the methods: task, input bands, SAR need, weights, which is the default per task, and the held-out
+    scores of bundled weights beside the baseline's (PSNR/SSIM/CIEDE2000)."""
+    from .models.registry import describe_models, format_held_out
 
     rows = describe_models()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'name':<10} {'task':<6} {'bands':<8} {'sar':<4} {'default':<8} weights")
+    typer.echo(f"{'name':<10} {'task':<6} {'bands':<8} {'sar':<4} {'status':<13} weights")
     for r in rows:
         bands = r["bands"] if isinstance(r["bands"], str) else ",".join(map(str, r["bands"]))
+        status = "default" if r["default_for_task"] else ("experimental" if r["experimental"] else "")
         typer.echo(f"{r['name']:<10} {r['task']:<6} {bands:<8} {'yes' if r['needs_sar'] else 'no':<4} "
-                   f"{'yes' if r['default_for_task'] else '':<8} {r['weights']}")
+                   f"{status:<13} {r['weights']}")
+        if r["held_out"]:
+            typer.echo(f"{'':<10} held out (PSNR/SSIM/CIEDE2000): {format_held_out(r['held_out'])}")
+    typer.echo("\nA learned method becomes a task's default only when it beats the task's classical baseline on "
+               "scenes from sources it never trained on and looks better on real degraded scenes.")
 
 
 @app.command()
