@@ -266,6 +266,38 @@ def test_ddpm_ancestral_oracle_recovers_the_target(objective):
     assert torch.allclose(out, x0, atol=1e-9)
 
 
+def _marginal_moments_hold(states, step, mean, std, n):
+    x = states[step].flatten()
+    assert abs(x.mean().item() - mean) < 5 * std / n**0.5, (step, x.mean().item(), mean)
+    assert x.std().item() == pytest.approx(std, rel=0.04), (step, x.std().item(), std)
+
+
+def test_ddpm_ancestral_oracle_keeps_the_forward_marginals():
+    """Stochastic steps with a true-noise oracle: x_t ~ N(sqrt(abar_t) x0, 1 - abar_t) at every step."""
+    s, n = DDPMSchedule.cosine(40), 20_000
+    x0 = torch.full((n, 1, 1, 1), 0.6, dtype=torch.float64)
+    states = {}
+    ddpm_sample(_ddpm_oracle(s, x0, "pred_noise"), s, x0.shape, dtype=torch.float64,
+                generator=torch.Generator().manual_seed(0), callback=lambda k, x: states.__setitem__(k, x))
+    abar = s.alphas_cumprod
+    for step in (5, 20, 35):
+        t = s.num_timesteps - 1 - step
+        _marginal_moments_hold(states, step, 0.6 * abar[t].sqrt().item(), (1 - abar[t]).sqrt().item(), n)
+
+
+@pytest.mark.parametrize("update", ["use_x_start", "use_pred_noise"])
+def test_rddm_stochastic_oracle_keeps_the_forward_marginals(update):
+    s, n = ResidualSchedule.rddm(100, 1.0), 20_000
+    x0 = torch.full((n, 1, 1, 1), -0.2, dtype=torch.float64)
+    x_in = torch.full((n, 1, 1, 1), 0.5, dtype=torch.float64)
+    states = {}
+    rddm_sample(_residual_oracle(s, x0, x_in, "pred_res"), s, x_in, steps=5, eta=1.0, update=update,
+                generator=torch.Generator().manual_seed(0), callback=lambda k, x: states.__setitem__(k, x))
+    for step, (_, t_next) in enumerate(sampling_time_pairs(100, 5)[:-1], start=1):
+        mean = -0.2 + s.alphas_cumsum[t_next].item() * 0.7
+        _marginal_moments_hold(states, step, mean, s.betas_cumsum[t_next].item(), n)
+
+
 def test_sampler_argument_errors():
     s = ResidualSchedule.rddm(10)
     x = torch.zeros(1, 1, 2, 2)
