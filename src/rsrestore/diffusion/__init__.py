@@ -46,6 +46,8 @@ from .objectives import (
 )
 from .samplers import (
     RDDM_UPDATES,
+    Denoiser,
+    NoiseFn,
     ddim_sample,
     ddpm_sample,
     generator_noise,
@@ -58,6 +60,6 @@ __all__ = [
     "DDPMSchedule", "ResidualSchedule", "at", "to_signed", "to_unit",
     "RESIDUAL_OBJECTIVES", "DDPM_OBJECTIVES", "TrainingExample", "Estimate", "random_timesteps",
     "residual_training_example", "ddpm_training_example", "residual_estimate", "ddpm_estimate",
-    "RDDM_UPDATES", "sampling_time_pairs", "generator_noise", "ddpm_sample", "ddim_sample", "rddm_sample",
+    "Denoiser", "NoiseFn", "RDDM_UPDATES", "sampling_time_pairs", "generator_noise", "ddpm_sample", "ddim_sample", "rddm_sample",
     "position_noise", "position_noise_fn",
 ]

@@ -50,7 +50,8 @@ def position_noise(seed: int, channels: int, y0: int, x0: int, height: int, widt
     """Standard normal noise ``(channels, height, width)`` for the scene window whose top-left pixel is
     ``(y0, x0)``: the value at scene pixel (y, x), channel c and sampling step ``step`` depends only on
     ``(seed, step, c, y, x)``, so two windows agree wherever they overlap. Coordinates may be negative (a halo
-    beyond the scene edge). Within one row stream, distinct pixels share a 32-bit hash with probability 2^-32.
+    beyond the scene edge). Pixels of one row never share a hash (the mix is a bijection); pixels of different rows
+do with probability 2^-32.
     """
     key = _key(int(seed), int(step), device)
     # Box-Muller turns two uniforms into two independent normals: channels 2k and 2k + 1 share a pair of uniforms,

@@ -37,7 +37,8 @@ def sampling_time_pairs(num_timesteps: int, steps: int) -> list[tuple[int, int]]
     estimate."""
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"sampling steps must be between 1 and the schedule's {num_timesteps} timesteps, got {steps}")
-    times = torch.linspace(-1, num_timesteps - 1, steps + 1, dtype=torch.float64).int().tolist()[::-1]
+    # float32 as RDDM computes it, so the truncated times match the authors' for every (T, steps)
+    times = torch.linspace(-1, num_timesteps - 1, steps + 1, dtype=torch.float32).int().tolist()[::-1]
     return list(zip(times[:-1], times[1:]))
 
 
