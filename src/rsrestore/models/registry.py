@@ -62,6 +62,12 @@ def _dsen2cr():
     return DSen2CR, DSen2CRConfig
 
 
+def _dsrdmpd():
+    from .dsrdmpd import DSRDMPD, DSRDMPDConfig
+
+    return DSRDMPD, DSRDMPDConfig
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -156,6 +162,15 @@ MODELS: dict[str, ModelSpec] = {
         experimental=True,  # trained on synthetic clouds only; changes nothing visible on real clouds
         paper="Meraner, Ebel, Zhu, Schmitt. Cloud removal in Sentinel-2 imagery using a deep residual neural "
         "network and SAR-optical data fusion. ISPRS J. 2020",
+    ),
+    "dsrdmpd": ModelSpec(
+        name="dsrdmpd",
+        task="haze",
+        summary="DS-RDMPD: a U-Net estimate refined by residual diffusion (5 seeded RDDM steps; config steps, seed)",
+        classes=_dsrdmpd,
+        band_field="in_channels",
+        paper="Zhou, Wang, Zhang, Tao, Ren. A Dual-Stage Residual Diffusion Model with Perceptual Decoding for "
+        "Remote Sensing Image Dehazing. IEEE TGRS 2025",
     ),
 }
 
