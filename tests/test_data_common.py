@@ -20,13 +20,13 @@ from rsrestore.data.common import (
     list_images,
     match_by_stem,
     natural_key,
-    read_array,
     read_image,
     read_mask,
     read_phi,
     sample_seed,
     shift_transform,
 )
+from rsrestore.raster import RasterError
 
 DRIVERS = {".png": "PNG", ".tif": "GTiff", ".jpg": "JPEG", ".bmp": "BMP"}
 
@@ -47,39 +47,46 @@ def write(path: Path, array: np.ndarray, **profile) -> Path:
 RNG = np.random.default_rng(0)
 
 
+# The scales of rsrestore.raster (restore's): uint16 means reflectance x 10000 in a GeoTIFF, full range in a PNG.
 @pytest.mark.parametrize(
     ("suffix", "dtype", "divisor"),
-    [(".png", np.uint8, 255.0), (".png", np.uint16, 65535.0), (".tif", np.uint16, 65535.0), (".bmp", np.uint8, 255.0),
-     (".tif", np.int16, 32767.0)],
+    [(".png", np.uint8, 255.0), (".png", np.uint16, 65535.0), (".tif", np.uint16, 10000.0), (".bmp", np.uint8, 255.0),
+     (".tif", np.int16, 10000.0)],
 )
-def test_read_image_scales_by_dtype(tmp_path, suffix, dtype, divisor):
+def test_read_image_scales_by_dtype_and_format(tmp_path, suffix, dtype, divisor):
     bands = 1 if suffix == ".bmp" else 3
     raw = RNG.integers(0, np.iinfo(dtype).max, size=(bands, 5, 7), endpoint=True).astype(dtype)
-    out = read_image(write(tmp_path / f"a{suffix}", raw))
-    assert out.dtype == np.float32 and out.shape == (bands, 5, 7)
+    out, valid, info = read_image(write(tmp_path / f"a{suffix}", raw))
+    assert out.dtype == np.float32 and out.shape == (bands, 5, 7) and info.scale == divisor
+    assert valid.shape == (5, 7) and valid.all()
     np.testing.assert_allclose(out, raw.astype(np.float64) / divisor, rtol=1e-6)
 
 
-def test_read_image_float_passes_through_and_explicit_scale_clips(tmp_path):
+def test_read_image_float_passes_through_and_explicit_scale_does_not_clip(tmp_path):
     raw = RNG.normal(size=(13, 4, 6)).astype(np.float32) * 3
     path = write(tmp_path / "f.tif", raw)
-    np.testing.assert_array_equal(read_image(path), raw)
+    np.testing.assert_array_equal(read_image(path)[0], raw)
     dn = np.array([[[0, 5000, 10000, 20000]]], dtype=np.uint16)
-    out = read_image(write(tmp_path / "s2.tif", dn), scale=10000, clip=(0, 10000))
-    np.testing.assert_allclose(out, [[[0.0, 0.5, 1.0, 1.0]]])
-    with pytest.raises(ValueError, match="positive"):
-        read_image(path, scale=0)
+    out = read_image(write(tmp_path / "s2.tif", dn), scale=5000)[0]
+    np.testing.assert_allclose(out, [[[0.0, 1.0, 2.0, 4.0]]])
 
 
-def test_read_image_band_selection_and_errors(tmp_path):
+def test_read_image_band_selection_is_1_based_and_errors_name_the_file(tmp_path):
     raw = np.stack([np.full((3, 4), 10 * (i + 1), np.uint8) for i in range(4)])
     path = write(tmp_path / "four.tif", raw)
-    out = read_image(path, bands=[3, 2, 1])
+    out = read_image(path, bands=[4, 3, 2])[0]
     np.testing.assert_allclose(out[:, 0, 0], np.array([40, 30, 20]) / 255.0, rtol=1e-6)
-    with pytest.raises(ValueError, match=r"out of range.*4 band"):
-        read_image(path, bands=[4])
-    with pytest.raises(FileNotFoundError, match="not found"):
+    np.testing.assert_array_equal(read_image(path, bands="4,3,2")[0], out)
+    with pytest.raises(RasterError, match=r"four.tif has 4 band\(s\); cannot select band 5"):
+        read_image(path, bands=[5])
+    with pytest.raises(RasterError, match="start at 1"):
+        read_image(path, bands=[0, 1])
+    with pytest.raises(RasterError, match=r"not found: .*missing.png"):
         read_image(tmp_path / "missing.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(RasterError, match=r"broken.png") as err:
+        read_image(tmp_path / "broken.png")
+    assert "\n" not in str(err.value)
 
 
 def test_png_alpha_dropped_but_geotiff_fourth_band_kept(tmp_path):
@@ -89,13 +96,14 @@ def test_png_alpha_dropped_but_geotiff_fourth_band_kept(tmp_path):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(png) as src:
             assert src.colorinterp[-1] == rasterio.enums.ColorInterp.alpha
-    out = read_image(png)
+    out, valid, _ = read_image(png)
     np.testing.assert_allclose(out, rgba[:3] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(valid, rgba[3] > 0)  # transparency is the valid mask, as in restore
     tif = write(tmp_path / "rgbn.tif", rgba)
-    assert read_image(tif).shape[0] == 4
+    assert read_image(tif)[0].shape[0] == 4
 
 
-def test_palette_png_expands_to_rgb_and_mask_keeps_indices(tmp_path):
+def test_palette_png_expands_to_rgb_and_band_1_and_mask_keep_indices(tmp_path):
     index = np.array([[0, 1, 1], [2, 0, 1]], dtype=np.uint8)
     path = tmp_path / "pal.png"
     with warnings.catch_warnings():
@@ -103,12 +111,13 @@ def test_palette_png_expands_to_rgb_and_mask_keeps_indices(tmp_path):
         with rasterio.open(path, "w", driver="PNG", height=2, width=3, count=1, dtype="uint8") as dst:
             dst.write(index, 1)
             dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 128, 0, 255), 2: (10, 20, 30, 255)})
-    rgb = read_image(path)
+    rgb = read_image(path)[0]
     assert rgb.shape == (3, 2, 3)
     np.testing.assert_allclose(rgb[:, 0, 1] * 255, [255, 128, 0], atol=1e-4)
     np.testing.assert_allclose(rgb[:, 1, 0] * 255, [10, 20, 30], atol=1e-4)
-    raw, _ = read_array(path, expand_palette=False)
-    np.testing.assert_array_equal(raw[0], index)
+    # an explicit band selection counts the file's bands, as GDAL does: band 1 holds the indices
+    np.testing.assert_allclose(read_image(path, bands=[1])[0][0] * 255, index, atol=1e-4)
+    np.testing.assert_allclose(read_mask(path)[0] * 255, index, atol=1e-4)
 
 
 def test_read_mask_binary_and_255(tmp_path):
@@ -241,9 +250,13 @@ def test_dataset_without_crop_or_flip_returns_whole_images_and_checks_options():
     assert s["meta"]["window"] == (0, 0, 7, 9)
     with pytest.raises(IndexError):
         ds[5]
-    for bad in ({"crop": 0}, {"crop": 2.5}, {"flip": "yes"}, {"seed": 1.0}, {"bands": "rgb"}, {"bands": [-1]}):
+    for bad in ({"crop": 0}, {"crop": 2.5}, {"flip": "yes"}, {"seed": 1.0}):
         with pytest.raises(ValueError):
             _Toy(**bad)
+    for bad in ("rgb", [-1], [0, 1, 2], [1, 1], [], 3, [1.5]):
+        with pytest.raises(RasterError):
+            _Toy(bands=bad)
+    assert _Toy(bands="4,3,2").bands == _Toy(bands=(4, 3, 2)).bands == [4, 3, 2]
     with pytest.raises(ValueError, match="epoch"):
         ds.set_epoch(-1)
 

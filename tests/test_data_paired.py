@@ -82,7 +82,7 @@ def test_split_subfolder_phi_mask_and_bands(tmp_path):
     # four bands go in GeoTIFFs: a 4-band PNG is RGBA and its alpha is dropped on reading
     arrays = make_tree(tmp_path / "train", bands=4, phi=True, mask=True, suffix=".tif")
     make_tree(tmp_path / "test", stems=("z",))
-    ds = PairedDataset(tmp_path, split="train", bands=[2, 0])
+    ds = PairedDataset(tmp_path, split="train", bands=[3, 1])  # 1-based, as restore --bands
     assert len(ds) == 3 and len(PairedDataset(tmp_path, "test")) == 1
     for i, stem in enumerate(("a", "b", "c")):
         s = ds[i]

@@ -12,6 +12,7 @@ from rasterio.transform import from_origin
 
 from rsrestore.data import SEN12MSCRDataset, build_dataset
 from rsrestore.data.sen12mscr import scale_sar, scene_split
+from rsrestore.raster import RasterError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sen12mscr"
 needs_data = pytest.mark.skipif(
@@ -67,6 +68,7 @@ def test_real_patch_meta_rgb_and_crop_transform():
     cloudy = read_raw(FULL.format(kind="s2_cloudy", sub="s2_cloudy")).astype(np.float64)
     np.testing.assert_allclose(s["input"].numpy(), cloudy[[3, 2, 1]] / 10000, rtol=1e-6, atol=1e-7)
     assert s["sar"].shape[0] == 2  # SAR is never band-subset
+    assert s["valid"].shape == (256, 256) and bool(s["valid"].all())  # the patches declare no nodata
 
     cropped = load_with_warning(DATA, crop=64, seed=11)[0]
     top, left, h, w = cropped["meta"]["window"]
@@ -148,7 +150,7 @@ def test_generated_tree_order_splits_and_nan(tmp_path):
 def test_scale_sar_closed_form():
     raw = np.array([[[-30.0, -25.0, -12.5, 0.0, 3.0, np.nan]], [[-40.0, -32.5, -16.25, 0.0, 3.0, np.nan]]])
     np.testing.assert_allclose(scale_sar(raw), [[[0, 0, 0.5, 1, 1, 0]], [[0, 0, 0.5, 1, 1, 0]]])
-    with pytest.raises(ValueError, match="2 bands"):
+    with pytest.raises(RasterError, match="must have 2 bands"):
         scale_sar(raw[:1])
 
 
@@ -165,7 +167,9 @@ def test_errors(tmp_path):
         SEN12MSCRDataset(tmp_path / "t", split="validation")
     with pytest.raises(ValueError, match="either rgb_only"):
         SEN12MSCRDataset(tmp_path / "t", rgb_only=True, bands=[1])
-    with pytest.raises(ValueError, match=r"bands \[13\] out of range"):
-        SEN12MSCRDataset(tmp_path / "t", bands=[13])[0]
+    with pytest.raises(RasterError, match=r"s2_cloudy_8_p2.tif has 13 band\(s\); cannot select band 14"):
+        SEN12MSCRDataset(tmp_path / "t", bands=[14])[0]
+    with pytest.raises(RasterError, match="start at 1"):
+        SEN12MSCRDataset(tmp_path / "t", bands=[0, 1])
     with pytest.raises(ValueError, match="unknown option.*'cloudy_only'"):
         build_dataset("sen12mscr", tmp_path / "t", cloudy_only=True)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from rsrestore.data.synthetic import SyntheticDataset
 from rsrestore.physics.sanddust import restore_from_phi
+from rsrestore.raster import RasterError
 from rsrestore.synthesize import PRESETS, read_crop
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -117,9 +118,16 @@ def test_band_counts_and_selection(tmp_path: Path):
     ds = SyntheticDataset(tmp_path / "ms", kind="haze", size=24)
     assert ds[0]["input"].shape == (13, 24, 24)
     write_tif(tmp_path / "rgbn" / "a.tif", 4, 40, 40, 1)
-    ds = SyntheticDataset(tmp_path / "rgbn", kind="cloud", size=24, bands=[2, 1, 0])
+    ds = SyntheticDataset(tmp_path / "rgbn", kind="cloud", size=24, bands=[3, 2, 1], flip=False)
     item = ds[0]
     assert item["input"].shape == (3, 24, 24) and item["mask"].shape == (1, 24, 24)
+    # bands are 1-based, as restore --bands and the other datasets count them
+    row, col, h, w = item["meta"]["window"]
+    with rasterio.open(tmp_path / "rgbn" / "a.tif") as src:
+        raw = src.read([3, 2, 1], window=rasterio.windows.Window(col, row, w, h))
+    np.testing.assert_array_equal(item["target"].numpy(), raw / np.float32(255))
+    with pytest.raises(RasterError, match="start at 1"):
+        SyntheticDataset(tmp_path / "rgbn", kind="cloud", size=24, bands=[0, 1, 2])
     write_tif(tmp_path / "five" / "a.tif", 5, 30, 30, 2)
     with pytest.raises(ValueError, match="wavelengths_nm"):
         SyntheticDataset(tmp_path / "five", kind="haze", size=16)[0]

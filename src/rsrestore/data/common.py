@@ -1,14 +1,16 @@
 """Pieces shared by the dataset loaders.
 
-- Reading rasters (GeoTIFF, PNG, JPEG, BMP) with rasterio into ``(C, H, W)`` float32 arrays in ``[0, 1]``.
+- Reading images (GeoTIFF, PNG, JPEG, BMP) through :mod:`rsrestore.raster`, the reader ``rsrestore restore`` uses,
+  into ``(C, H, W)`` float32 arrays and a valid-pixel mask.
 - Listing image files, natural sorting, and matching inputs to targets by file stem.
 - The seeded random crop and dihedral flip that every loader applies identically to all the tensors of one sample.
 - :class:`RestorationDataset`, the base class that ties these together (options ``crop``, ``flip``, ``seed``,
   ``bands``, and :meth:`RestorationDataset.set_epoch`).
 
-Value scaling by file dtype: ``uint8`` divides by 255, ``uint16`` by 65535 (other integer types by their largest
-value), floats pass through. A dataset that defines its own scale passes it explicitly (SEN12MS-CR clips to
-``[0, 10000]`` and divides by 10000).
+Values, band numbers and errors follow :mod:`rsrestore.raster`: ``uint8`` divides by 255, ``uint16`` by 10000 in a
+GeoTIFF and by 65535 in a PNG, ``int16`` by 10000, floats pass through; bands are 1-based, as GDAL counts them; a
+file that cannot be read raises :class:`~rsrestore.raster.RasterError` naming it. A dataset with a documented
+convention of its own says so where it reads (SEN12MS-CR clips to ``[0, 10000]`` before dividing by 10000).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from torch.utils.data import Dataset
+
+from ..raster import RasterError, RasterInfo, open_raster, parse_bands, read_raster
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 """File suffixes (compared case-insensitively) that the folder loaders treat as images."""
@@ -34,7 +37,7 @@ PHI_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy")
 MASK_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".npy")
 
 # In PNG/JPEG/BMP files a band GDAL labels "alpha" is transparency, never data; in a GeoTIFF an extra band may be NIR
-# that some writers mislabel, so only these drivers drop it.
+# that some writers mislabel, so only these drivers drop it (when no bands are selected).
 _PLAIN_IMAGE_DRIVERS = frozenset({"PNG", "JPEG", "BMP", "GIF"})
 
 _SEED_STRIDE = 1_000_003
@@ -45,134 +48,76 @@ _SEED_STRIDE = 1_000_003
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RasterInfo:
-    """Georeferencing of a raster as plain, collatable values.
+def read_image(
+    path: str | Path, bands: Sequence[int] | str | None = None, scale: float | None = None
+) -> tuple[np.ndarray, np.ndarray, RasterInfo]:
+    """Read an image through :func:`rsrestore.raster.read_raster`: ``(C, H, W)`` float32, the valid-pixel mask
+    ``(H, W)`` bool and the raster's info.
 
-    ``crs`` is ``""`` for files without one; ``transform`` holds the six affine coefficients ``(a, b, c, d, e, f)``
-    (pixel to map: ``x = a*col + b*row + c``, ``y = d*col + e*row + f``).
+    Values, band numbers (1-based, as GDAL counts them), the valid mask and the errors (:class:`RasterError`
+    naming the file) are exactly those of ``rsrestore restore``, so a model is trained and scored on the values it
+    later restores. Without a band selection two conventions of plain image formats apply on top: a palette image
+    is expanded through its colour table (one band when the palette is grey, else RGB, scaled by 255), and the alpha
+    band of a PNG/JPEG/BMP is dropped (it is transparency, which the valid mask already carries).
     """
+    with warnings.catch_warnings():
+        # PNG/JPEG/BMP files carry no georeferencing; a dataset of thousands would warn for each.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        values, valid, info = read_raster(path, bands, scale)
+        if bands is None and info.colorinterp[:1] == (ColorInterp.palette,) and info.count == 1:
+            values = _palette_colours(path, values[0], info.scale)
+        elif bands is None and info.driver in _PLAIN_IMAGE_DRIVERS and ColorInterp.alpha in info.colorinterp:
+            keep = [i for i, ci in enumerate(info.colorinterp) if ci != ColorInterp.alpha]
+            if not keep:
+                raise RasterError(f"{path} has no data bands (only alpha)")
+            values = values[keep]
+    return np.ascontiguousarray(values), valid, info
 
-    crs: str
-    transform: tuple[float, float, float, float, float, float]
-    driver: str
+
+def _palette_colours(path: str | Path, scaled_index: np.ndarray, scale: float) -> np.ndarray:
+    """Colours ``(1 or 3, H, W)`` in [0, 1] of a palette band read as ``index / scale``."""
+    with open_raster(path) as ds:
+        colormap = ds.colormap(1)
+    # index / scale in float32 is within a few ulps of the integer index, so rounding recovers it exactly.
+    index = np.rint(scaled_index.astype(np.float64) * scale).astype(np.int64)
+    table = np.zeros((max(max(colormap) + 1, int(index.max()) + 1), 3), dtype=np.float32)
+    for i, rgba in colormap.items():
+        table[i] = rgba[:3]
+    table /= np.float32(255.0)
+    grey = all(r == g == b for r, g, b, *_ in colormap.values())
+    # 8-bit greyscale BMP/PNG files are stored with a grey palette: keep them single-band.
+    return table[index, 0][None] if grey else np.moveaxis(table[index], -1, 0)
 
 
 def _check_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise RasterError(f"input not found: {path}")
     return path
-
-
-def read_array(path: str | Path, *, expand_palette: bool = True) -> tuple[np.ndarray, RasterInfo]:
-    """Read every band of a raster as stored, ``(C, H, W)`` in the file's dtype, plus its georeferencing.
-
-    Alpha bands of PNG/JPEG/BMP files are dropped. A palette (indexed-colour) image is expanded through its colour
-    table when ``expand_palette`` is true (to one band if the palette is grey, else to RGB), and left as indices
-    otherwise (what a label mask wants).
-    """
-    path = _check_file(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            interp = tuple(src.colorinterp)
-            keep = [
-                i + 1
-                for i, ci in enumerate(interp)
-                if not (src.driver in _PLAIN_IMAGE_DRIVERS and ci == ColorInterp.alpha)
-            ]
-            if not keep:
-                raise ValueError(f"{path} has no data bands (only alpha)")
-            array = src.read(keep)
-            colormap = None
-            if expand_palette and len(keep) == 1 and interp[keep[0] - 1] == ColorInterp.palette:
-                colormap = src.colormap(keep[0])
-            info = RasterInfo(
-                crs=src.crs.to_string() if src.crs is not None else "",
-                transform=tuple(float(v) for v in src.transform[:6]),  # type: ignore[arg-type]
-                driver=src.driver,
-            )
-    if colormap is not None:
-        table = np.zeros((256 if array.dtype == np.uint8 else 65536, 3), dtype=np.uint8)
-        for index, rgba in colormap.items():
-            table[index] = rgba[:3]
-        grey = all(r == g == b for r, g, b, *_ in colormap.values())
-        # 8-bit greyscale BMP/PNG files are stored with a grey palette: keep them single-band.
-        array = table[array[0], 0][None] if grey else np.moveaxis(table[array[0]], -1, 0)
-    return array, info
-
-
-def scale_to_unit(array: np.ndarray, scale: float | None = None, clip: tuple[float, float] | None = None) -> np.ndarray:
-    """Map stored values to float32 reflectance-like values.
-
-    With ``scale`` given: optionally clip to ``clip`` first, then divide by ``scale``. Without: by dtype (``uint8``
-    /255, ``uint16`` /65535, other integers by their largest value, booleans to 0/1, floats unchanged).
-    """
-    if scale is not None:
-        if not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        out = array.astype(np.float32)
-        if clip is not None:
-            out = np.clip(out, clip[0], clip[1])
-        return (out / np.float32(scale)).astype(np.float32, copy=False)
-    if clip is not None:
-        raise ValueError("clip is only used together with an explicit scale")
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.integer):
-        return (array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)).astype(np.float32, copy=False)
-    if np.issubdtype(array.dtype, np.floating):
-        return array.astype(np.float32, copy=False)
-    raise ValueError(f"unsupported raster dtype {array.dtype}")
-
-
-def select_bands(array: np.ndarray, bands: Sequence[int] | None, path: str | Path = "") -> np.ndarray:
-    """Pick 0-based ``bands`` from a ``(C, H, W)`` array, with an error naming the file when one is out of range."""
-    if bands is None:
-        return array
-    count = array.shape[0]
-    bad = [b for b in bands if not 0 <= b < count]
-    if bad:
-        raise ValueError(f"bands {bad} out of range: {path or 'image'} has {count} band(s) (0-based indices)")
-    return array[list(bands)]
-
-
-def read_image(
-    path: str | Path,
-    scale: float | None = None,
-    *,
-    bands: Sequence[int] | None = None,
-    clip: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """Read an image as a ``(C, H, W)`` float32 array (see :func:`scale_to_unit` for the value mapping).
-
-    ``bands`` are 0-based band indices to keep, in the order given.
-    """
-    array, _ = read_array(path)
-    array = select_bands(array, bands, path)
-    return np.ascontiguousarray(scale_to_unit(array, scale, clip))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask as ``(1, H, W)`` float32 in ``[0, 1]``.
 
-    Integer masks stored as 0/1 (or palette indices 0/1) are kept as they are; otherwise integers are scaled by the
-    dtype's largest value (so 0/255 PNGs become 0/1). Several bands (an RGB-saved mask) reduce to their maximum.
+    A mask is a label, not reflectance, so it keeps its own convention: values already in ``[0, 1]`` (0/1 masks,
+    palette indices 0/1) stay as stored; other integer masks are divided by the dtype's largest value (0/255 PNGs
+    become 0/1 whatever the format). Several bands (an RGB-saved mask) reduce to their maximum.
     """
     path = _check_file(path)
     if path.suffix.lower() == ".npy":
         array = np.load(path)
         if array.ndim == 2:
             array = array[None]
+        dtype = array.dtype
     else:
-        array, _ = read_array(path, expand_palette=False)
+        # scale 1: the stored values (palette indices, not colours); read_raster does the reading and the errors.
+        array, _, info = _read_stored(path)
+        dtype = np.dtype(info.dtype)
     if array.ndim != 3:
-        raise ValueError(f"mask {path} must be (H, W) or (C, H, W), got shape {array.shape}")
-    if np.issubdtype(array.dtype, np.integer) and array.size and array.max() <= 1 and array.min() >= 0:
-        out = array.astype(np.float32)
-    else:
-        out = scale_to_unit(array)
+        raise RasterError(f"mask {path} must be (H, W) or (C, H, W), got shape {array.shape}")
+    out = array.astype(np.float32)
+    if np.issubdtype(dtype, np.integer) and out.size and not (out.min() >= 0 and out.max() <= 1):
+        out /= np.float32(np.iinfo(dtype).max)
     return np.ascontiguousarray(out.max(axis=0, keepdims=True))
 
 
@@ -185,12 +130,19 @@ def read_phi(path: str | Path) -> np.ndarray:
     if path.suffix.lower() == ".npy":
         array = np.load(path)
     else:
-        array, _ = read_array(path, expand_palette=False)
+        array = _read_stored(path)[0]
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
-        raise ValueError(f"{path} must hold an (H, W) or (C, H, W) array, got shape {array.shape}")
+        raise RasterError(f"{path} must hold an (H, W) or (C, H, W) array, got shape {array.shape}")
     return np.ascontiguousarray(array.astype(np.float32))
+
+
+def _read_stored(path: Path) -> tuple[np.ndarray, np.ndarray, RasterInfo]:
+    """Every band with its stored values (scale 1) as float32, through :func:`rsrestore.raster.read_raster`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return read_raster(path, scale=1.0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -399,18 +351,18 @@ def shift_transform(transform: Sequence[float], top: int, left: int) -> tuple[fl
 # Base dataset
 # --------------------------------------------------------------------------------------------------------------------
 
-SPATIAL_KEYS = ("input", "target", "sar", "mask", "phi")
+SPATIAL_KEYS = ("input", "target", "sar", "mask", "phi", "valid")
 
 
-def _check_bands(bands: Sequence[int] | None) -> list[int] | None:
-    if bands is None:
-        return None
-    if isinstance(bands, (str, bytes)) or not isinstance(bands, Iterable):
-        raise ValueError(f"bands must be a list of 0-based band indices, got {bands!r}")
-    out = list(bands)
-    if not out or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) and b >= 0 for b in out):
-        raise ValueError(f"bands must be a non-empty list of 0-based band indices, got {bands!r}")
-    return [int(b) for b in out]
+def check_bands(bands: Sequence[int] | str | None) -> list[int] | None:
+    """1-based band numbers (``[4, 3, 2]`` or ``"4,3,2"``), validated as ``rsrestore restore --bands`` is."""
+    if isinstance(bands, Iterable) and not isinstance(bands, str):
+        bands = list(bands)
+        if not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in bands):
+            raise RasterError(f"bands must be 1-based band numbers like [4, 3, 2] or '4,3,2'; got {bands!r}")
+    elif bands is not None and not isinstance(bands, str):
+        raise RasterError(f"bands must be 1-based band numbers like [4, 3, 2] or '4,3,2'; got {bands!r}")
+    return parse_bands(bands)
 
 
 class RestorationDataset(Dataset):
@@ -418,7 +370,7 @@ class RestorationDataset(Dataset):
 
     A subclass fills ``self.samples`` (one entry per item, any type) and implements :meth:`load`, which returns the
     sample's tensors at full size and its ``meta`` dict. ``__getitem__`` then applies the seeded crop/flip to every
-    tensor under ``input``, ``target``, ``sar``, ``mask`` and ``phi`` alike, and records in ``meta``:
+    tensor under ``input``, ``target``, ``sar``, ``mask``, ``phi`` and ``valid`` alike, and records in ``meta``:
     ``window`` ``(top, left, height, width)`` of the crop in file pixels, ``rot90`` and ``hflip``; a georeferenced
     ``transform`` is shifted to the crop window (it does not describe any later flip or rotation).
 
@@ -427,8 +379,8 @@ class RestorationDataset(Dataset):
         flip: random horizontal mirror and quarter turns (8 dihedral moves), same move for every tensor.
         seed: base seed; the item ``i`` of epoch ``e`` uses ``torch.Generator().manual_seed(seed * 1_000_003 +
             e * len(self) + i)``, so an epoch is reproducible. Call :meth:`set_epoch` each epoch for new crops.
-        bands: 0-based band indices kept from the optical images (input and target; also ``phi`` when it has as
-            many bands as the input file), in the given order.
+        bands: 1-based band numbers kept from the optical images, in the given order (``[4, 3, 2]`` or ``"4,3,2"``,
+            as ``rsrestore restore --bands``); also applied to ``phi`` when it has as many bands as the input file.
     """
 
     samples: list[Any]
@@ -450,7 +402,7 @@ class RestorationDataset(Dataset):
         self.crop = None if crop is None else int(crop)
         self.flip = bool(flip)
         self.seed = int(seed)
-        self.bands = _check_bands(bands)
+        self.bands = check_bands(bands)
         self.epoch = 0
         self.samples = []
 
@@ -468,6 +420,17 @@ class RestorationDataset(Dataset):
 
     def load(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
+
+    def read_pair(
+        self, input_path: Path, target_path: Path, scale: float | None = None
+    ) -> tuple[dict[str, torch.Tensor], RasterInfo]:
+        """``input`` and ``target`` (the dataset's ``bands``, see :func:`read_image`) and ``valid`` ``(H, W)`` bool,
+        True where a pixel is valid in both files; plus the input's :class:`~rsrestore.raster.RasterInfo`."""
+        x, valid_x, info = read_image(input_path, self.bands, scale)
+        y, valid_y, _ = read_image(target_path, self.bands, scale)
+        # Files of different sizes: __getitem__ reports them by name; the input's mask stands in until then.
+        valid = valid_x & valid_y if valid_x.shape == valid_y.shape else valid_x
+        return {"input": to_tensor(x), "target": to_tensor(y), "valid": torch.from_numpy(valid)}, info
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self)

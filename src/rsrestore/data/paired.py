@@ -27,12 +27,9 @@ from .common import (
     find_subdirs,
     list_images,
     match_by_stem,
-    read_array,
     read_mask,
     read_phi,
     require_pairs,
-    scale_to_unit,
-    select_bands,
     to_tensor,
 )
 
@@ -72,8 +69,8 @@ class PairedDataset(RestorationDataset):
         load_phi, load_mask: read ``phi/`` and ``mask/`` when those folders exist (every sample must have one).
         crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset`.
 
-    Items: ``{"input", "target", "phi"?, "mask"?, "meta": {"name", "path", "target_path", ...}}``, images
-    ``(C, H, W)`` float32 in ``[0, 1]`` scaled by file dtype.
+    Items: ``{"input", "target", "valid", "phi"?, "mask"?, "meta": {"name", "path", "target_path", ...}}``, images
+    ``(C, H, W)`` float32 scaled as :mod:`rsrestore.raster` scales them, ``valid`` ``(H, W)`` bool.
     """
 
     def __init__(
@@ -117,12 +114,8 @@ class PairedDataset(RestorationDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         entry = self.samples[index]
-        raw, _ = read_array(entry["input"])
-        n_bands = raw.shape[0]
-        image = scale_to_unit(select_bands(raw, self.bands, entry["input"]))
-        target_raw, _ = read_array(entry["target"])
-        target = scale_to_unit(select_bands(target_raw, self.bands, entry["target"]))
-        sample: dict[str, Any] = {"input": to_tensor(image), "target": to_tensor(target)}
+        sample: dict[str, Any]
+        sample, info = self.read_pair(entry["input"], entry["target"])
         meta: dict[str, Any] = {
             "name": entry["input"].stem,
             "path": str(entry["input"]),
@@ -131,8 +124,8 @@ class PairedDataset(RestorationDataset):
         if "phi" in entry:
             phi = read_phi(entry["phi"])
             # Phi is per band like the image, so a band selection applies to it too; a single-band map is shared.
-            if self.bands is not None and phi.shape[0] == n_bands and n_bands > 1:
-                phi = phi[self.bands]
+            if self.bands is not None and phi.shape[0] == info.count > 1:
+                phi = phi[[b - 1 for b in self.bands]]
             sample["phi"] = to_tensor(phi)
         if "mask" in entry:
             sample["mask"] = to_tensor(read_mask(entry["mask"]))

@@ -35,7 +35,6 @@ from .common import (
     list_images,
     match_by_stem,
     natural_key,
-    read_image,
     read_mask,
     require_pairs,
     to_tensor,
@@ -100,7 +99,7 @@ class RICEDataset(RestorationDataset):
         train_fraction: share of the sorted pairs that forms ``"train"``.
         crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset`.
 
-    Items: ``{"input", "target", "mask"? (RICE2, (1, H, W) in [0, 1]), "meta": {"name", "path", "target_path",
+    Items: ``{"input", "target", "valid", "mask"? (RICE2, (1, H, W) in [0, 1]), "meta": {"name", "path", "target_path",
     "version"}}``.
     """
 
@@ -154,10 +153,8 @@ class RICEDataset(RestorationDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         entry = self.samples[index]
-        sample: dict[str, Any] = {
-            "input": to_tensor(read_image(entry["input"], bands=self.bands)),
-            "target": to_tensor(read_image(entry["target"], bands=self.bands)),
-        }
+        sample: dict[str, Any]
+        sample, _ = self.read_pair(entry["input"], entry["target"])
         if "mask" in entry:
             sample["mask"] = to_tensor(read_mask(entry["mask"]))
         sample["meta"] = {

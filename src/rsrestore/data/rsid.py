@@ -31,7 +31,7 @@ class RSIDDataset(PairedDataset):
         split: ``"train"`` or ``"test"``.
         crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset`.
 
-    Items: ``{"input", "target", "meta": {"name", "path", "target_path"}}``, RGB in ``[0, 1]``.
+    Items: ``{"input", "target", "valid", "meta": {"name", "path", "target_path"}}``, RGB in ``[0, 1]``.
     """
 
     def __init__(

@@ -34,9 +34,7 @@ from .common import (
     find_one_subdir,
     list_images,
     match_by_stem,
-    read_image,
     require_pairs,
-    to_tensor,
 )
 
 SUBSETS: tuple[str, ...] = ("thin", "moderate", "thick")
@@ -92,7 +90,7 @@ class SateHaze1KDataset(RestorationDataset):
         subset: ``"thin"``, ``"moderate"``, ``"thick"`` or ``"all"`` (the three concatenated in that order).
         crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset`.
 
-    Items: ``{"input", "target", "meta": {"name", "path", "target_path", "subset"}}``, RGB in ``[0, 1]``.
+    Items: ``{"input", "target", "valid", "meta": {"name", "path", "target_path", "subset"}}``, RGB in ``[0, 1]``.
     """
 
     def __init__(
@@ -134,9 +132,9 @@ class SateHaze1KDataset(RestorationDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         entry = self.samples[index]
+        sample, _ = self.read_pair(entry["input"], entry["target"])
         return {
-            "input": to_tensor(read_image(entry["input"], bands=self.bands)),
-            "target": to_tensor(read_image(entry["target"], bands=self.bands)),
+            **sample,
             "meta": {
                 "name": entry["input"].stem,
                 "path": str(entry["input"]),

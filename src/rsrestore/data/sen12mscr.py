@@ -11,13 +11,16 @@ Layout, as the archives unpack::
     root/ROIs1970_fall_s2_cloudy/s2_cloudy_139/ROIs1970_fall_s2_cloudy_139_p839.tif   cloudy Sentinel-2
 
 ``root`` may also be one level above those folders. Sentinel-2 band order: B1, B2, B3, B4, B5, B6, B7, B8, B8A, B9,
-B10, B11, B12 (RGB = indices 3, 2, 1).
+B10, B11, B12 (RGB = bands 4, 3, 2, counted from 1 as everywhere in rsrestore).
 
-Values, following DSen2-CR (Meraner et al., ISPRS J. 2020) but mapped to ``[0, 1]``:
+Files are read through :mod:`rsrestore.raster`, as ``rsrestore restore`` reads them. Values follow DSen2-CR
+(Meraner et al., ISPRS J. 2020), mapped to ``[0, 1]``:
 
-- optical: clipped to ``[0, 10000]`` and divided by 10000;
+- optical: divided by 10000, as ``restore`` divides a uint16 GeoTIFF, then clipped to ``[0, 1]`` (DSen2-CR clips the
+  digital numbers to ``[0, 10000]``; thick clouds exceed 10000, and the published models saw only clipped values);
 - SAR: VV clipped to ``[-25, 0]`` dB and VH to ``[-32.5, 0]`` dB, then ``(x - low) / (0 - low)``; NaNs (holes in a
-  few S1 patches) become 0 after scaling, as in the UnCRtainTS reference loader (Ebel et al., CVPRW 2023).
+  few S1 patches) become 0, as in the UnCRtainTS reference loader (Ebel et al., CVPRW 2023). This is
+  :func:`rsrestore.raster.sar_to_unit`, which ``restore --sar`` applies too.
 
 Splits: the release has none on disk. ``"test"`` and ``"val"`` are the scenes held out by the UnCRtainTS reference
 loader for SEN12MS-CR (:data:`TEST_SCENES`, :data:`VAL_SCENES`, matched here by exact scene number); ``"train"`` is
@@ -34,16 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from .common import RestorationDataset, check_choice, check_root, natural_key, read_array, select_bands, to_tensor
+from ..raster import SAR_DB_RANGES, RasterError, sar_to_unit
+from .common import RestorationDataset, check_choice, check_root, natural_key, read_image, to_tensor
 
 SPLITS: tuple[str, ...] = ("all", "train", "val", "test")
 MISSING_POLICIES: tuple[str, ...] = ("skip", "raise")
-RGB_BANDS: tuple[int, int, int] = (3, 2, 1)
-"""B4, B3, B2 in the 13-band order."""
+RGB_BANDS: tuple[int, int, int] = (4, 3, 2)
+"""B4, B3, B2: 1-based band numbers in the 13-band order."""
 
-OPTICAL_CLIP: tuple[float, float] = (0.0, 10000.0)
-SAR_CLIP_DB: tuple[tuple[float, float], tuple[float, float]] = ((-25.0, 0.0), (-32.5, 0.0))
+OPTICAL_SCALE = 10000.0
+"""Sentinel-2 digital numbers per unit reflectance; the default scale of a uint16 GeoTIFF in rsrestore.raster."""
+SAR_CLIP_DB = SAR_DB_RANGES
 """(low, high) dB of VV and VH."""
 
 TEST_SCENES: dict[str, frozenset[str]] = {
@@ -72,26 +78,16 @@ def scene_split(roi: str, scene: str) -> str:
     return "train"
 
 
-def scale_optical(raw: np.ndarray) -> np.ndarray:
-    """Sentinel-2 digital numbers to ``[0, 1]``: clip to ``[0, 10000]``, divide by 10000, NaN to 0."""
-    out = raw.astype(np.float32)
-    np.clip(out, *OPTICAL_CLIP, out=out)
-    out /= np.float32(OPTICAL_CLIP[1])
-    if not np.issubdtype(raw.dtype, np.integer):  # stored digital numbers are uint16 and cannot hold NaN
-        np.nan_to_num(out, copy=False, nan=0.0)
-    return out
+def clip_optical(values: torch.Tensor) -> torch.Tensor:
+    """DSen2-CR's optical convention on reflectance (digital numbers / 10000): clip to ``[0, 1]``, NaN to 0."""
+    return torch.nan_to_num(values.clamp_(0.0, 1.0), nan=0.0)
 
 
-def scale_sar(raw: np.ndarray) -> np.ndarray:
+def scale_sar(raw: np.ndarray, path: str | Path = "SAR") -> np.ndarray:
     """Sentinel-1 ``(2, H, W)`` VV, VH backscatter in dB to ``[0, 1]`` (see :data:`SAR_CLIP_DB`), NaN to 0."""
     if raw.ndim != 3 or raw.shape[0] != 2:
-        raise ValueError(f"SAR must have 2 bands (VV, VH), got shape {raw.shape}")
-    out = raw.astype(np.float32)
-    for band, (low, high) in enumerate(SAR_CLIP_DB):
-        np.clip(out[band], low, high, out=out[band])
-        out[band] -= np.float32(low)
-        out[band] /= np.float32(high - low)
-    return np.nan_to_num(out, copy=False, nan=0.0)
+        raise RasterError(f"{path} must have 2 bands (VV, VH in dB); it has {raw.shape[0] if raw.ndim == 3 else 0}")
+    return sar_to_unit(raw)
 
 
 def _season_parents(root: Path) -> list[tuple[Path, str]]:
@@ -128,13 +124,13 @@ class SEN12MSCRDataset(RestorationDataset):
         missing_target: ``"skip"`` leaves out patches whose cloud-free target (or, with ``with_sar``, SAR) file
             is absent, with one warning giving the count; ``"raise"`` raises :class:`FileNotFoundError`.
         with_sar: load Sentinel-1 as ``"sar"``.
-        rgb_only: keep bands B4, B3, B2 (indices 3, 2, 1) only; exclusive with ``bands``.
-        crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset` (``bands`` index the 13
-            optical bands; SAR is never subset).
+        rgb_only: keep bands B4, B3, B2 (band numbers 4, 3, 2) only; exclusive with ``bands``.
+        crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset` (``bands`` are 1-based
+            numbers of the 13 optical bands; SAR is never subset).
 
-    Items: ``{"input": cloudy (13|len(bands), H, W), "target": cloud-free, "sar"?: (2, H, W), "meta": {"name",
-    "path", "target_path", "sar_path"?, "roi", "scene", "patch", "crs", "transform", ...}}``; ``crs`` and
-    ``transform`` are those of the cloudy patch (the transform shifted to the crop window).
+    Items: ``{"input": cloudy (13|len(bands), H, W), "target": cloud-free, "valid": (H, W) bool, "sar"?: (2, H, W),
+    "meta": {"name", "path", "target_path", "sar_path"?, "roi", "scene", "patch", "crs", "transform", ...}}``;
+    ``crs`` and ``transform`` are those of the cloudy patch (the transform shifted to the crop window).
     """
 
     def __init__(
@@ -234,12 +230,11 @@ class SEN12MSCRDataset(RestorationDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         entry = self.samples[index]
-        cloudy_raw, info = read_array(entry["input"])
-        target_raw, _ = read_array(entry["target"])
-        sample: dict[str, Any] = {
-            "input": to_tensor(scale_optical(select_bands(cloudy_raw, self.bands, entry["input"]))),
-            "target": to_tensor(scale_optical(select_bands(target_raw, self.bands, entry["target"]))),
-        }
+        sample: dict[str, Any]
+        # The scale is the dataset's (stated, not left to the file's dtype), then DSen2-CR's clip (module docstring).
+        sample, info = self.read_pair(entry["input"], entry["target"], scale=OPTICAL_SCALE)
+        sample["input"] = clip_optical(sample["input"])
+        sample["target"] = clip_optical(sample["target"])
         meta: dict[str, Any] = {
             "name": entry["input"].stem,
             "path": str(entry["input"]),
@@ -247,12 +242,12 @@ class SEN12MSCRDataset(RestorationDataset):
             "roi": entry["roi"],
             "scene": entry["scene"],
             "patch": entry["patch"],
-            "crs": info.crs,
-            "transform": info.transform,
+            "crs": info.crs.to_string() if info.crs is not None else "",
+            "transform": tuple(float(v) for v in info.transform[:6]),
         }
         if self.with_sar:
-            sar_raw, _ = read_array(entry["sar"])
-            sample["sar"] = to_tensor(scale_sar(sar_raw))
+            sar_db, _, _ = read_image(entry["sar"], scale=1.0)  # backscatter in dB, as stored
+            sample["sar"] = to_tensor(scale_sar(sar_db, entry["sar"]))
             meta["sar_path"] = str(entry["sar"])
         sample["meta"] = meta
         return sample

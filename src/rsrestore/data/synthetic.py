@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..physics.noise import randint
+from .common import check_bands
 from ..synthesize import (
     KINDS,
     PRESETS,
@@ -54,8 +55,9 @@ class SyntheticDataset(Dataset):
         length: items per epoch (default: one per source file). Item i reads file ``i % len(files)``.
         seed: base seed.
         flip: random horizontal mirror and quarter turns (the 8 dihedral moves) before degradation.
-        bands: 0-based band indices to keep (default all bands; all files must then have the same count).
-        scale: divisor mapping file values to [0, 1] (default by dtype, see :mod:`rsrestore.raster`).
+        bands: 1-based band numbers to keep, e.g. ``[1, 2, 3]`` or ``"1,2,3"`` (default all bands; all files must
+            then have the same count), as ``rsrestore restore --bands`` and the other datasets count them.
+        scale: divisor mapping file values to [0, 1] (default by dtype and format, see :mod:`rsrestore.raster`).
         wavelengths_nm: band centres for band counts without a default (see :mod:`rsrestore.physics.haze`).
         shadow: cast shadows of thick clouds.
         crop: alias of `size`, the option name the other datasets use (so training configs can swap datasets).
@@ -92,8 +94,6 @@ class SyntheticDataset(Dataset):
             raise ValueError(f"length must be a positive int or None; got {length!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int; got {seed!r}")
-        if bands is not None and (not list(bands) or any(int(b) < 0 for b in bands)):
-            raise ValueError(f"bands must be a non-empty list of 0-based band indices; got {bands!r}")
         self.files = find_images(sources)
         self.kind = kind
         self.preset = preset
@@ -101,7 +101,7 @@ class SyntheticDataset(Dataset):
         self.length = len(self.files) if length is None else length
         self.seed = seed
         self.flip = bool(flip)
-        self.bands = None if bands is None else [int(b) for b in bands]
+        self.bands = check_bands(bands)
         self.scale = scale
         self.wavelengths_nm = None if wavelengths_nm is None else [float(w) for w in wavelengths_nm]
         self.shadow = shadow
@@ -135,7 +135,9 @@ class SyntheticDataset(Dataset):
         _, h, w = self._shape(fi)
 
         window = draw_window(g, h, w, self.size)
-        clean_np, pad = read_crop(path, window, self.size, self.scale, self.bands)
+        # read_crop (rsrestore.raster.read_raster on a window) takes 0-based indices.
+        indices = None if self.bands is None else [b - 1 for b in self.bands]
+        clean_np, pad = read_crop(path, window, self.size, self.scale, indices)
         clean = torch.from_numpy(clean_np)
         rot, mirror = 0, False
         if self.flip:
