@@ -1,0 +1,98 @@
+"""Training objectives: what one training or validation step computes from a model and a batch.
+
+An objective is a plain function, chosen by the ``objective.name`` of a training config from :data:`OBJECTIVES`::
+
+    def my_objective(model, batch, ctx, *, param_a=1.0) -> StepOutput: ...
+
+- ``model``: the network being trained, to be called on the batch (in training it may be wrapped by
+  DistributedDataParallel; in validation it is the plain or the EMA module in eval mode).
+- ``batch``: the collated dataset items, already on the device: ``"input"``, ``"target"`` and whatever else the
+  dataset yields (``"sar"``, ``"mask"``, ``"phi"``, ``"meta"``).
+- ``ctx``: an :class:`ObjectiveContext` with the loss of the config's ``loss`` section, the keyword arguments the loss
+  wants passed to the model, whether this is a training or a validation step, the generator for random draws, and a
+  per-run ``cache``.
+- keyword-only parameters: the config's ``objective.params``, checked against the signature like ``loss.params``.
+
+It returns a :class:`StepOutput`: the scalar ``loss`` to minimise, ``logs`` (floats, the ``log.csv`` columns the step
+adds; the loop adds ``loss`` itself) and ``prediction``, the restored image on the scale of ``target``, which
+validation scores with PSNR/SSIM (after clamping to [0, 1]); a training step may return ``None`` there.
+
+The loop owns everything else: autocast around the call, the finite-loss check, backward, gradient clipping, the
+optimiser and EMA updates, logging, checkpoints. So an objective never steps an optimiser or touches devices.
+
+Randomness. In training, ``ctx.generator`` is None: draw from the global torch RNG (e.g. diffusion time steps and
+noise), whose state every checkpoint saves, so ``--resume`` stays exact. In validation it is a generator seeded
+the same way at every validation, so scores are comparable across steps and validating never moves the training
+stream. ``torch.randn(shape, generator=ctx.generator, device=...)`` works in both cases.
+
+Adding an objective (a diffusion loss, or stage 2 of a two-stage model on top of frozen stage-1 weights) means
+writing one function here and adding it to :data:`OBJECTIVES`; frozen helpers it loads once (a stage-1 network read
+from the path in its parameters) go in ``ctx.cache``, which lives as long as the run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..losses import prediction_of
+
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveContext", "StepOutput", "call_model", "objective_params", "supervised"]
+
+
+@dataclass
+class StepOutput:
+    """What an objective returns: the loss to minimise, log columns, and the restored image when there is one."""
+
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    prediction: Tensor | None = None
+
+
+@dataclass
+class ObjectiveContext:
+    """What the loop hands an objective besides the model and the batch (see the module docstring)."""
+
+    loss: nn.Module
+    model_kwargs: dict[str, Any]
+    needs_sar: bool
+    training: bool = True
+    generator: torch.Generator | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+Objective = Callable[..., StepOutput]
+
+
+def call_model(model: nn.Module, x: Tensor, batch: Mapping[str, Any], ctx: ObjectiveContext) -> Any:
+    """``model(x)``, with the batch's SAR image for a model that takes one and the keyword arguments the loss asks
+    for (AOSR-Net returns its Phi map for the ``aosr`` loss)."""
+    if ctx.needs_sar:
+        return model(x, sar=batch.get("sar"), **ctx.model_kwargs)
+    return model(x, **ctx.model_kwargs)
+
+
+def supervised(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext) -> StepOutput:
+    """The model restores ``batch["input"]`` in one pass; the configured loss compares its output with the batch."""
+    output = call_model(model, batch["input"], batch, ctx)
+    total, parts = ctx.loss(output, batch)
+    logs = {f"loss_{k}": float(v) for k, v in parts.items() if k != "total"}
+    return StepOutput(total, logs, prediction_of(output))
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "supervised": supervised,
+}
+
+
+def objective_params(name: str) -> list[str]:
+    """The keyword-only parameters of objective ``name``: what ``objective.params`` may set."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; known objectives: {', '.join(sorted(OBJECTIVES))}")
+    params = inspect.signature(OBJECTIVES[name]).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY]
