@@ -71,10 +71,12 @@ SAR_LOOKS = 4.4
 
 
 def _read(path: Path) -> np.ndarray:
+    from rsrestore.raster import read_raster
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the scenes are known to carry no georeferencing
-        with rasterio.open(path) as ds:
-            return ds.read().astype(np.float32) / 10000.0
+        # reflectance x 10000, read as restore reads a uint16 GeoTIFF (the scale stated, not left to the default)
+        return read_raster(path, scale=10000.0)[0]
 
 
 def _upsample(bands: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -420,7 +420,7 @@ def regenerate_sample(dataset: str | Path | dict, index: int, clean_root: str | 
 
 def read_sample(dataset: str | Path, index: int) -> dict:
     """Read sample `index` of a written dataset back as stored (uint8 / float32 arrays, (C, H, W))."""
-    import rasterio
+    from .raster import read_raster
 
     m = load_manifest(dataset)
     rec = next(s for s in m["samples"] if s["index"] == index)
@@ -428,6 +428,7 @@ def read_sample(dataset: str | Path, index: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         for key, rel in rec["files"].items():
-            with rasterio.open(Path(dataset) / rel) as src:
-                out[key] = src.read()
+            # scale 1: the stored values (uint8 or float32), exact in float32, back in the file's dtype
+            values, _, info = read_raster(Path(dataset) / rel, scale=1.0)
+            out[key] = values.astype(info.dtype)
     return out
