@@ -3,6 +3,9 @@ the denoiser, tiny overfits of both stages, and the full two-stage restore."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +14,7 @@ from rsrestore.diffusion import to_signed
 from rsrestore.models.blocks import count_parameters, pad_to_multiple
 from rsrestore.models.dsrdmpd import DSRDMPD, DSRDMPDConfig, MCESSUNet, MCESSUNetConfig, UNetRes, UNetResConfig
 from rsrestore.models.dsrdmpd import mcess_unet, unetres
+from rsrestore.models.dsrdmpd.official import convert_official
 
 TINY = dict(stage1_dim=8, stage2_dim=8, stage2_dim_mults=(1, 2), stage2_dim_head=8)
 
@@ -178,3 +182,30 @@ def test_full_two_stage_restore_of_a_small_image():
     torch.testing.assert_close(model(hazy, noise_fn=lambda shape, step: fixed[step]), out)
     with pytest.raises(ValueError, match="expects"):
         model(hazy[:, :3])
+
+
+def test_the_authors_checkpoints_convert_onto_every_tensor():
+    # Key names and shapes of the authors' U_Net(dim=32) and UnetRes(dim=8, dim_mults=(1, 2)) state dicts, recorded
+    # from their code; random values stand in for trained weights.
+    spec = json.loads((Path(__file__).parent / "data" / "dsrdmpd_official_keys.json").read_text())
+    g = torch.Generator().manual_seed(0)
+
+    def tensor(shape):
+        return torch.randn(shape, generator=g) if shape else torch.tensor(3)
+
+    stage1 = {k: tensor(shape) for k, shape in spec["stage1"].items()}
+    # a stage-2 checkpoint holds the diffusion wrapper: the network under "model.", schedule buffers beside it
+    stage2 = {"model." + k: tensor(shape) for k, shape in spec["stage2"].items()}
+    stage2["alphas_cumsum"] = torch.rand(1000)
+    model = DSRDMPD(DSRDMPDConfig(stage1_dim=32, stage2_dim=8, stage2_dim_mults=(1, 2), stage2_dim_head=32))
+    model.load_state_dict(convert_official(stage1, stage2), strict=True)  # every tensor covered, every shape fits
+    s1, s2 = model.stage1, model.stage2
+    assert torch.equal(s1.encoder[0].body[2].branch5[2].weight, stage1["Conv1.attention.inc.branch2.2.weight"])
+    assert torch.equal(s1.decoder[0].ess.gate.from_skip[0].weight, stage1["eff1.EAG.grouped_conv_g.0.weight"])
+    assert torch.equal(s1.decoder[3].adjust.weight, stage1["adjust_channel1.weight"])
+    assert torch.equal(s1.neck.mlp_t[2].weight, stage1["neck.MLP_T.3.weight"][:, :, 0, 0])
+    assert torch.equal(s2.ups_res[1].block2.time[1].weight, stage2["model.ups_no_skip.1.1.mlp.1.weight"])
+    assert torch.equal(s2.ups_skip[0].resample[1].weight, stage2["model.ups.0.3.1.weight"])
+    assert torch.equal(s2.mid_attn.norm.weight, stage2["model.mid_attn.fn.norm.g"].flatten())
+    assert not s2.mid_attn.norm.bias.any()  # their LayerNorm has a gain only
+    assert int(s1.encoder[0].body[0][1].num_batches_tracked) == 3

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...diffusion import (
+    NoiseFn,
     ResidualSchedule,
     random_timesteps,
     rddm_sample,
@@ -35,7 +36,6 @@ from ...diffusion import (
     to_signed,
     to_unit,
 )
-from ...diffusion.samplers import NoiseFn
 from ..blocks import pad_to_multiple
 from .mcess_unet import MCESSUNet, MCESSUNetConfig
 from .unetres import UNetRes, UNetResConfig
