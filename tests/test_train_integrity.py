@@ -19,7 +19,7 @@ from _train_data import base_config, make_pairs, write_yaml
 from rsrestore.cli import app
 from rsrestore.models import registry
 from rsrestore.train import parse_config, train
-from rsrestore.train.checkpoint import read_checkpoint
+from rsrestore.train.checkpoint import prune_checkpoints, read_checkpoint
 
 runner = CliRunner()
 
@@ -206,3 +206,13 @@ def test_resume_with_another_model_is_refused(tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", str(cfg), "--resume", "--set", "model.name=other"])
     assert result.exit_code == 2, result.output
     assert "model.name was 'aosrnet', now 'other'" in result.stderr
+
+
+def test_pruning_counts_only_checkpoints_up_to_the_new_one(tmp_path):
+    """After a fallback, the unusable newer checkpoint must not push the one just written out of `keep`."""
+    for step in (2, 4, 6):
+        (tmp_path / f"step_{step:07d}").mkdir()
+    prune_checkpoints(tmp_path, keep=1, newest=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000004", "step_0000006"]
+    prune_checkpoints(tmp_path, keep=None, newest=6)
+    assert len(list(tmp_path.iterdir())) == 2
