@@ -1,6 +1,8 @@
 """The `rsrestore` command: a thin layer over the library (restore, evaluate, synthesize, train, models).
 
-Errors a user can fix (a missing file, a bad option, an unknown method) print one line and exit with status 2.
+Errors a user can fix (a missing file, a bad option, an unknown method, a full disk, a damaged weights file) print
+one line and exit with status 2; any other error is an internal error, one line and status 1. ``--debug`` shows the
+traceback instead. Every error passes through one place, `_explain`, which sorts errors by what they mean.
 """
 
 from __future__ import annotations
@@ -8,11 +10,33 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
+
+from .errors import user_message
+
+
+# Exits and usage errors of typer and click, which pass the edge untouched.
+_COMMAND_LINE_EXITS = (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+
+
+class _CommandLineEdge(TyperGroup):
+    """The command line's edge: an error escaping any command is explained here (see `_explain`)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _COMMAND_LINE_EXITS:
+            raise
+        except Exception as e:  # KeyboardInterrupt and SystemExit are not Exceptions: Ctrl-C and signals pass
+            _explain(e)
+
 
 app = typer.Typer(
+    cls=_CommandLineEdge,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -25,36 +49,51 @@ app = typer.Typer(
     "  rsrestore models --json",
 )
 
-USER_ERRORS: tuple[type[BaseException], ...] = ()
+# Options of the whole command line, set by `_global_options` before any command runs.
+_options = {"debug": False}
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .models.registry import ModelError
-    from .raster import RasterError
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error instead of one line."),
+):
+    _options["debug"] = debug
 
-    return (RasterError, ModelError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
 
-
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
+def _explain(e: Exception) -> NoReturn:
+    """Report an error by what it means: one line and exit status 2 when the user can fix it (see
+    `rsrestore.errors.user_message`), else one line calling it an internal error and exit status 1. With --debug
+    the error propagates with its full traceback instead. Call only from an `except` block."""
+    if _options["debug"]:
+        raise
+    message = user_message(e)
+    if message is not None:
+        _fail(message)
+    lines = str(e).strip().splitlines()
+    detail = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    typer.echo(f"internal error: {detail} (run with --debug for the traceback)", err=True)
+    raise typer.Exit(1)
+
+
 def _run(fn, *args, **kwargs):
-    """Call library code, turning the errors a user can fix into one line on stderr and exit status 2."""
+    """Call library code; an error ends the command at once with its explanation (see `_explain`)."""
     try:
         return fn(*args, **kwargs)
-    except _user_errors() as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        _fail(str(msg).splitlines()[0] if str(msg) else type(e).__name__)
+    except _COMMAND_LINE_EXITS:
+        raise
+    except Exception as e:
+        _explain(e)
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        import torch
+    from .models.registry import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return resolve_device(name)
 
 
 def _collect_inputs(inputs: list[Path]) -> list[Path]:

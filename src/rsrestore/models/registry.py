@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -213,6 +215,7 @@ def build_config(spec: ModelSpec, config: dict | Any | None = None, **overrides)
         unknown = sorted(set(values) - names)
         if unknown:
             raise ModelError(f"{spec.name}: unknown config key(s) {unknown}; known: {sorted(names)}")
+        _check_config_types(spec.name, config_cls, values)
         for k, v in values.items():
             if isinstance(v, list):
                 values[k] = tuple(v)
@@ -222,28 +225,100 @@ def build_config(spec: ModelSpec, config: dict | Any | None = None, **overrides)
     return config
 
 
+def _check_config_types(name: str, config_cls: type, values: dict) -> None:
+    """Each value has the type of its field's default (an int where the default is an int, ...): a config read from
+    JSON or YAML can hold a string where a number belongs, which would otherwise fail deep inside the model."""
+    for f in dataclasses.fields(config_cls):
+        if f.name not in values:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        v = values[f.name]
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, int):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif isinstance(default, str):
+            ok = isinstance(v, str)
+        elif isinstance(default, (tuple, list)):
+            ok = isinstance(v, (tuple, list))
+        else:
+            ok = True  # None or another object: no type to compare with
+        if not ok:
+            raise ModelError(f"{name}: config key {f.name!r} must be {type(default).__name__} like {default!r}, "
+                             f"got {v!r}")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors (preferred) or a PyTorch file loaded without executing pickled code.
 
     `module.` prefixes left by DistributedDataParallel are removed.
     """
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"weights file not found: {p}")
+    p = _existing_weights(path)
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        weights_shapes(p)  # a damaged or renamed file is explained before anything is read
         state = load_file(str(p))
     else:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # a corrupt file or one that needs arbitrary code to unpickle
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" not in str(e):  # not a refused object: a damaged file
+                raise ModelError(f"cannot load weights {p}: {str(e).splitlines()[0][:200]}") from None
+            raise ModelError(
+                f"{p} holds pickled Python objects besides tensors, which are not loaded because unpickling them can "
+                f"run code; convert the checkpoint's state_dict to safetensors where you trust it "
+                f"(safetensors.torch.save_file(state_dict, 'weights.safetensors')) and pass that file"
+            ) from None
+        except Exception as e:  # a damaged file
             raise ModelError(f"cannot load weights {p}: {str(e).splitlines()[0][:200]}") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelError(f"{p} does not hold a state dict")
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {_unwrapped(k): v for k, v in state.items()}
+
+
+def _existing_weights(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"weights file not found: {p}" if not p.exists() else f"weights {p} is a folder, not a file")
+    return p
+
+
+def _unwrapped(key: str) -> str:
+    """A state-dict key without the ``module.`` prefix DistributedDataParallel adds."""
+    return key[len("module.") :] if key.startswith("module.") else key
+
+
+def weights_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of a safetensors file, read from its header alone (no tensor is loaded).
+
+    A file that is not safetensors (a PyTorch checkpoint renamed ``.safetensors``) or is truncated is a ModelError.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = _existing_weights(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {_unwrapped(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as e:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # a zip archive or a pickle: torch.save's formats
+            raise ModelError(
+                f"{p} is not a safetensors file but a PyTorch checkpoint (torch.save); give it the .pth extension, "
+                f"which loads its tensors without running pickled code"
+            ) from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{p} is not a valid safetensors file, damaged or truncated ({reason}); copy it again") from None
 
 
 def sha256_of(path: str | Path) -> str:
@@ -292,10 +367,16 @@ def load_model(
 
     Bundled weights carry the config they were trained with; it is used unless `config` is given. So do weights
     given by path when a metadata JSON with a ``config`` sits beside them (see :func:`weights_sidecar`).
+
+    Nothing is allocated before the config is known to fit: the weights' shapes (from a safetensors header) are
+    compared with those of the model built on PyTorch's meta device, and a model whose parameters alone exceed the
+    available memory is refused.
     """
     spec = get_spec(name)
-    model_cls, _ = spec.classes()
-    state = None
+    device = resolve_device(device)
+    if not spec.trainable and weights not in (None, "default"):
+        raise ModelError(f"{name} is training-free and takes no weights; drop --weights {weights}")
+    path, origin = None, ""
     if spec.trainable and weights is not None:
         if weights == "default":
             path = spec.weights_path
@@ -310,30 +391,108 @@ def load_model(
             if config is None:
                 config = meta.get("config")
         else:
-            path = Path(weights)
+            path = _existing_weights(weights)
             if config is None:
                 meta = weights_sidecar(path, name)
                 if meta is not None:
-                    config = meta["config"]
-        state = read_state_dict(path)
-    cfg = build_config(spec, config, **overrides)
+                    config, origin = meta["config"], f" (config from {path.with_suffix('.json')})"
+    try:
+        cfg = build_config(spec, config, **overrides)
+        expected = _meta_shapes(spec, cfg)
+        state = None
+        if path is not None:
+            if path.suffix == ".safetensors":
+                _check_fit(name, weights_shapes(path), expected)
+                state = read_state_dict(path)
+            else:
+                state = read_state_dict(path)
+                _check_fit(name, {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}, expected)
+        _check_memory(name, expected)
+    except ModelError as e:
+        raise ModelError(f"{e}{origin}") from None
+    model_cls, _ = spec.classes()
     model = model_cls(cfg)
     if state is not None:
-        own = model.state_dict()
-        wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-        if wrong:
-            k = wrong[0]
-            raise ModelError(
-                f"weights do not fit {name} with this config: {len(wrong)} tensor(s) of another shape, e.g. {k} "
-                f"{tuple(state[k].shape)} vs {tuple(own[k].shape)}; pass the config the weights were trained with"
-            )
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ModelError(
-                f"weights do not fit {name} with this config: {len(missing)} missing key(s) "
-                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-            )
+        model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def _meta_shapes(spec: ModelSpec, cfg) -> dict[str, torch.Size] | None:
+    """The state-dict shapes of the model `cfg` describes, from a build on the meta device (no memory used).
+
+    None when the model cannot be built there (it computes values while being built); a config the model refuses
+    is a ModelError.
+    """
+    model_cls, _ = spec.classes()
+    try:
+        with torch.device("meta"):
+            model = model_cls(cfg)
+    except NotImplementedError:
+        return None
+    except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError) as e:
+        if "meta" in str(e):
+            return None
+        raise ModelError(f"{spec.name}: cannot build the model with this config ({str(e).strip()[:200]})") from None
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def _check_fit(name: str, stored: dict[str, tuple[int, ...]], expected: dict[str, torch.Size] | None) -> None:
+    if expected is None:
+        return
+    wrong = [k for k in stored if k in expected and tuple(stored[k]) != tuple(expected[k])]
+    if wrong:
+        k = wrong[0]
+        raise ModelError(
+            f"weights do not fit {name} with this config: {len(wrong)} tensor(s) of another shape, e.g. {k} "
+            f"{tuple(stored[k])} vs {tuple(expected[k])}; pass the config the weights were trained with"
+        )
+    missing = [k for k in expected if k not in stored]
+    unexpected = [k for k in stored if k not in expected]
+    if missing or unexpected:
+        raise ModelError(
+            f"weights do not fit {name} with this config: {len(missing)} missing key(s) "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+
+
+def _check_memory(name: str, expected: dict[str, torch.Size] | None) -> None:
+    """Refuse a config whose float32 parameters alone exceed the memory available now (an absurd width, say)."""
+    import psutil
+
+    from ..errors import format_bytes
+
+    if expected is None:
+        return
+    needed = 4 * sum(math.prod(shape) for shape in expected.values())
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise ModelError(
+            f"not enough memory for {name} with this config: its parameters alone take {format_bytes(needed)}, "
+            f"{format_bytes(available)} available; check the config's sizes"
+        )
+
+
+def resolve_device(name: str | torch.device) -> str:
+    """A device name checked now: "auto" is CUDA when available, else the CPU; a GPU that is not there is a
+    ModelError at once rather than an error deep inside the first forward pass."""
+    name = str(name)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ModelError(f"device {name!r} asked for, but CUDA is not available ({why}); use cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ModelError(f"device {name!r} asked for, but this machine has {count} CUDA device(s) (cuda:0 to "
+                             f"cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {name!r} asked for, but Apple's MPS is not available; use cpu")
+    return name
 
 
 def accepted_bands(spec: ModelSpec, model: nn.Module | None = None) -> tuple[int, ...] | None:
