@@ -209,3 +209,24 @@ def test_the_authors_checkpoints_convert_onto_every_tensor():
     assert torch.equal(s2.mid_attn.norm.weight, stage2["model.mid_attn.fn.norm.g"].flatten())
     assert not s2.mid_attn.norm.bias.any()  # their LayerNorm has a gain only
     assert int(s1.encoder[0].body[0][1].num_batches_tracked) == 3
+
+
+def test_standardised_weights_are_reused_without_gradients_and_follow_weight_changes():
+    torch.manual_seed(0)
+    conv = unetres.WSConv2d(4, 8, 3, padding=1)
+    x = torch.randn(1, 4, 8, 8)
+
+    def fresh():
+        var, mean = torch.var_mean(conv.weight, dim=(1, 2, 3), keepdim=True, correction=0)
+        return F.conv2d(x, (conv.weight - mean) * (var + 1e-5).rsqrt(), conv.bias, padding=1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), fresh())
+        cached = conv.standardised_weight(1e-5)
+        assert conv.standardised_weight(1e-5) is cached  # reused across calls, e.g. sampling steps
+        conv.weight.mul_(2).add_(0.1)  # an optimiser step changes the weight in place
+        torch.testing.assert_close(conv(x), fresh())
+        assert conv.standardised_weight(1e-5) is not cached
+    # with gradients the weight's gradient flows through the standardisation
+    conv(x).sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0

@@ -92,12 +92,30 @@ class SinusoidalTimeEmbedding(nn.Module):
 
 
 class WSConv2d(nn.Conv2d):
-    """Convolution with weight standardisation (Qiao et al. 2019), which suits GroupNorm."""
+    """Convolution with weight standardisation (Qiao et al. 2019), which suits GroupNorm.
+
+    Without gradients the standardised weight is kept until the weight changes: a sampler calls the network several
+    times per image with the same weights, and standardising them took a fifth of a step's time at 128 x 128.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._standardised: tuple[tuple, Tensor] | None = None
+
+    def standardised_weight(self, eps: float) -> Tensor:
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device, eps)
+        if torch.is_grad_enabled() or self._standardised is None or self._standardised[0] != key:
+            var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, correction=0)
+            standardised = (w - mean) * (var + eps).rsqrt()
+            if torch.is_grad_enabled():
+                return standardised
+            self._standardised = (key, standardised)
+        return self._standardised[1]
 
     def forward(self, x: Tensor) -> Tensor:
         eps = 1e-5 if x.dtype == torch.float32 else 1e-3
-        var, mean = torch.var_mean(self.weight, dim=(1, 2, 3), keepdim=True, correction=0)
-        return self._conv_forward(x, (self.weight - mean) * (var + eps).rsqrt(), self.bias)
+        return self._conv_forward(x, self.standardised_weight(eps), self.bias)
 
 
 class ConvNormAct(nn.Module):
