@@ -46,10 +46,10 @@ def scene(dtype: str, bands: int = 3, size: tuple[int, int] = (12, 10)) -> np.nd
     return raw
 
 
-def restore_reads(path: Path, bands=None):
+def restore_reads(path: Path, bands=None, scale=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        values, valid, _ = read_raster(path, bands=bands)
+        values, valid, _ = read_raster(path, bands=bands, scale=scale)
     return values, valid
 
 
@@ -78,8 +78,12 @@ def test_paired_dataset_reads_what_restore_reads(tmp_path, suffix, dtype):
     np.testing.assert_array_equal(sel["input"].numpy(), restore_reads(x, bands=[3, 1])[0])
     if dtype == "uint16":  # the scale follows the format, as in restore: 10000 in a GeoTIFF, 65535 in a PNG
         scale = 10000.0 if suffix == ".tif" else 65535.0
-        raw = rasterio.open(x).read()
+        raw = restore_reads(x, scale=1.0)[0]  # the stored values
         np.testing.assert_allclose(item["input"].numpy(), raw / scale, rtol=1e-6)
+        # and a scale given to the dataset acts as restore --scale does
+        (scaled,) = items(build_dataset("paired", tmp_path, scale=40000))
+        np.testing.assert_array_equal(scaled["input"].numpy(), restore_reads(x, scale=40000)[0])
+        np.testing.assert_allclose(scaled["input"].numpy(), raw / 40000, rtol=1e-6)
 
 
 def test_named_datasets_read_what_restore_reads(tmp_path):

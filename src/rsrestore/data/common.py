@@ -381,6 +381,8 @@ class RestorationDataset(Dataset):
             e * len(self) + i)``, so an epoch is reproducible. Call :meth:`set_epoch` each epoch for new crops.
         bands: 1-based band numbers kept from the optical images, in the given order (``[4, 3, 2]`` or ``"4,3,2"``,
             as ``rsrestore restore --bands``); also applied to ``phi`` when it has as many bands as the input file.
+        scale: divisor mapping file values to ``[0, 1]``, as ``rsrestore restore --scale`` (default: by dtype and
+            format, see :mod:`rsrestore.raster`; e.g. 65535 for uint16 GeoTIFFs that hold full-range values).
     """
 
     samples: list[Any]
@@ -391,7 +393,8 @@ class RestorationDataset(Dataset):
         crop: int | None = None,
         flip: bool = False,
         seed: int = 0,
-        bands: Sequence[int] | None = None,
+        bands: Sequence[int] | str | None = None,
+        scale: float | None = None,
     ) -> None:
         if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < 1):
             raise ValueError(f"crop must be a positive int or None, got {crop!r}")
@@ -403,6 +406,7 @@ class RestorationDataset(Dataset):
         self.flip = bool(flip)
         self.seed = int(seed)
         self.bands = check_bands(bands)
+        self.scale = None if scale is None else float(scale)
         self.epoch = 0
         self.samples = []
 
@@ -424,8 +428,10 @@ class RestorationDataset(Dataset):
     def read_pair(
         self, input_path: Path, target_path: Path, scale: float | None = None
     ) -> tuple[dict[str, torch.Tensor], RasterInfo]:
-        """``input`` and ``target`` (the dataset's ``bands``, see :func:`read_image`) and ``valid`` ``(H, W)`` bool,
-        True where a pixel is valid in both files; plus the input's :class:`~rsrestore.raster.RasterInfo`."""
+        """``input`` and ``target`` (the dataset's ``bands`` and ``scale`` unless ``scale`` is given, see
+        :func:`read_image`) and ``valid`` ``(H, W)`` bool, True where a pixel is valid in both files; plus the input's
+        :class:`~rsrestore.raster.RasterInfo`."""
+        scale = self.scale if scale is None else scale
         x, valid_x, info = read_image(input_path, self.bands, scale)
         y, valid_y, _ = read_image(target_path, self.bands, scale)
         # Files of different sizes: __getitem__ reports them by name; the input's mask stands in until then.

@@ -67,7 +67,7 @@ class PairedDataset(RestorationDataset):
         split: optional subfolder of ``root`` holding the input/target folders (e.g. ``"train"``).
         input_dirs, target_dirs: accepted folder names, in order of preference; exactly one of each must exist.
         load_phi, load_mask: read ``phi/`` and ``mask/`` when those folders exist (every sample must have one).
-        crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset`.
+        crop, flip, seed, bands, scale: see :class:`~rsrestore.data.common.RestorationDataset`.
 
     Items: ``{"input", "target", "valid", "phi"?, "mask"?, "meta": {"name", "path", "target_path", ...}}``, images
     ``(C, H, W)`` float32 scaled as :mod:`rsrestore.raster` scales them, ``valid`` ``(H, W)`` bool.
@@ -81,13 +81,14 @@ class PairedDataset(RestorationDataset):
         crop: int | None = None,
         flip: bool = False,
         seed: int = 0,
-        bands: Sequence[int] | None = None,
+        bands: Sequence[int] | str | None = None,
+        scale: float | None = None,
         input_dirs: Sequence[str] = INPUT_DIR_NAMES,
         target_dirs: Sequence[str] = TARGET_DIR_NAMES,
         load_phi: bool = True,
         load_mask: bool = True,
     ) -> None:
-        super().__init__(crop=crop, flip=flip, seed=seed, bands=bands)
+        super().__init__(crop=crop, flip=flip, seed=seed, bands=bands, scale=scale)
         self.root = check_root(root)
         self.split = split
         base = resolve_split_dir(self.root, split, input_dirs)

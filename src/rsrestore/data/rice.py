@@ -97,7 +97,7 @@ class RICEDataset(RestorationDataset):
         split: ``"train"``, ``"test"`` or ``"all"``.
         version: 1 or 2; None infers it from ``root`` (an error if ``root`` holds both).
         train_fraction: share of the sorted pairs that forms ``"train"``.
-        crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset`.
+        crop, flip, seed, bands, scale: see :class:`~rsrestore.data.common.RestorationDataset`.
 
     Items: ``{"input", "target", "valid", "mask"? (RICE2, (1, H, W) in [0, 1]), "meta": {"name", "path", "target_path",
     "version"}}``.
@@ -113,9 +113,10 @@ class RICEDataset(RestorationDataset):
         crop: int | None = None,
         flip: bool = False,
         seed: int = 0,
-        bands: Sequence[int] | None = None,
+        bands: Sequence[int] | str | None = None,
+        scale: float | None = None,
     ) -> None:
-        super().__init__(crop=crop, flip=flip, seed=seed, bands=bands)
+        super().__init__(crop=crop, flip=flip, seed=seed, bands=bands, scale=scale)
         self.root = check_root(root)
         check_choice("split", split, SPLITS)
         if version is not None:

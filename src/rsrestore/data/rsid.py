@@ -29,7 +29,7 @@ class RSIDDataset(PairedDataset):
     Args:
         root: folder holding ``train/`` and ``test/``.
         split: ``"train"`` or ``"test"``.
-        crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset`.
+        crop, flip, seed, bands, scale: see :class:`~rsrestore.data.common.RestorationDataset`.
 
     Items: ``{"input", "target", "valid", "meta": {"name", "path", "target_path"}}``, RGB in ``[0, 1]``.
     """
@@ -42,7 +42,8 @@ class RSIDDataset(PairedDataset):
         crop: int | None = None,
         flip: bool = False,
         seed: int = 0,
-        bands: Sequence[int] | None = None,
+        bands: Sequence[int] | str | None = None,
+        scale: float | None = None,
     ) -> None:
         check_choice("split", split, SPLITS)
         super().__init__(
@@ -52,6 +53,7 @@ class RSIDDataset(PairedDataset):
             flip=flip,
             seed=seed,
             bands=bands,
+            scale=scale,
             input_dirs=("hazy",),
             target_dirs=("GT", "gt"),
             load_phi=False,

@@ -88,7 +88,7 @@ class SateHaze1KDataset(RestorationDataset):
         root: folder holding ``Haze1k_{thin,moderate,thick}`` (or one of them).
         split: ``"train"``, ``"valid"`` (``"val"`` accepted) or ``"test"``; the repack has no ``valid``.
         subset: ``"thin"``, ``"moderate"``, ``"thick"`` or ``"all"`` (the three concatenated in that order).
-        crop, flip, seed, bands: see :class:`~rsrestore.data.common.RestorationDataset`.
+        crop, flip, seed, bands, scale: see :class:`~rsrestore.data.common.RestorationDataset`.
 
     Items: ``{"input", "target", "valid", "meta": {"name", "path", "target_path", "subset"}}``, RGB in ``[0, 1]``.
     """
@@ -102,9 +102,10 @@ class SateHaze1KDataset(RestorationDataset):
         crop: int | None = None,
         flip: bool = False,
         seed: int = 0,
-        bands: Sequence[int] | None = None,
+        bands: Sequence[int] | str | None = None,
+        scale: float | None = None,
     ) -> None:
-        super().__init__(crop=crop, flip=flip, seed=seed, bands=bands)
+        super().__init__(crop=crop, flip=flip, seed=seed, bands=bands, scale=scale)
         self.root = check_root(root)
         split = "valid" if split in ("val", "validation") else split
         check_choice("split", split, SPLITS)

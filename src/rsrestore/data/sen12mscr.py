@@ -144,7 +144,7 @@ class SEN12MSCRDataset(RestorationDataset):
         crop: int | None = None,
         flip: bool = False,
         seed: int = 0,
-        bands: Sequence[int] | None = None,
+        bands: Sequence[int] | str | None = None,
     ) -> None:
         check_choice("split", split, SPLITS)
         check_choice("missing_target", missing_target, MISSING_POLICIES)

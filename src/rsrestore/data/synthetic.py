@@ -72,7 +72,7 @@ class SyntheticDataset(Dataset):
         length: int | None = None,
         seed: int = 0,
         flip: bool = True,
-        bands: Sequence[int] | None = None,
+        bands: Sequence[int] | str | None = None,
         *,
         scale: float | None = None,
         wavelengths_nm: Sequence[float] | None = None,
