@@ -4,7 +4,7 @@ The small public API::
 
     import rsrestore
     rsrestore.restore("hazy.tif", output="restored.tif")            # default method for haze, tiled, georeferenced
-    restored = rsrestore.restore(array_chw, method="dcp")           # in memory: float (C, H, W) in [0, 1]
+    restored = rsrestore.restore(array_chw, method="dcp")           # in memory: (C, H, W), see `restore`
     model = rsrestore.load_model("dcp")                              # an nn.Module
     rsrestore.list_models()                                          # what `rsrestore models --json` prints
 """
@@ -50,18 +50,22 @@ def restore(
     overwrite: bool = False,
     progress: bool = False,
 ):
-    """Restore a raster file (written to `output`; returns its path) or a float (C, H, W) array (returns an array).
+    """Restore a raster file (written to `output`; returns its path) or a (C, H, W) array (returns an array).
 
+    An array is a NumPy array or a torch Tensor (a Tensor comes back as a Tensor on the same device). Float arrays hold
+    values in [0, 1]; integer arrays (uint8, uint16, int16) are file values, divided by `scale` (default: the dtype's,
+    as for files: 255, 10000, 10000) and returned in the same dtype. NaN and infinite pixels are left as they were.
     `method` defaults to the best method for `task` that works out of the box (see `rsrestore models`).
     """
-    import numpy as np
-    import torch
-
     from .models.registry import accepted_bands, default_method, get_spec
-    from .tiling import restore_array, restore_file
+    from .raster import RasterError, check_scale
+    from .tiling import restore_file
 
     name = method or default_method(task)
     spec = get_spec(name)
+    scale = check_scale(scale)
+    if sar is not None and not spec.needs_sar:
+        raise RasterError(f"{name} takes no SAR scene; drop sar= (CLI: --sar)")
     model = load_model(name, weights=weights, device=device)
     if isinstance(path_or_array, (str, Path)):
         if output is None:
@@ -69,9 +73,34 @@ def restore(
         return restore_file(model, path_or_array, output, bands=bands, scale=scale, sar=sar, align=align, tile=tile,
                             overlap=overlap, batch_size=batch_size, device=device, amp=amp, overwrite=overwrite,
                             progress=progress, expected_bands=accepted_bands(spec, model))
-    image = path_or_array.detach().cpu().numpy() if isinstance(path_or_array, torch.Tensor) else np.asarray(path_or_array)
     bands = accepted_bands(spec, model)
+    return _restore_in_memory(model, name, bands, path_or_array, scale, sar=sar, tile=tile, overlap=overlap,
+                              batch_size=batch_size, device=device, amp=amp, progress=progress)
+
+
+def _restore_in_memory(model, name, bands, array, scale, **options):
+    """`restore` of an array: integer file values are scaled like a file's, and the result has the input's type."""
+    import numpy as np
+    import torch
+
+    from .raster import default_scale, from_unit, to_unit
+    from .tiling import restore_array
+
+    tensor = array if isinstance(array, torch.Tensor) else None
+    image = tensor.detach().cpu().numpy() if tensor is not None else np.asarray(array)
+    if image.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) array, got shape {image.shape}")
     if bands and image.shape[0] not in bands:
         raise ValueError(f"{name} takes {' or '.join(map(str, bands))} band(s); the array has {image.shape[0]}")
-    return restore_array(model, image, sar=sar, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
-                         amp=amp, progress=progress)
+    dtype = image.dtype
+    integer = np.issubdtype(dtype, np.integer)
+    if integer:
+        scale = scale or default_scale(str(dtype))  # an unsupported integer type is refused here, in one line
+    else:
+        scale = scale or 1.0
+        dtype = dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
+    out = restore_array(model, to_unit(image, scale), **options)
+    out = from_unit(out, str(dtype), scale)
+    if tensor is not None:
+        return torch.from_numpy(np.ascontiguousarray(out)).to(tensor.device)
+    return out

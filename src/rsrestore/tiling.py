@@ -7,6 +7,13 @@ Tiles are visited row by row; a pixel is final as soon as every tile covering it
 below the current tile row (overlap x width) and the strip right of the current tile are carried: memory depends on
 the tile size (and, through that thin strip, weakly on the width), never on the number of rows.
 
+A dimension no longer than 1.25 tiles is covered by one tile (a 600-pixel side with 512-pixel tiles is one tile, not
+two): memory grows by at most 1.56x, and a learned model runs once instead of four times on a 600 x 600 scene.
+
+Invalid pixels (nodata, masked, or NaN/infinite in float scenes) are filled with the mean colour of the valid pixels
+before a tile is restored and before scene statistics are computed, so they never feed a filter or a statistic, and are
+written back exactly as they were. A scene smaller than a method's `min_size` (a model attribute; default 1) is refused.
+
 Restorers that need scene-wide statistics (the dark channel prior's atmospheric light, a colour cast) expose
 `scene_statistics(x, mask)`: it runs once on a decimated read of the whole scene and the result goes to every tile.
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,13 +38,16 @@ from rasterio.windows import Window
 from torch import Tensor, nn
 
 from .raster import (
+    SAR_DB_RANGES,
     RasterError,
     RasterInfo,
     RasterWriter,
     check_output_path,
+    finite_mask,
     from_unit,
     inspect_raster,
     open_raster,
+    reading,
     sar_to_unit,
     to_unit,
     valid_mask,
@@ -45,6 +56,28 @@ from .raster import (
 GDAL_CACHE_MB = 128  # GDAL block cache while streaming a scene (MB)
 DEFAULT_NETWORK_HALO = 16  # context for learned models that do not declare a `halo`
 STATS_MAX_SIDE = 1024  # scene statistics are estimated on a read decimated to at most this many pixels per side
+MIN_TILE = 16  # smaller tiles are mostly halo and overlap
+SMALL_TILE_WARNING = 64  # below this, a warning: many times slower than the default for the same result
+ONE_TILE_SLACK = 1.25  # a side up to this many tiles long is covered by one tile
+
+
+def check_tiling(tile: int, overlap: int, batch_size: int) -> None:
+    """Validate the tiling options (library-level, so the Python API and every command get the same one-line errors);
+    warn when a tile is so small that the run is much slower than it needs to be."""
+    if tile < MIN_TILE:
+        raise RasterError(f"tile size (--tile) must be at least {MIN_TILE} pixels; got {tile}")
+    if overlap < 0:
+        raise RasterError(f"overlap (--overlap) must be 0 or more pixels; got {overlap}")
+    if overlap >= tile:
+        raise RasterError(f"overlap (--overlap {overlap}) must be smaller than the tile size (--tile {tile})")
+    if batch_size < 1:
+        raise RasterError(f"batch size (--batch-size) must be at least 1; got {batch_size}")
+    if tile < SMALL_TILE_WARNING:
+        warnings.warn(
+            f"tile size {tile} is very small: most of each tile is context and overlap, so the run is many times "
+            f"slower than with the default 512",
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -62,10 +95,12 @@ class TileSpec:
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets covering [0, length) with tiles of `tile` overlapping by >= `overlap`; the last is end-aligned."""
+    """Start offsets covering [0, length) with tiles of `tile` overlapping by >= `overlap`; the last is end-aligned.
+
+    A length up to ONE_TILE_SLACK tiles gets one tile as long as the whole length."""
     if tile <= overlap:
         raise ValueError(f"tile ({tile}) must be larger than overlap ({overlap})")
-    if length <= tile:
+    if length <= tile * ONE_TILE_SLACK:
         return [0]
     step = tile - overlap
     starts = list(range(0, length - tile, step))
@@ -75,7 +110,8 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[list[TileSpec]]:
     ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    th, tw = min(tile, height), min(tile, width)
+    th = height if len(ys) == 1 else tile
+    tw = width if len(xs) == 1 else tile
     rows = []
     for r, y0 in enumerate(ys):
         top = (ys[r - 1] + th - y0) if r > 0 else 0
@@ -107,9 +143,11 @@ class ArraySource:
     """An in-memory (C, H, W) float image in [0, 1] with an optional valid mask (H, W) and SAR (S, H, W)."""
 
     def __init__(self, image: np.ndarray, mask: np.ndarray | None = None, sar: np.ndarray | None = None):
+        self.name = "the array"
         self.image = np.asarray(image, dtype=np.float32)
         self.height, self.width = self.image.shape[-2:]
         self.mask = np.ones((self.height, self.width), bool) if mask is None else np.asarray(mask, bool)
+        self.mask = self.mask & finite_mask(self.image)
         self.sar = None if sar is None else np.asarray(sar, dtype=np.float32)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -124,33 +162,50 @@ class ArraySource:
 class RasterSource:
     """Windows of the selected bands of a raster, scaled to [0, 1], with its valid mask and an optional SAR raster."""
 
-    def __init__(self, info: RasterInfo, sar_path: str | Path | None = None, align: bool = False):
+    def __init__(
+        self, info: RasterInfo, sar_path: str | Path | None = None, align: bool = False, sar_bands: int | None = None
+    ):
         self.info = info
+        self.name = str(info.path)
         self.height, self.width = info.height, info.width
         self.ds = open_raster(info.path)
         self.sar_ds = None
         if sar_path is not None:
-            self.sar_ds = open_sar_on_grid(sar_path, info, align)
+            try:
+                self.sar_ds = open_sar_on_grid(sar_path, info, align, sar_bands)
+            except BaseException:
+                self.ds.close()
+                raise
 
     def read(self, y0: int, y1: int, x0: int, x1: int):
         win = Window(x0, y0, x1 - x0, y1 - y0)
-        raw = self.ds.read(self.info.bands, window=win)
+        with reading(self.info.path):
+            raw = self.ds.read(self.info.bands, window=win)
         mask = valid_mask(self.ds, win)
+        finite = finite_mask(raw)
+        if finite is not None:
+            mask &= finite
         sar = None
         if self.sar_ds is not None:
-            sar = sar_to_unit(self.sar_ds.read(window=win))
+            with reading(self.sar_ds.name):
+                sar = sar_to_unit(self.sar_ds.read(window=win))
         return to_unit(raw, self.info.scale), mask, sar
 
     def read_all_bands(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return self.ds.read(window=Window(x0, y0, x1 - x0, y1 - y0))
+        with reading(self.info.path):
+            return self.ds.read(window=Window(x0, y0, x1 - x0, y1 - y0))
 
     def decimated(self, max_side: int) -> tuple[np.ndarray, np.ndarray]:
         f = max(1, math.ceil(max(self.height, self.width) / max_side))
         shape = (max(1, self.height // f), max(1, self.width // f))
         # Nearest-neighbour decimation keeps real pixel values (averaging would blur the brightest dark-channel pixels
         # and mix nodata into valid pixels); GDAL reads from overviews when the file has them.
-        raw = self.ds.read(self.info.bands, out_shape=(len(self.info.bands), *shape), resampling=Resampling.nearest)
+        with reading(self.info.path):
+            raw = self.ds.read(self.info.bands, out_shape=(len(self.info.bands), *shape), resampling=Resampling.nearest)
         mask = valid_mask(self.ds, out_shape=shape)
+        finite = finite_mask(raw)
+        if finite is not None:
+            mask &= finite
         return to_unit(raw, self.info.scale), mask
 
     def close(self) -> None:
@@ -159,19 +214,25 @@ class RasterSource:
             self.sar_ds.close()
 
 
-def open_sar_on_grid(sar_path: str | Path, info: RasterInfo, align: bool):
+def open_sar_on_grid(sar_path: str | Path, info: RasterInfo, align: bool, sar_bands: int | None = None):
     """Open a SAR raster that must lie on the optical grid; with `align`, resample it onto that grid instead."""
     from rasterio.vrt import WarpedVRT
 
     ds = open_raster(sar_path)
-    same = ds.crs == info.crs and ds.transform.almost_equals(info.transform) and ds.shape == info.shape
-    if same:
+    expected = sar_bands or len(SAR_DB_RANGES)
+    if ds.count != expected:
+        ds.close()
+        raise RasterError(
+            f"SAR {sar_path} has {ds.count} band(s); the method takes {expected} (VV, VH backscatter in dB)"
+        )
+    differences = grid_differences(ds, info)
+    if not differences:
         return ds
     if not align:
         ds.close()
         raise RasterError(
-            f"SAR {sar_path} is not on the optical grid (CRS, transform or size differ: "
-            f"{ds.width}x{ds.height} vs {info.width}x{info.height}); pass --align to resample it onto the optical grid"
+            f"SAR {sar_path} is not on the optical grid of {info.path}: {'; '.join(differences)}; pass --align to "
+            f"resample it onto the optical grid"
         )
     if ds.crs is None or info.crs is None:
         ds.close()
@@ -180,6 +241,25 @@ def open_sar_on_grid(sar_path: str | Path, info: RasterInfo, align: bool):
     # as the SEN12MS-CR loader treats holes; GDAL's default fill of 0 would read as 0 dB, the brightest return.
     return WarpedVRT(ds, crs=info.crs, transform=info.transform, width=info.width, height=info.height,
                      resampling=Resampling.bilinear, dtype="float32", nodata=float("nan"))
+
+
+def grid_differences(ds, info: RasterInfo) -> list[str]:
+    """What differs between a raster's grid and another's, with both values ("" when they match)."""
+    out = []
+    if ds.crs != info.crs:
+        out.append(f"CRS {_crs_name(ds.crs)} vs {_crs_name(info.crs)}")
+    if not ds.transform.almost_equals(info.transform):
+        out.append(f"transform {tuple(round(v, 6) for v in ds.transform[:6])} vs "
+                   f"{tuple(round(v, 6) for v in info.transform[:6])}")
+    if ds.shape != info.shape:
+        out.append(f"size {ds.width}x{ds.height} vs {info.width}x{info.height}")
+    return out
+
+
+def _crs_name(crs) -> str:
+    if crs is None:
+        return "none"
+    return crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
 
 
 class ArraySink:
@@ -195,15 +275,23 @@ class RasterSink:
 
     def __init__(self, info: RasterInfo, writer: RasterWriter):
         self.info, self.writer = info, writer
+        self.non_finite = 0  # valid pixels holding NaN or infinity in a selected band: left as they were
 
     def write(self, values: np.ndarray, y0: int, y1: int, x0: int, x1: int, source: RasterSource) -> None:
+        window = Window(x0, y0, x1 - x0, y1 - y0)
         raw = source.read_all_bands(y0, y1, x0, x1)
-        mask = valid_mask(source.ds, Window(x0, y0, x1 - x0, y1 - y0))
-        restored = from_unit(values, self.info.dtype, self.info.scale)
+        mask = valid_mask(source.ds, window)
+        restore = mask
+        finite = finite_mask(raw[[b - 1 for b in self.info.bands]])
+        if finite is not None:
+            self.non_finite += int((mask & ~finite).sum())
+            restore = mask & finite
+        info = self.info
+        restored = from_unit(values, info.dtype, info.scale, nodata=info.nodata, nbits=info.nbits)
         out = raw.copy()
-        for i, b in enumerate(self.info.bands):
-            out[b - 1] = np.where(mask, restored[i], raw[b - 1])
-        self.writer.write(out, Window(x0, y0, x1 - x0, y1 - y0))
+        for i, b in enumerate(info.bands):
+            out[b - 1] = np.where(restore, restored[i], raw[b - 1])
+        self.writer.write(out, window, mask)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -214,12 +302,30 @@ def model_halo(model: nn.Module) -> int:
     return int(getattr(model, "halo", DEFAULT_NETWORK_HALO))
 
 
-def compute_scene_statistics(model: nn.Module, source, device: torch.device) -> dict[str, Tensor] | None:
-    if not hasattr(model, "scene_statistics"):
-        return None
+def model_min_size(model: nn.Module) -> int:
+    """The smallest scene side a method gives a meaningful result on (a model may declare `min_size`)."""
+    return int(getattr(model, "min_size", 1))
+
+
+def model_sar_bands(model: nn.Module) -> int | None:
+    """SAR bands a model takes (its config's `sar_bands`), or None for an optical-only model."""
+    n = getattr(getattr(model, "cfg", None), "sar_bands", 0)
+    return int(n) if n else None
+
+
+def compute_scene_statistics(model: nn.Module, source, device: torch.device) -> dict[str, Tensor]:
+    """Scene statistics of models that use them, and `_fill`: the mean colour of the valid pixels, which stands in
+    for invalid pixels everywhere (statistics included) so that nodata, masked and non-finite pixels feed nothing."""
     img, mask = source.decimated(STATS_MAX_SIDE)
+    needs_stats = hasattr(model, "scene_statistics")
     if not mask.any():
-        raise RasterError("the scene has no valid (non-nodata) pixel")
+        if needs_stats:
+            raise RasterError(f"{source.name} has no valid pixel (all are nodata, masked or not finite)")
+        return {"_fill": torch.zeros(img.shape[0], device=device)}
+    fill = img[:, mask].mean(axis=1)
+    if not needs_stats:
+        return {"_fill": torch.from_numpy(fill).to(device)}
+    img = np.where(mask[None], img, fill[:, None, None]).astype(np.float32)
     x = torch.from_numpy(np.ascontiguousarray(img))[None].to(device)
     m = torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(device)
     kwargs = {}
@@ -228,9 +334,8 @@ def compute_scene_statistics(model: nn.Module, source, device: torch.device) -> 
         kwargs["decimation"] = source.height / img.shape[1]
     with torch.inference_mode():
         stats = model.scene_statistics(x, mask=m, **kwargs)
-    # The mean colour of valid pixels fills nodata pixels before a tile is restored, so they do not drag neighbours.
     stats = dict(stats)
-    stats.setdefault("_fill", torch.from_numpy(img[:, mask].mean(axis=1)).to(device))
+    stats.setdefault("_fill", torch.from_numpy(fill).to(device))
     return stats
 
 
@@ -238,8 +343,9 @@ def run_model(model: nn.Module, batch: Tensor, sar: Tensor | None, stats: dict |
     kwargs = {}
     if sar is not None:
         kwargs["sar"] = sar
-    if stats is not None:
-        kwargs["stats"] = {k: v for k, v in stats.items() if not k.startswith("_")}
+    model_stats = {k: v for k, v in (stats or {}).items() if not k.startswith("_")}
+    if model_stats:
+        kwargs["stats"] = model_stats
     use_amp = amp and batch.device.type in ("cpu", "cuda")
     with torch.inference_mode(), torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=use_amp):
         out = model(batch, **kwargs)
@@ -259,12 +365,14 @@ def iter_tiles(
     progress: bool | Callable = True,
     out_channels: int | None = None,
 ) -> None:
-    """Restore `source` into `sink` tile by tile (the core loop shared by files and arrays)."""
+    """Restore `source` into `sink` tile by tile (the core loop shared by files and arrays; options are validated by
+    `check_tiling` in `restore_file` and `restore_array`)."""
     device = torch.device(device)
     height, width = source.height, source.width
+    check_scene_size(model, source)
     halo = model_halo(model)
     stats = compute_scene_statistics(model, source, device)
-    fill = None if stats is None else stats.get("_fill")
+    fill = stats["_fill"]
     grid = tile_grid(height, width, tile, overlap)
     n_tiles = sum(len(r) for r in grid)
     bar = _progress(progress, n_tiles)
@@ -299,6 +407,16 @@ def iter_tiles(
                 bar.update(1)
         carry_bottom = next_bottom
     bar.close()
+
+
+def check_scene_size(model: nn.Module, source) -> None:
+    """Refuse a scene smaller than the method's minimum: its result there would be meaningless."""
+    need = model_min_size(model)
+    if min(source.height, source.width) < need:
+        raise RasterError(
+            f"{source.name} is {source.width}x{source.height} pixels; {type(model).__name__} needs at least "
+            f"{need}x{need}"
+        )
 
 
 def _batches(row: list[TileSpec], batch_size: int, halo: int, height: int, width: int) -> Iterator[list[TileSpec]]:
@@ -371,7 +489,10 @@ def restore_array(
     amp: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
-    """Restore an in-memory (C, H, W) float image in [0, 1] tile by tile; returns (C, H, W) float32."""
+    """Restore an in-memory (C, H, W) float image in [0, 1] tile by tile; returns (C, H, W) float32.
+
+    Pixels outside `mask` and pixels holding NaN or infinity are returned as they were."""
+    check_tiling(tile, overlap, batch_size)
     if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(sar, Tensor):
@@ -382,10 +503,14 @@ def restore_array(
     sink = ArraySink(image.shape[0], *image.shape[1:])
     iter_tiles(model, source, sink, tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp,
                progress=progress)
-    out = sink.out
-    if mask is not None:
-        out = np.where(np.asarray(mask, bool)[None], out, image)
-    return out
+    warn_non_finite(source.name, int((~finite_mask(source.image)).sum()))
+    return np.where(source.mask[None], sink.out, source.image)
+
+
+def warn_non_finite(name: str, count: int) -> None:
+    if count:
+        warnings.warn(f"{name}: {count} pixel(s) hold NaN or infinity; they were treated as nodata and left as they "
+                      f"were", stacklevel=3)
 
 
 def restore_file(
@@ -406,7 +531,10 @@ def restore_file(
     progress: bool | Callable = True,
     expected_bands: tuple[int, ...] | None = None,
 ) -> Path:
-    """Restore a raster file into `dst` (same format unless the extension says otherwise), window by window."""
+    """Restore a raster file into `dst` (same format unless the extension says otherwise), window by window.
+
+    Everything a user can get wrong is checked before the first tile: options, output path and format, bands, SAR."""
+    check_tiling(tile, overlap, batch_size)
     dst = check_output_path(src, dst, overwrite)
     info = inspect_raster(src, bands, scale)
     if expected_bands is not None and len(info.bands) not in expected_bands:
@@ -414,19 +542,26 @@ def restore_file(
             f"{src}: the method takes {' or '.join(map(str, expected_bands))} band(s), got {len(info.bands)}; "
             f"select bands with --bands (e.g. --bands 3,2,1)"
         )
+    sar_bands = model_sar_bands(model)
+    if sar is not None and sar_bands is None:
+        raise RasterError(f"{type(model).__name__} takes no SAR scene; drop --sar {sar} (sar=)")
     # GDAL's block cache defaults to 5 % of RAM and fills with written blocks as the scene streams through; a fixed
     # cap keeps peak memory set by the tile size rather than by the scene size.
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):  # bytes: rasterio passes it to GDALSetCacheMax
-        return _restore_file(model, info, dst, sar, align, tile, overlap, batch_size, device, amp, progress)
+        return _restore_file(model, info, dst, sar, align, sar_bands, tile, overlap, batch_size, device, amp,
+                             progress, overwrite)
 
 
-def _restore_file(model, info, dst, sar, align, tile, overlap, batch_size, device, amp, progress) -> Path:
-    source = RasterSource(info, sar_path=sar, align=align)
+def _restore_file(model, info, dst, sar, align, sar_bands, tile, overlap, batch_size, device, amp, progress,
+                  overwrite) -> Path:
+    source = RasterSource(info, sar_path=sar, align=align, sar_bands=sar_bands)
     try:
-        with RasterWriter(info, dst) as writer:
-            iter_tiles(model, source, RasterSink(info, writer), tile=tile, overlap=overlap, batch_size=batch_size,
-                       device=device, amp=amp, progress=progress)
+        with RasterWriter(info, dst, overwrite=overwrite) as writer:
+            sink = RasterSink(info, writer)
+            iter_tiles(model, source, sink, tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp,
+                       progress=progress)
             writer.commit()
     finally:
         source.close()
+    warn_non_finite(str(info.path), sink.non_finite)
     return dst

@@ -44,6 +44,11 @@ class DarkChannelPrior(nn.Module):
         c = self.cfg
         return c.patch // 2 + (2 * c.guided_radius if c.refine else 0)
 
+    @property
+    def min_size(self) -> int:
+        """The smallest scene side with a meaningful result: one dark-channel window."""
+        return self.cfg.patch
+
     def scene_statistics(self, x: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         """Atmospheric light (B, C) of the scene; `mask` (B, 1, H, W) True = valid pixel."""
         c = self.cfg
