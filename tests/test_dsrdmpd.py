@@ -105,7 +105,7 @@ def test_stage1_overfits_a_pair():
     opt = torch.optim.Adam(model.stage1.parameters(), lr=2e-3, betas=(0.5, 0.999))
     losses = []
     for _ in range(20):
-        loss = model.stage1_loss(hazy, clean)
+        loss = model(hazy, train_stage=1, target=clean)  # = model.stage1_loss(hazy, clean), through forward
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -116,13 +116,13 @@ def test_stage1_overfits_a_pair():
 def test_stage2_overfits_the_residual_with_stage1_frozen():
     torch.manual_seed(0)
     model = DSRDMPD(DSRDMPDConfig(**TINY)).train()
-    hazy, clean = hazy_pair(b=2, h=8, w=8)
+    hazy, clean = hazy_pair(b=2, h=8, w=10)  # stage 2 pads what its 2x downsampling cannot take
     stage1_before = {k: v.clone() for k, v in model.stage1.state_dict().items()}
     opt = torch.optim.Adam(model.stage2.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(25):
-        loss = model.stage2_loss(hazy, clean, generator=g)
+        loss = model(hazy, train_stage=2, target=clean, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -135,6 +135,11 @@ def test_stage2_overfits_the_residual_with_stage1_frozen():
     # pred_res trains only the residual decoder, never the skip decoder
     assert all(p.grad is None for p in model.stage2.ups_skip.parameters())
     assert model.stage2.out_res.weight.grad is not None
+    # the same draws give the same loss
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert model.stage2_loss(hazy, clean, g1).item() == model.stage2_loss(hazy, clean, g2).item()
+    with pytest.raises(ValueError, match="train_stage"):
+        model(hazy, train_stage=3, target=clean)
 
 
 def test_restore_returns_the_clean_image_when_stage2_predicts_the_true_residual():

@@ -113,8 +113,20 @@ class DSRDMPD(nn.Module):
         self.stride = max(self.stage1.stride, cfg.stage2_config.stride)
 
     def forward(self, x: Tensor, sar: Tensor | None = None, *, steps: int | None = None,
-                generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
+                generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
+                train_stage: int | None = None, target: Tensor | None = None) -> Tensor:
+        """The restored image; or, with ``train_stage`` (1 or 2) and the clean ``target``, that stage's training loss
+        (:meth:`stage1_loss`, :meth:`stage2_loss` with ``generator``). The losses are reached through ``forward`` so
+        that a DistributedDataParallel wrapper sees the call and synchronises the gradients."""
         del sar  # optical only; accepted for the common restorer interface
+        if train_stage is not None:
+            if target is None:
+                raise ValueError("train_stage needs the clean target image")
+            if train_stage == 1:
+                return self.stage1_loss(x, target)
+            if train_stage == 2:
+                return self.stage2_loss(x, target, generator)
+            raise ValueError(f"train_stage must be 1 or 2, got {train_stage}")
         return self.restore(x, steps=steps, generator=generator, noise_fn=noise_fn)
 
     def _check(self, x: Tensor) -> None:
@@ -161,15 +173,13 @@ class DSRDMPD(nn.Module):
 
     def stage2_loss(self, hazy: Tensor, clean: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Stage-2 training loss: L1 between the predicted and the true residual (stage-1 output - clean) at a
-        random timestep; stage 1 runs without gradients (train it first and freeze it).
-
-        The stage-2 input must be a multiple of 8 in height and width (crops of 64 or 256 are).
-        """
+        random timestep; stage 1 runs without gradients (train it first and freeze it). Timesteps and noise come from
+        ``generator``, or the global generator when None."""
         self._check(hazy)
         coarse = to_signed(self.frozen_stage1(hazy))
         x0 = to_signed(clean)
         t = random_timesteps(self.schedule.num_timesteps, x0.shape[0], generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else None)
         ex = residual_training_example(self.schedule, x0, coarse, t, noise.to(x0.device))
-        pred = self.stage2(ex.x_t, t, torch.cat([coarse, to_signed(hazy)], dim=1))
+        pred = self.stage2.forward_any_size(ex.x_t, t, torch.cat([coarse, to_signed(hazy)], dim=1))
         return F.l1_loss(pred, ex.target("pred_res"))
