@@ -422,3 +422,25 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A config dataclass as plain YAML/JSON-ready values (tuples become lists)."""
     return plain(dataclasses.asdict(cfg))
 
+
+
+def model_change(saved: Any, current: ModelSection) -> str | None:
+    """What differs between the ``model`` section a run was started with (as :func:`config_to_dict` saved it) and
+    ``current``, in words; None when they describe the same model."""
+    if not isinstance(saved, Mapping):
+        return None
+    if saved.get("name") != current.name:
+        return f"model.name was {saved.get('name')!r}, now {current.name!r}"
+    before_raw = dict(saved.get("config") or {})
+    try:
+        # Both completed with the model's defaults, so that spelling out a default value is no change.
+        spec = registry.get_spec(current.name)
+        before = plain(dataclasses.asdict(registry.build_config(spec, before_raw)))
+        now = plain(dataclasses.asdict(registry.build_config(spec, current.config)))
+    except (registry.ModelError, TypeError, ValueError):  # the model's config class changed since
+        before, now = plain(before_raw), plain(dict(current.config))
+    changed = [
+        f"{k} {before.get(k, 'unset')!r} -> {now.get(k, 'unset')!r}"
+        for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)
+    ]
+    return f"model.config changed ({', '.join(changed)})" if changed else None

@@ -39,7 +39,7 @@ from .checkpoint import (
     sweep_temporaries,
     write_checkpoint,
 )
-from .config import ConfigError, TrainConfig, config_to_dict, load_config, plain
+from .config import ConfigError, TrainConfig, config_to_dict, load_config, model_change, plain
 from .ema import EMA
 from .loaders import EpochSampler, build_dataset, collate, describe_dataset, to_device
 from .objectives import OBJECTIVES, ObjectiveContext
@@ -283,7 +283,7 @@ class Trainer:
         checkpoint of the same run would not fix it."""
         saved = ckpt.state.get("config")
         if isinstance(saved, Mapping):
-            change = self.model_change(saved.get("model"))
+            change = model_change(saved.get("model"), self.cfg.model)
             if change:
                 raise ConfigError(
                     f"cannot resume {ckpt.path}: {change}; resume with the model section the run started with, "
@@ -297,25 +297,6 @@ class Trainer:
             if found != expected:
                 return f"{name} does not hold this model's tensors"
         return None
-
-    def model_change(self, saved: Any) -> str | None:
-        """What differs between the model section a checkpoint was trained with and this run's, in words."""
-        if not isinstance(saved, Mapping):
-            return None
-        if saved.get("name") != self.cfg.model.name:
-            return f"model.name was {saved.get('name')!r}, now {self.cfg.model.name!r}"
-        before_raw = dict(saved.get("config") or {})
-        try:
-            # Both configs completed with the model's defaults: leaving out a default value is no change.
-            before = plain(dataclasses.asdict(registry.build_config(self.spec, before_raw)))
-            now = plain(dataclasses.asdict(self.model_cfg))
-        except (registry.ModelError, TypeError, ValueError):  # the model's config class changed since
-            before, now = plain(before_raw), plain(dict(self.cfg.model.config))
-        changed = [
-            f"{k} {before.get(k, 'unset')!r} -> {now.get(k, 'unset')!r}"
-            for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)
-        ]
-        return f"model.config changed ({', '.join(changed)})" if changed else None
 
     def load_checkpoint(self, ckpt: Checkpoint) -> None:
         state = ckpt.state
