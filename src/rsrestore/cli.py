@@ -58,6 +58,22 @@ def _global_options(
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error instead of one line."),
 ):
     _options["debug"] = debug
+    _process_setup()
+
+
+def _process_setup() -> None:
+    """SIGTERM (kill, a job scheduler, a container stopping) unwinds the stack like Ctrl-C, so unfinished outputs
+    remove their scratch files; warnings print as one line each."""
+    import signal
+    import threading
+    import warnings
+
+    def _terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():  # Python installs handlers only there
+        signal.signal(signal.SIGTERM, _terminate)
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 def _fail(message: str) -> NoReturn:
