@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from torch import nn
 
@@ -16,6 +17,7 @@ from rsrestore.raster import (
     SCRATCH_HOST,
     RasterError,
     RasterWriter,
+    check_output_format,
     check_scale,
     from_unit,
     inspect_raster,
@@ -78,6 +80,12 @@ def test_values_landing_on_nodata_move_to_the_nearest_value_off_it(dtype, nodata
     assert from_unit(np.array(values), dtype, scale).tolist() != expected  # without nodata: no change
 
 
+def test_nodata_the_data_type_cannot_hold_changes_nothing():
+    values = np.array([0.0, 0.5, 1.0])
+    for nodata in (-9999, 300, 0.5, float("nan")):
+        assert from_unit(values, "uint8", 255, nodata=nodata).tolist() == [0, 128, 255]
+
+
 def test_float_nodata_moves_to_the_next_float():
     out = from_unit(np.array([0.0, -1.0, 0.5]), "float32", 1.0, nodata=-1.0)
     assert out[1] != -1 and out[1] == np.nextafter(np.float32(-1), np.float32(np.inf))
@@ -90,8 +98,6 @@ def test_restored_file_keeps_valid_pixels_off_nodata_at_both_ends(geotiff_factor
     for model, nodata, name in ((Darken(), 0, "dark"), (Brighten(), 255, "bright")):
         src, data = geotiff_factory(f"{name}.tif", nodata=nodata, height=40, width=40)
         data[:, :4] = nodata
-        import rasterio
-
         with rasterio.open(src, "r+") as ds:
             ds.write(data)
         out = restore_file(model, src, tmp_path / f"{name}_out.tif", progress=False)
@@ -255,3 +261,33 @@ def test_restore_file_refuses_sar_for_a_model_without_sar(geotiff_factory, tmp_p
     with pytest.raises(RasterError, match="Identity takes no SAR"):
         restore_file(Identity(), src, tmp_path / "o.tif", sar=src, progress=False)
     assert list(tmp_path.glob(".o.tif*")) == [] and not Path(tmp_path / "o.tif").exists()
+
+
+def test_late_output_is_refused_also_where_hard_links_are_not_supported(geotiff_factory, tmp_path, monkeypatch):
+    src, _ = geotiff_factory()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def no_hard_links(a, b):
+        raise OSError(1, "Operation not permitted")  # e.g. FAT or some network shares
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    writer = RasterWriter(inspect_raster(src), out_dir / "o.tif")
+    (out_dir / "o.tif").write_bytes(b"late")
+    with pytest.raises(RasterError, match="appeared while restoring"):
+        writer.commit()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["o.tif"] and (out_dir / "o.tif").read_bytes() == b"late"
+    (out_dir / "o.tif").unlink()
+    assert RasterWriter(inspect_raster(src), out_dir / "o.tif").commit().exists()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["o.tif"]
+
+
+def test_png_cannot_hold_a_mask_band(geotiff_factory, tmp_path):
+    src, _ = geotiff_factory()
+    with rasterio.open(src, "r+") as ds:
+        ds.write_mask(np.full((ds.height, ds.width), 255, np.uint8))
+    info = inspect_raster(src)
+    assert info.has_internal_mask
+    with pytest.raises(RasterError, match="PNG cannot hold the scene's mask"):
+        check_output_format(info, tmp_path / "o.png")
+    assert check_output_format(info, tmp_path / "o.jpg") == "JPEG"  # JPEG keeps a mask inside the file

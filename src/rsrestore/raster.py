@@ -241,11 +241,14 @@ def off_nodata(out: np.ndarray, wanted: np.ndarray, nodata: float, lo: float, hi
     """Move values equal to `nodata` to the nearest representable value on the side `wanted` lies (the unrounded
     value), or the other side at the edge of the range [lo, hi]: 0 -> 1 and 255 -> 254 in uint8, the next float for
     float data. GIS software masks every pixel holding the nodata value, so a valid pixel must never hold it."""
-    hit = out == out.dtype.type(nodata)
-    if not hit.any():
+    integer = np.issubdtype(out.dtype, np.integer)
+    if not lo <= nodata <= hi or (integer and nodata != int(nodata)):  # NaN, or a value the data cannot hold
         return out
     nd = out.dtype.type(nodata)
-    if np.issubdtype(out.dtype, np.integer):
+    hit = out == nd
+    if not hit.any():
+        return out
+    if integer:
         up = nd + 1 if nodata + 1 <= hi else None
         down = nd - 1 if nodata - 1 >= lo else None
     else:
