@@ -5,6 +5,7 @@ the exit status, the one-line message and the files left behind.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -56,6 +57,18 @@ def test_dcp_on_landsat_sample_turns_no_valid_pixel_into_nodata(tmp_path):
         assert (b.read()[:, nodata] == 0).all()
         # dcp darkens the darkest valid pixels to the floor: they are written as 1, the value nearest nodata 0
         assert ((b.read() == 1) & ~nodata[None]).sum() > 1000
+
+
+def test_dcp_on_a_real_13_band_sentinel2_scene_with_nodata_zero_keeps_every_valid_pixel(shared_data, tmp_path):
+    src = tmp_path / "s2.tif"
+    shutil.copy(shared_data / "sen12mscr" / "ROIs1970_fall_s2" / "s2_139" / "ROIs1970_fall_s2_139_p839.tif", src)
+    with rasterio.open(src, "r+") as ds:
+        ds.nodata = 0
+    out = tmp_path / "out.tif"
+    _ok(_restore(src, "-o", out, "--method", "dcp"))
+    assert _valid_to_nodata(src, out) == 0
+    with rasterio.open(out) as b:
+        assert (b.read() == 1).sum() > 1000  # restored to the floor in the SWIR bands: kept one above nodata
 
 
 @pytest.mark.parametrize("bands,dtype", [(4, "uint8"), (13, "uint16")])
