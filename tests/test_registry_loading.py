@@ -9,21 +9,12 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from _one_line_errors import user_error
 from rsrestore import load_model
 from rsrestore.cli import app
 from rsrestore.models.registry import ModelError, resolve_device, weights_shapes
 
 runner = CliRunner()
-
-
-def _user_error(result, *phrases):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for p in phrases:
-        assert p in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -46,7 +37,7 @@ def test_truncated_safetensors(small_weights, geotiff_factory, tmp_path):
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     src, _ = geotiff_factory()
     out = tmp_path / "o.tif"
-    _user_error(_restore(src, out, "--method", "aosrnet", "--weights", str(truncated)),
+    user_error(_restore(src, out, "--method", "aosrnet", "--weights", str(truncated)),
                 "cut.safetensors", "not a valid safetensors file", "truncated")
     assert not out.exists()
 
@@ -56,7 +47,7 @@ def test_pickle_renamed_safetensors_says_what_it_is(small_weights, geotiff_facto
     renamed = tmp_path / "ckpt.safetensors"
     torch.save(state, renamed)
     src, _ = geotiff_factory()
-    _user_error(_restore(src, tmp_path / "o.tif", "--method", "aosrnet", "--weights", str(renamed)),
+    user_error(_restore(src, tmp_path / "o.tif", "--method", "aosrnet", "--weights", str(renamed)),
                 "ckpt.safetensors", "not a safetensors file", "PyTorch checkpoint", ".pth")
 
 
@@ -64,7 +55,7 @@ def test_checkpoint_with_python_objects_points_to_safetensors_not_to_unsafe_load
     unsafe = tmp_path / "full.pth"
     torch.save({"model": object()}, unsafe)
     src, _ = geotiff_factory()
-    line = _user_error(_restore(src, tmp_path / "o.tif", "--method", "aosrnet", "--weights", str(unsafe)),
+    line = user_error(_restore(src, tmp_path / "o.tif", "--method", "aosrnet", "--weights", str(unsafe)),
                        "full.pth", "safetensors")
     assert "weights_only" not in line and "trust the source" not in line
 
@@ -75,7 +66,7 @@ def test_sidecar_with_a_huge_width_is_refused_before_allocating(small_weights, g
     src, _ = geotiff_factory()
     # Building a width-1e7 model would try to allocate petabytes ("not enough memory"); the header says first that
     # the weights are of width 8.
-    _user_error(_restore(src, tmp_path / "o.tif", "--method", "aosrnet", "--weights", str(path)),
+    user_error(_restore(src, tmp_path / "o.tif", "--method", "aosrnet", "--weights", str(path)),
                 "weights do not fit aosrnet", "(8,) vs (10000000,)", "w8.json")
 
 
@@ -88,7 +79,7 @@ def test_sidecar_value_of_the_wrong_type(small_weights, geotiff_factory, tmp_pat
     path, _ = small_weights
     path.with_suffix(".json").write_text(json.dumps({"config": {"width": "wide"}}))
     src, _ = geotiff_factory()
-    _user_error(_restore(src, tmp_path / "o.tif", "--method", "aosrnet", "--weights", str(path)),
+    user_error(_restore(src, tmp_path / "o.tif", "--method", "aosrnet", "--weights", str(path)),
                 "'width'", "int", "'wide'", "w8.json")
 
 
@@ -103,7 +94,7 @@ def test_sidecar_that_fits_loads(small_weights, geotiff_factory, tmp_path):
 def test_weights_for_a_training_free_method(geotiff_factory, tmp_path):
     src, _ = geotiff_factory()
     out = tmp_path / "o.tif"
-    _user_error(_restore(src, out, "--method", "dcp", "--weights", "w.safetensors"), "dcp", "takes no weights")
+    user_error(_restore(src, out, "--method", "dcp", "--weights", "w.safetensors"), "dcp", "takes no weights")
     assert not out.exists()
 
 
@@ -111,7 +102,7 @@ def test_weights_for_a_training_free_method(geotiff_factory, tmp_path):
 def test_cuda_without_cuda(geotiff_factory, tmp_path):
     src, _ = geotiff_factory()
     out = tmp_path / "o.tif"
-    _user_error(_restore(src, out, "--method", "dcp", "--device", "cuda"), "CUDA is not available", "cpu")
+    user_error(_restore(src, out, "--method", "dcp", "--device", "cuda"), "CUDA is not available", "cpu")
     assert not out.exists()
     with pytest.raises(ModelError, match="CUDA is not available"):
         load_model("dcp", device="cuda:0")

@@ -12,26 +12,52 @@ import sys
 from pathlib import Path
 from typing import List, NoReturn, Optional
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from .errors import user_message
 
 
-# Exits and usage errors of typer and click, which pass the edge untouched.
-_COMMAND_LINE_EXITS = (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+def _is_command_line_exit(e: BaseException) -> bool:
+    """An exit or usage error of typer (or of the click it builds on), which passes the edge untouched."""
+    return any(cls.__module__.split(".")[0] in ("typer", "click") for cls in type(e).__mro__[:-2])
+
+
+class _PlainArgument(TyperArgument):
+    """An argument written the usual way in usage lines, ``INPUTS...`` or ``[NAME]``, where typer writes
+    ``{inputs}...``."""
+
+    def _rich_display_name(self) -> str:  # its name in the list of arguments
+        name = self.metavar or (self.name or "").upper()
+        return name + "..." if self.nargs != 1 and not name.endswith("...") else name
+
+    def display_type_rich(self, ctx) -> None:  # no Python type beside it
+        return None
+
+    def get_usage_pieces(self, ctx) -> list[str]:
+        name = self._rich_display_name()
+        return [name if self.required else f"[{name}]"]
 
 
 class _CommandLineEdge(TyperGroup):
-    """The command line's edge: an error escaping any command is explained here (see `_explain`)."""
+    """The command line's edge: an error escaping any command is explained here (see `_explain`); every value a
+    command takes is shown by name (``--root ROOT``) rather than by Python type (``<path>``, ``<list[str]>``)."""
 
-    def invoke(self, ctx: click.Context):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            for param in command.params:
+                if isinstance(param, TyperArgument):
+                    param.__class__ = _PlainArgument
+                elif param.metavar is None and not getattr(param, "is_flag", False):
+                    param.metavar = (param.name or "").upper()
+
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except _COMMAND_LINE_EXITS:
-            raise
         except Exception as e:  # KeyboardInterrupt and SystemExit are not Exceptions: Ctrl-C and signals pass
+            if _is_command_line_exit(e):
+                raise
             _explain(e)
 
 
@@ -100,9 +126,9 @@ def _run(fn, *args, **kwargs):
     """Call library code; an error ends the command at once with its explanation (see `_explain`)."""
     try:
         return fn(*args, **kwargs)
-    except _COMMAND_LINE_EXITS:
-        raise
     except Exception as e:
+        if _is_command_line_exit(e):
+            raise
         _explain(e)
 
 
@@ -184,22 +210,25 @@ def restore(
 
 @app.command()
 def evaluate(
-    method: str = typer.Option(..., "--method", "-m", help="Comma-separated methods; 'input' scores the degraded "
-                               "input itself (put it first: the first row of the table)."),
+    method: str = typer.Option(..., "--method", "-m", metavar="NAME[,NAME...]", help="Comma-separated methods; "
+                               "'input' scores the degraded input itself (put it first: the first row of the table)."),
     dataset: str = typer.Option("paired", help="paired | satehaze1k | rice | rsid | sen12mscr | synthetic"),
     root: Path = typer.Option(..., help="Dataset root folder as downloaded."),
     out: Path = typer.Option(Path("report"), help="Folder for metrics.json, table.md, report.html and pictures."),
-    split: Optional[str] = typer.Option(None, help="Split (train/valid/test) when the dataset has them."),
-    weights: Optional[List[str]] = typer.Option(None, help="METHOD=PATH (repeatable), or PATH for a single method."),
-    option: Optional[List[str]] = typer.Option(None, "--option", help="Dataset option KEY=VALUE (repeatable), e.g. "
+    split: Optional[str] = typer.Option(None, help="Split (train/valid/test) when the dataset has them; default: "
+                                        "test (the output says which split was scored)."),
+    weights: Optional[List[str]] = typer.Option(None, metavar="METHOD=PATH", help="METHOD=PATH (repeatable), or "
+                                                "PATH for a single method."),
+    option: Optional[List[str]] = typer.Option(None, "--option", metavar="KEY=VALUE", help="Dataset option "
+                                               "KEY=VALUE (repeatable), e.g. "
                                                "subset=thick."),
     limit: Optional[int] = typer.Option(None, help="Score only the first N images."),
     pictures: int = typer.Option(4, help="Comparison pictures for the first N images."),
     no_reference: bool = typer.Option(False, "--nr", help="Also compute NIQE and SSEQ (slower)."),
-    tile: int = typer.Option(512),
-    overlap: int = typer.Option(32),
-    device: str = typer.Option("auto"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    tile: int = typer.Option(512, help="Tile size in pixels for the methods (memory grows with it, not with the image)."),
+    overlap: int = typer.Option(32, help="Overlap between tiles, blended smoothly."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ... or auto."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Score methods against references with PSNR, SSIM, CIEDE2000, MAE, SAM (and NIQE, SSEQ with --nr).
 
@@ -217,6 +246,9 @@ def evaluate(
                    device=_device(device), tile=tile, overlap=overlap, limit=limit, pictures=pictures,
                    no_reference=no_reference, progress=not quiet)
     typer.echo(format_table(results))
+    scored = next(iter(results.values()))
+    split_text = f"the {scored.split} split of " if scored.split else ""
+    typer.echo(f"scored {len(scored.per_image)} image(s) of {split_text}{dataset} at {root}")
     typer.echo(f"report: {out / 'report.html'}")
 
 
@@ -276,7 +308,7 @@ def synthesize(
     size: int = typer.Option(256, help="Crop size in pixels."),
     seed: int = typer.Option(0, help="Seed: the same seed regenerates the dataset bit for bit."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Synthesise degraded/clean pairs from clean imagery with the physics models.
 
@@ -298,7 +330,7 @@ def synthesize(
 def train(
     config: Path = typer.Argument(..., help="YAML training config (see configs/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from the run's latest checkpoint."),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE override, repeatable, e.g. "
+    overrides: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="KEY=VALUE override, repeatable, e.g. "
                                                   "--set run.steps=1000 --set optim.lr=2e-4."),
 ):
     """Train a model from a YAML config: checkpoints, exact --resume, EMA, validation, CSV log.
@@ -319,7 +351,7 @@ def train(
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="Folder for the degraded, restored and comparison images."),
     seed: int = typer.Option(0, help="Seed of the synthetic degradation."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Degrade the bundled sample scenes, restore them, print PSNR/SSIM and write side-by-side pictures."""
     from .demo import format_rows, run_demo

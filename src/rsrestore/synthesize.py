@@ -227,12 +227,16 @@ def _write_tif(path: Path, a: np.ndarray) -> None:
 
 
 def _write(path_stem: Path, a: np.ndarray) -> str:
-    if a.dtype == np.uint8:
-        path = path_stem.with_suffix(".png")
-        _write_png(path, a)
-    else:
-        path = path_stem.with_suffix(".tif")
-        _write_tif(path, a)
+    path = path_stem.with_suffix(".png" if a.dtype == np.uint8 else ".tif")
+    try:
+        if a.dtype == np.uint8:
+            _write_png(path, a)
+        else:
+            _write_tif(path, a)
+    except OSError as e:
+        if e.errno is None or e.filename:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e  # a failed write() names no file: name it
     return path.name
 
 
@@ -313,6 +317,7 @@ def synthesize_dataset(
     if n < 1 or size < 8:
         raise ValueError(f"n must be >= 1 and size >= 8; got n={n}, size={size}")
     files = find_images(clean)
+    _check_size_fits(files, size)
     out = Path(out)
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
@@ -320,56 +325,91 @@ def synthesize_dataset(
             raise FileExistsError(f"{out} already holds a dataset (manifest.json); pass --overwrite (overwrite=True) to replace it")
         for sub in ("input", "target", "phi", "mask"):
             shutil.rmtree(out / sub, ignore_errors=True)
+        manifest_path.unlink()  # it described the files just removed
     dirs = ["input", "target"] + (["phi"] if kind == "dust" else []) + (["mask"] if kind == "cloud" else [])
+    out_existed = out.exists()
     for d in dirs:
         (out / d).mkdir(parents=True, exist_ok=True)
 
-    root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(sample_seed(seed, 2**31))).tolist()
-    width = max(5, len(str(n - 1)))
-    samples = []
-    bands_seen: set[int] = set()
-    it: Iterable[int] = range(n)
-    if progress:
-        from tqdm import tqdm
+    # A dataset is complete once its manifest is written; an error or interruption before then (a full disk, an
+    # unreadable source, Ctrl-C) removes what this call wrote, so no half dataset is left to be mistaken for one.
+    try:
+        root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(sample_seed(seed, 2**31))).tolist()
+        width = max(5, len(str(n - 1)))
+        samples = []
+        bands_seen: set[int] = set()
+        it: Iterable[int] = range(n)
+        if progress:
+            from tqdm import tqdm
 
-        it = tqdm(it, desc=f"synthesize {kind}", unit="img")
-    for i in it:
-        path = files[order[i % len(files)]]
-        stored, record = _make_sample(kind, path, sample_seed(seed, i), size, preset, scale, bands,
-                                      wavelengths_nm, shadow)
-        bands_seen.add(stored["target"].shape[0])
-        if len(bands_seen) > 1:
-            raise ValueError(f"sources have different band counts ({sorted(bands_seen)}); pass bands= to pick some")
-        name = f"{i:0{width}d}"
-        files_written = {key: f"{key}/{_write(out / key / name, arr)}" for key, arr in stored.items()}
-        samples.append({"index": i, "name": name, "source": os.path.relpath(path.resolve(), root), **record,
-                        "files": files_written})
+            it = tqdm(it, desc=f"synthesize {kind}", unit="img")
+        for i in it:
+            path = files[order[i % len(files)]]
+            stored, record = _make_sample(kind, path, sample_seed(seed, i), size, preset, scale, bands,
+                                          wavelengths_nm, shadow)
+            bands_seen.add(stored["target"].shape[0])
+            if len(bands_seen) > 1:
+                raise ValueError(f"sources have different band counts ({sorted(bands_seen)}); pass bands= to pick some")
+            name = f"{i:0{width}d}"
+            files_written = {key: f"{key}/{_write(out / key / name, arr)}" for key, arr in stored.items()}
+            samples.append({"index": i, "name": name, "source": os.path.relpath(path.resolve(), root), **record,
+                            "files": files_written})
 
-    from . import __version__
+        from . import __version__
 
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
-        "rsrestore_version": __version__,
-        "kind": kind,
-        "preset": preset,
-        "n": n,
-        "size": size,
-        "seed": seed,
-        "scale": scale,
-        "bands": None if bands is None else [int(b) for b in bands],
-        "wavelengths_nm": None if wavelengths_nm is None else [float(w) for w in wavelengths_nm],
-        "shadow": shadow,
-        "clean_root": str(root),
-        "num_sources": len(files),
-        "phi": {"alpha": PHI_ALPHA, "beta": PHI_BETA} if kind == "dust" else None,
-        "samples": samples,
-    }
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(_dump_manifest(manifest))
-    tmp.replace(manifest_path)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "rsrestore_version": __version__,
+            "kind": kind,
+            "preset": preset,
+            "n": n,
+            "size": size,
+            "seed": seed,
+            "scale": scale,
+            "bands": None if bands is None else [int(b) for b in bands],
+            "wavelengths_nm": None if wavelengths_nm is None else [float(w) for w in wavelengths_nm],
+            "shadow": shadow,
+            "clean_root": str(root),
+            "num_sources": len(files),
+            "phi": {"alpha": PHI_ALPHA, "beta": PHI_BETA} if kind == "dust" else None,
+            "samples": samples,
+        }
+        tmp = manifest_path.with_suffix(".json.tmp")
+        tmp.write_text(_dump_manifest(manifest))
+        tmp.replace(manifest_path)
+    except BaseException:
+        for d in dirs:
+            shutil.rmtree(out / d, ignore_errors=True)
+        manifest_path.with_suffix(".json.tmp").unlink(missing_ok=True)
+        if not out_existed and not any(out.iterdir()):
+            out.rmdir()
+        raise
     return out
+
+
+def _check_size_fits(files: Sequence[Path], size: int) -> None:
+    """Refuse, before any file is written, a crop size whose samples cannot fit in memory (``--size 100000``).
+
+    A crop larger than an image is padded by reflection, so sizes somewhat beyond the largest image are fine; the
+    bound is memory: a sample holds at least four float32 arrays of the crop (clean, degraded and the degradation's
+    maps).
+    """
+    import psutil
+
+    from .errors import format_bytes
+
+    shapes = {f: image_shape(f) for f in files}
+    largest, (_, h, w) = max(shapes.items(), key=lambda item: max(item[1][1:]))
+    bands = max(c for c, _, _ in shapes.values())
+    needed = 4 * 4 * bands * size * size
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise ValueError(
+            f"--size {size} needs at least {format_bytes(needed)} of memory per sample, {format_bytes(available)} "
+            f"available; the largest clean image ({largest}) is {w} x {h} pixels: choose --size {max(h, w)} or less"
+        )
 
 
 def _dump_manifest(manifest: dict) -> str:
