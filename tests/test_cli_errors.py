@@ -51,6 +51,9 @@ def test_user_messages_by_meaning():
     assert user_message(AssertionError("Torch not compiled with CUDA enabled")).startswith("CUDA is not available")
     assert user_message(json.JSONDecodeError("Expecting value", "x", 0)).startswith("invalid JSON")
     assert user_message(ValueError("bad --scale\nsecond line")) == "bad --scale"
+    wrapped = rasterio.errors.RasterioIOError("Write failed. See previous exception for details.")
+    wrapped.__cause__ = rasterio.errors.RasterioIOError("TIFFAppendToStrip:Write error at scanline 0")
+    assert user_message(wrapped) == "Write failed: TIFFAppendToStrip:Write error at scanline 0"
     # Bugs are not the user's to fix: no one-line excuse for them.
     assert user_message(TypeError("unsupported operand")) is None
     assert user_message(KeyError("x")) is None

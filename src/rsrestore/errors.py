@@ -47,7 +47,11 @@ def user_message(exc: BaseException) -> str | None:
 
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    text = lines[0] if lines else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if "See previous exception" in text and cause is not None:  # rasterio's wrapper of a GDAL error: say which
+        text = f"{text.split('. See previous exception')[0]}: {_first_line(cause)}"
+    return text
 
 
 def _unhide(text: str) -> str:
