@@ -33,12 +33,12 @@ import os
 import time
 import traceback
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from .errors import user_message
 from .raster import READABLE_EXTENSIONS, RasterError, open_raster
 
 LIST_SUFFIXES = (".txt", ".lst")  # an input with one of these suffixes is a list of paths, one per line
@@ -224,10 +224,8 @@ def is_finished(scene: Scene) -> bool:
     if not scene.output.is_file():
         return False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a PNG or JPEG without georeferencing warns on every open
-            with open_raster(scene.output) as out, open_raster(scene.input) as src:
-                return (out.width, out.height, out.count) == (src.width, src.height, src.count)
+        with open_raster(scene.output) as out, open_raster(scene.input) as src:
+            return (out.width, out.height, out.count) == (src.width, src.height, src.count)
     except (RasterError, OSError):
         return False
 
@@ -236,17 +234,11 @@ def is_finished(scene: Scene) -> bool:
 # One scene (the task)
 
 
-def resolve_device(name: str) -> str:
-    """'auto' becomes this process's best device (each Dask worker decides for itself); other names pass through."""
-    if name != "auto":
-        return name
-    from .distributed import resolve_device as _resolve
-
-    return str(_resolve("auto"))
-
-
 def scene_model(options: RestoreOptions):
-    """The model for `options` and the band counts it takes, built once per process and reused by its scenes."""
+    """The model for `options` and the band counts it takes, built once per process and reused by its scenes.
+    Device "auto" is decided here, so each Dask worker picks its own."""
+    from .models.registry import resolve_device
+
     weights = options.weights
     stamp = None
     if weights not in (None, "default"):
@@ -269,6 +261,7 @@ def restore_scene(scene: Scene, options: RestoreOptions, *, resume: bool = True,
     With `resume`, a finished output is skipped (a run that lost a worker may find its scene done by then) and an
     output that exists but is not finished is a failure rather than being replaced.
     """
+    from .models.registry import resolve_device
     from .tiling import restore_file
 
     t0 = time.perf_counter()
@@ -290,22 +283,18 @@ def restore_scene(scene: Scene, options: RestoreOptions, *, resume: bool = True,
                      device=resolve_device(options.device), amp=options.amp, overwrite=options.overwrite,
                      progress=progress, expected_bands=expected_bands)
     except Exception as e:  # any failure belongs to this scene alone; the batch goes on
-        reason, about_input = one_line_reason(e)
-        return result("failed", reason, None if about_input else traceback.format_exc())
+        return result("failed", *failure_reason(e))
     return result("done")
 
 
-def one_line_reason(e: BaseException) -> tuple[str, bool]:
-    """The first line of an error, and whether it is about the input or options (else the type name leads the line
-    and the report keeps the traceback)."""
-    from .models.registry import ModelError
-
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    line = next(iter(str(msg).strip().splitlines()), "")[:300]
-    about_input = isinstance(e, (RasterError, ModelError, ValueError, KeyError, OSError))
-    if about_input and line:
-        return line, True
-    return f"{type(e).__name__}: {line}" if line else type(e).__name__, about_input
+def failure_reason(e: BaseException) -> tuple[str, str | None]:
+    """One line saying why a scene failed (`rsrestore.errors.user_message`), and the traceback when the error is not
+    one a user can fix (a bug to report). Call from an `except` block."""
+    message = user_message(e)
+    if message is not None:
+        return message, None
+    lines = str(e).strip().splitlines()
+    return (f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__), traceback.format_exc()
 
 
 def _worker_address() -> str | None:
@@ -372,9 +361,13 @@ def run_on_dask(scenes: Sequence[Scene], options: RestoreOptions, *, client, res
                                          f"worker lost {attempts[i]} time(s) while restoring this scene (retries: "
                                          f"{retries}); it may need more memory than a worker has")
                 except Exception as e:  # the task could not run at all (e.g. rsrestore missing on the worker)
-                    reason, _ = one_line_reason(e)
+                    reason, trace = failure_reason(e)
                     result = SceneResult(str(scenes[i].input), str(scenes[i].output), "failed", 0.0, options.method,
-                                         reason)
+                                         reason, traceback=trace)
+                if result.status == "skipped":
+                    # Its output was not finished when the run began: a worker lost after finishing the scene but
+                    # before handing back its result (Dask then runs the task again), or another process, did it.
+                    result.status, result.reason = "done", "finished by an earlier attempt or another process"
                 result.attempts = attempts[i]
                 yield i, result
     finally:
@@ -528,7 +521,7 @@ def run_batch(
     """
     from distributed import Client
 
-    from .models.registry import default_method, get_spec
+    from .models.registry import default_method, get_spec, resolve_device
 
     name = method or default_method(task)
     if get_spec(name).needs_sar:
@@ -541,18 +534,21 @@ def run_batch(
     scenes = plan_scenes(inputs, out_dir)
     options = RestoreOptions(method=name, weights=weights, bands=bands, scale=scale, tile=tile, overlap=overlap,
                              batch_size=batch_size, device=device, amp=amp, overwrite=overwrite)
-    scene_model(options)  # a bad method, weights file or config is one error now, not one per scene
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     local = scheduler == "local"
     if not local and "://" not in scheduler:
         raise BatchError(f"--scheduler must be 'local' or a scheduler address like tcp://HOST:8786, got {scheduler!r}")
+    # A bad method, weights file or config is one error now rather than one per scene. The device is checked here only
+    # for a local cluster: a remote cluster's workers may have a GPU this machine lacks.
+    if local:
+        resolve_device(options.device)
+    scene_model(dataclasses.replace(options, device="cpu"))
+    out_dir.mkdir(parents=True, exist_ok=True)
     cluster = local_cluster(workers, threads_per_worker) if local else None
     try:
         try:
             client = Client(cluster if local else scheduler)  # waits distributed.comm.timeouts.connect (30 s)
         except OSError as e:
-            raise BatchError(f"cannot reach the Dask scheduler at {scheduler}: {one_line_reason(e)[0]}") from None
+            raise BatchError(f"cannot reach the Dask scheduler at {scheduler}: {failure_reason(e)[0]}") from None
         with client:
             n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
             where = f"local cluster ({n_workers} workers)" if local else f"{scheduler} ({n_workers} workers)"

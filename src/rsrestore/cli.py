@@ -138,24 +138,10 @@ def _device(name: str) -> str:
     return resolve_device(name)
 
 
-def _collect_inputs(inputs: list[Path]) -> list[Path]:
-    from .raster import READABLE_EXTENSIONS
-
-    files: list[Path] = []
-    for p in inputs:
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in READABLE_EXTENSIONS and not f.name.startswith("."))
-            if not found:
-                _fail(f"no raster files ({', '.join(READABLE_EXTENSIONS)}) in folder {p}")
-            files += found
-        else:
-            files.append(p)
-    return files
-
-
 @app.command()
 def restore(
-    inputs: List[Path] = typer.Argument(..., help="Raster files (GeoTIFF, PNG, JPEG) and/or folders of them."),
+    inputs: List[Path] = typer.Argument(..., help="Raster files (GeoTIFF, PNG, JPEG), folders of them (searched "
+                                        "recursively) and/or .txt/.lst files listing paths, one per line."),
     output: Path = typer.Option(..., "-o", "--output", help="Output file (one input) or folder (several inputs)."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `rsrestore models`); "
                                          "default: the best ready method for --task."),
@@ -184,28 +170,99 @@ def restore(
 
       rsrestore restore s2.tif -o rgb_restored.tif --bands 4,3,2 --scale 10000
     """
-    from . import load_model as _load
-    from .models.registry import accepted_bands, default_method, get_spec
+    from .batch import RestoreOptions, plan_scenes, run_in_process, run_scenes, scene_model, takes_many
+    from .models.registry import default_method, get_spec
     from .tiling import restore_file
 
-    files = _collect_inputs(inputs)
     name = method or _run(default_method, task)
     spec = _run(get_spec, name)
     if spec.needs_sar and sar is None:
         _fail(f"{name} needs a co-registered SAR scene: pass --sar S1.tif")
-    many = len(files) > 1 or any(p.is_dir() for p in inputs)
-    if many or output.is_dir():
-        output.mkdir(parents=True, exist_ok=True)
-        targets = [output / f.name for f in files]
+    options = RestoreOptions(method=name, weights=weights, bands=bands, scale=scale,
+                             sar=None if sar is None else str(sar), align=align, tile=tile, overlap=overlap,
+                             batch_size=batch_size, device=_device(device), amp=amp, overwrite=overwrite)
+    if not takes_many(inputs):  # one scene: any error ends the command with one line
+        dst = output / inputs[0].name if output.is_dir() else output
+        model, expected_bands = _run(scene_model, options)
+        _run(restore_file, model, inputs[0], dst, bands=bands, scale=scale, sar=sar, align=align, tile=tile,
+             overlap=overlap, batch_size=batch_size, device=options.device, amp=amp, overwrite=overwrite,
+             progress=not quiet, expected_bands=expected_bands)
+        typer.echo(f"{inputs[0]} -> {dst}  [{name}]")
+        return
+    # Several scenes: the same driver as `rsrestore batch`, run in this process; a failing scene does not stop the rest.
+    scenes = _run(plan_scenes, inputs, output)
+    _run(scene_model, options)  # a bad method or weights file stops everything now, with one line
+    output.mkdir(parents=True, exist_ok=True)
+    report = run_scenes(scenes, options, run_in_process, resume=False, progress=False, on_result=_echo_scene,
+                        tile_progress=not quiet)
+    _finish(report)
+
+
+def _echo_scene(result) -> None:
+    if result.status == "failed":
+        typer.echo(f"failed: {result.input}: {result.reason}", err=True)
+        if _options["debug"] and result.traceback:
+            typer.echo(result.traceback, err=True)
     else:
-        targets = [output]
-    dev = _device(device)
-    model = _run(_load, name, weights=weights, device=dev)
-    for src, dst in zip(files, targets):
-        _run(restore_file, model, src, dst, bands=bands, scale=scale, sar=sar, align=align, tile=tile,
-             overlap=overlap, batch_size=batch_size, device=dev, amp=amp, overwrite=overwrite,
-             progress=not quiet, expected_bands=accepted_bands(spec, model))
-        typer.echo(f"{src} -> {dst}  [{name}]")
+        typer.echo(f"{result.input} -> {result.output}  [{result.method}]")
+
+
+def _finish(report, report_path: Path | None = None) -> None:
+    """Print a run's summary; exit status 1 when a scene failed."""
+    where = f"; report: {report_path}" if report_path else ""
+    typer.echo(report.summary() + where, err=bool(report.failed))
+    for r in report.failed:
+        typer.echo(f"  failed: {r.input}: {r.reason}", err=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def batch(
+    inputs: List[Path] = typer.Argument(..., help="Raster files, folders (searched recursively) and/or text files "
+                                        "(.txt, .lst) listing paths, one per line, relative to the list's folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder; outputs keep the inputs' subfolders, and "
+                                "batch_report.json lists every scene."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `rsrestore models`); "
+                                         "default: the best ready method for --task."),
+    task: str = typer.Option("haze", help="haze | dust | cloud: picks the default method."),
+    weights: str = typer.Option("default", help="Weights file (.safetensors or .pth), or 'default' for bundled ones."),
+    bands: Optional[str] = typer.Option(None, help="1-based bands to restore, e.g. 4,3,2; others pass through."),
+    scale: Optional[float] = typer.Option(None, help="Divisor mapping file values to [0,1] (default by dtype)."),
+    tile: int = typer.Option(512, help="Tile size in pixels (a worker's memory grows with it, not with the scene)."),
+    overlap: int = typer.Option(32, help="Overlap between tiles, blended smoothly."),
+    batch_size: int = typer.Option(4, help="Tiles per forward pass."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ... or auto (each worker picks its own)."),
+    amp: bool = typer.Option(False, help="bf16 autocast for learned models."),
+    scheduler: str = typer.Option("local", help="'local': worker processes on this machine; or the address of a "
+                                  "running Dask scheduler, e.g. tcp://10.0.0.5:8786."),
+    workers: Optional[int] = typer.Option(None, help="Local worker processes (default: one per CPU core)."),
+    threads_per_worker: Optional[int] = typer.Option(None, help="Scenes each local worker restores at once "
+                                                     "(default 1)."),
+    retries: int = typer.Option(2, help="Times a scene runs again after its worker process was lost (killed, out of "
+                                "memory); a bad input is never retried."),
+    overwrite: bool = typer.Option(False, help="Redo every scene; by default scenes with a finished output are "
+                                   "skipped."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Restore many scenes as tasks on Dask, on this machine or a cluster: resumable, with a report.
+
+    A rerun skips scenes whose output is finished. A failing scene does not stop the others; the exit status is 1
+    when any scene failed.
+
+    Examples:
+
+      rsrestore batch scenes/ -o restored/ --method dcp
+
+      rsrestore batch list.txt -o restored/ --scheduler tcp://10.0.0.5:8786
+    """
+    from .batch import REPORT_NAME, run_batch
+
+    report = _run(run_batch, inputs, output, method=method, task=task, weights=weights, bands=bands, scale=scale,
+                  tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp, scheduler=scheduler,
+                  workers=workers, threads_per_worker=threads_per_worker, retries=retries, overwrite=overwrite,
+                  progress=not quiet, echo=lambda line: typer.echo(line, err=True))
+    _finish(report, output / REPORT_NAME)
 
 
 @app.command()
