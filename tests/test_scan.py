@@ -1,8 +1,13 @@
-"""Selective scan: every implementation against the reference, closed forms, a NumPy recurrence, memory."""
+"""Selective scan: every implementation against the reference, closed forms, a NumPy recurrence, memory.
+
+The numba kernels compile on first use (about a minute on a 2-core machine) and are cached by numba next to the
+module afterwards; their tests are skipped where numba is not installed.
+"""
 
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 
 import numpy as np
@@ -11,7 +16,9 @@ import torch
 
 from rsrestore.models import scan
 
-FAST = ["loop", "chunked"]
+NUMBA = scan.numba_kernel_available()
+needs_numba = pytest.mark.skipif(not NUMBA, reason="numba is not installed")
+FAST = ["loop", "chunked"] + (["numba"] if NUMBA else [])
 
 
 def make(bsz=2, g=2, dg=3, n=4, length=37, dtype=torch.float64, seed=0, z=True, three_d_bc=False):
@@ -166,12 +173,9 @@ def test_extreme_decay_is_finite(impl):
         assert rel_err(a, b) < 1e-5
 
 
-def test_chunked_keeps_only_chunk_states():
-    """What the chunked scan saves for backward grows as L / chunk states, not L states."""
-    bsz, g, dg, n, length, chunk = 1, 2, 8, 16, 512, 32
-    args = {k: v.float() for k, v in make(bsz, g, dg, n, length, z=False).items() if v is not None}
-    for v in args.values():
-        v.requires_grad_()
+def saved_bytes(fn, bsz, g, dg, n, length) -> int:
+    """Bytes that fn(**float32 inputs, delta_softplus=True) keeps for backward, the inputs themselves excluded."""
+    args = {k: v.float().requires_grad_() for k, v in make(bsz, g, dg, n, length, z=False).items() if v is not None}
     inputs = {v.untyped_storage().data_ptr() for v in args.values()}
     saved: dict[int, int] = {}
 
@@ -182,17 +186,25 @@ def test_chunked_keeps_only_chunk_states():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        scan.selective_scan_chunked(**args, delta_softplus=True, chunk=chunk)
+        fn(**args, delta_softplus=True)
+    return sum(saved.values())
+
+
+def test_chunked_keeps_only_chunk_states():
+    """What the chunked scan saves for backward grows as L / chunk states, not L states."""
+    bsz, g, dg, n, length, chunk = 1, 2, 8, 16, 512, 32
+    saved = saved_bytes(lambda **a: scan.selective_scan_chunked(**a, chunk=chunk), bsz, g, dg, n, length)
     state_bytes = bsz * g * dg * n * 4
-    assert sum(saved.values()) <= (length // chunk + 1) * state_bytes
-    assert sum(saved.values()) < length * state_bytes / 10
+    assert saved <= (length // chunk + 1) * state_bytes
+    assert saved < length * state_bytes / 10
 
 
-def test_auto_picks_chunked_on_cpu_and_cuda_kernel_is_lazy(monkeypatch):
+def test_auto_picks_the_fastest_cpu_scan_and_cuda_kernel_is_lazy(monkeypatch):
     assert "mamba_ssm" not in sys.modules or scan.cuda_kernel_available()
     args = make(length=10)
     calls = []
-    monkeypatch.setitem(scan.IMPLEMENTATIONS, "chunked", lambda *a, **k: calls.append(1) or a[0])
+    monkeypatch.setitem(scan.IMPLEMENTATIONS, "numba" if NUMBA else "chunked",
+                        lambda *a, **k: calls.append(1) or a[0])
     scan.selective_scan(*args.values())
     assert calls == [1]
     if not scan.cuda_kernel_available():
@@ -228,3 +240,104 @@ def test_bad_shapes(change, message):
         scan.selective_scan(**args)
     with pytest.raises(ValueError, match="unknown selective scan"):
         scan.selective_scan(**make(), impl="fast")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the fused numba kernels
+
+
+@needs_numba
+@pytest.mark.parametrize("length", [1, 7, 33, 64, 129])
+@pytest.mark.parametrize("g, dg", [(1, 7), (3, 5), (2, 29)])
+def test_numba_float32_matches_reference(length, g, dg):
+    """1e-5 relative in float32, forward and every gradient: odd channel counts, a group wider than one block of
+    lanes (29), lengths below, at and across the checkpoint interval (64)."""
+    args = {k: (v.float() if v is not None else None) for k, v in make(g=g, dg=dg, n=16, length=length).items()}
+    ref = run("ref", args, delta_softplus=True)
+    got = run("numba", args, delta_softplus=True)
+    for a, b in zip(got, ref):
+        assert a.dtype == torch.float32
+        assert rel_err(a, b) < 1e-5
+
+
+@needs_numba
+def test_numba_gradcheck():
+    """Finite differences in float64, independent of the reference: the fused backward. (Gradients across several
+    checkpoints are compared with the reference in test_matches_reference_float64.)"""
+    args = make(bsz=2, g=2, dg=2, n=3, length=11)
+
+    def f(u, delta, A, B, C, D, z, delta_bias):
+        return scan.selective_scan_numba(u, delta, A, B, C, D, z, delta_bias, True, True)
+
+    inputs = tuple(v.clone().requires_grad_() for v in args.values())
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@needs_numba
+def test_numba_views_threads_and_half_precision(monkeypatch):
+    """Time-major views (what RSDehamba passes) give the contiguous result; 1 and 2 threads give the same bits; a
+    bfloat16 input is scanned in float32."""
+    from rsrestore.models import scan_numba
+
+    monkeypatch.setattr(scan_numba, "PARALLEL_MIN_WORK", 0)  # run this small case on two threads too
+    args = {k: (v.float() if v is not None else None) for k, v in make(length=40, g=2, dg=30).items()}
+    base = run("numba", args, delta_softplus=True)
+    views = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v is not None and v.dim() > 1 else v)
+             for k, v in args.items()}
+    assert not views["u"].is_contiguous()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = run("numba", views, delta_softplus=True)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(two, base):
+        assert torch.equal(a, b)
+    half = {k: (v.to(torch.bfloat16) if v is not None else None) for k, v in args.items()}
+    y = scan.selective_scan_numba(**half, delta_softplus=True)
+    ref = scan.selective_scan_ref(**{k: (v.float() if v is not None else None) for k, v in half.items()},
+                                  delta_softplus=True)
+    assert y.dtype == torch.bfloat16
+    assert rel_err(y.float(), ref) < 1e-2
+
+
+@needs_numba
+def test_numba_saves_checkpoints_not_states():
+    """Saved for backward: the step sizes (one per input value) and a state every CHECKPOINT steps, not L states."""
+    from rsrestore.models import scan_numba
+
+    bsz, g, dg, n, length = 1, 2, 8, 16, 512
+    saved = saved_bytes(scan.selective_scan_numba, bsz, g, dg, n, length)
+    state_bytes = bsz * g * dg * n * 4
+    step_bytes = bsz * g * dg * length * 4
+    assert saved <= step_bytes + -(-length // scan_numba.CHECKPOINT) * state_bytes
+    assert saved < length * state_bytes / 10
+
+
+def test_numba_is_imported_lazily():
+    """Importing the package and building a model never imports numba (it compiles on the first CPU scan)."""
+    code = (
+        "import sys, rsrestore, rsrestore.models.scan, rsrestore.models.rsdehamba as r; r.RSDehamba(); "
+        "assert 'numba' not in sys.modules, 'numba imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@needs_numba
+def test_rsdehamba_with_numba_scan_matches_reference():
+    """A tiny RSDehamba: output and parameter gradients with the numba scan equal those with the reference scan."""
+    from rsrestore.models.rsdehamba import RSDehamba, RSDehambaConfig
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 5, 7)
+    results = []
+    for impl in ("ref", "numba"):
+        torch.manual_seed(1)
+        model = RSDehamba(RSDehambaConfig(embed_dim=6, depths=(1, 1, 1), scan_impl=impl))
+        y = model(x)
+        y.square().mean().backward()
+        results.append((y.detach(), {k: p.grad for k, p in model.named_parameters()}))
+    (y_ref, g_ref), (y_nb, g_nb) = results
+    assert rel_err(y_nb, y_ref) < 1e-5
+    for name, grad in g_ref.items():
+        assert rel_err(g_nb[name], grad) < 1e-4, name

@@ -32,6 +32,11 @@ Implementations (all numerically the same recurrence):
   its working memory is three buffers of ``GROUP_ELEMENTS`` values whatever L. Measured on a 2-core Xeon, one
   thread, D = 4 x 48, N = 16 (``benchmarks/bench_scan.py``): forward+backward 5-6x faster than mambapy's parallel
   scan and than the unbind loop at L = 64^2 and 128^2, and 1/100 of their saved memory.
+* :func:`selective_scan_numba` -- fused CPU kernels compiled by numba (:mod:`.scan_numba`): exp(delta A) computed
+  on the fly, the state of a block of channels kept in a small local array, no (L, D, N) tensor; a fused backward
+  that recomputes states from checkpoints every ``scan_numba.CHECKPOINT`` steps; parallel over (batch, group,
+  channel block) on ``torch.get_num_threads()`` threads. numba is imported (and the kernels compiled, or loaded
+  from numba's cache) on first use, never at import time.
 * :func:`selective_scan_cuda` -- the CUDA kernel of ``mamba_ssm``, imported on first use, never at import time.
 
 :func:`selective_scan` picks the best available one for the inputs' device.
@@ -53,8 +58,10 @@ __all__ = [
     "selective_scan_ref",
     "selective_scan_loop",
     "selective_scan_chunked",
+    "selective_scan_numba",
     "selective_scan_cuda",
     "cuda_kernel_available",
+    "numba_kernel_available",
     "IMPLEMENTATIONS",
 ]
 
@@ -307,6 +314,33 @@ def _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus):
     return ct, uc, pre, dt, Ac, Bc, Cc
 
 
+def _skip_and_gate(y: Tensor, D: Tensor | None, uc: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor]:
+    """y + D u (Eq. 2b's skip, in place over the scan's own output y), then the gate: returns (y, y * silu(z))."""
+    if D is not None:
+        y = y.addcmul_(D.to(y.dtype)[:, None], uc)
+    return y, (y * F.silu(z.to(y.dtype)) if z is not None else y)
+
+
+def _gate_backward(g_out: Tensor, z: Tensor | None, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Gradients of out = y * silu(z) for y and z (g_out, None without a gate)."""
+    if z is None:
+        return g_out, None
+    zc = z.to(g_out.dtype)
+    sz = torch.sigmoid(zc)
+    return g_out * zc * sz, (g_out * y * sz * (1 + zc * (1 - sz))).to(z.dtype)
+
+
+def _input_grads(g_u, g_dt, gy, uc, pre, D, delta_bias, delta_softplus):
+    """From the scan's gradients for u and the step dt, those of u, delta (through bias and softplus), D and
+    delta_bias. g_u and g_dt are the caller's own buffers and are updated in place."""
+    if D is not None:
+        g_u = g_u.addcmul_(D.to(gy.dtype)[:, None], gy)
+    g_D = (gy * uc).sum((0, 2)).to(D.dtype) if D is not None else None
+    g_pre = g_dt.mul_(torch.sigmoid(pre)) if delta_softplus else g_dt
+    g_bias = g_pre.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
+    return g_u, g_pre, g_D, g_bias
+
+
 class _ChunkedScan(torch.autograd.Function):
     """Layout inside: time-major (batch, L, G, X) inputs; (batch, chunks, T, G, Dg, N) state buffers."""
 
@@ -348,10 +382,7 @@ class _ChunkedScan(torch.autograd.Function):
             y_c[:, sl] = _contract_n(h, C_c[:, sl])
         del ws
 
-        y = y_c.view(bsz, lp, dim)[:, :length].transpose(1, 2)
-        if D is not None:
-            y = y + D.to(ct)[:, None] * uc
-        out = y * F.silu(z.to(ct)) if z is not None else y
+        y, out = _skip_and_gate(y_c.view(bsz, lp, dim)[:, :length].transpose(1, 2), D, uc, z)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h_start, y if z is not None else None)
         ctx.delta_softplus = delta_softplus
         ctx.T = T
@@ -376,15 +407,7 @@ class _ChunkedScan(torch.autograd.Function):
         nc = h_start.shape[1] - 1
         lp = nc * T
         A4 = Ac.reshape(g, dg, n)
-        g_out = g_out.to(ct)
-        g_z = None
-        if z is not None:
-            zc = z.to(ct)
-            sz = torch.sigmoid(zc)
-            g_z = (g_out * y * sz * (1 + zc * (1 - sz))).to(z.dtype)
-            gy = g_out * zc * sz
-        else:
-            gy = g_out
+        gy, g_z = _gate_backward(g_out.to(ct), z, y)
         dt_c = _time_major(dt.view(bsz, g, dg, length), lp).view(bsz, nc, T, g, dg)
         du_c = _time_major((dt * uc).view(bsz, g, dg, length), lp).view(bsz, nc, T, g, dg)
         gy_c = _time_major(gy.reshape(bsz, g, dg, length), lp).view(bsz, nc, T, g, dg)
@@ -439,13 +462,10 @@ class _ChunkedScan(torch.autograd.Function):
             return x.view(bsz, lp, x.shape[-2], x.shape[-1])[:, :length].permute(0, 2, 3, 1)
 
         g_du = back(g_du_c).reshape(bsz, dim, length)
-        g_dt = back(g_dt_c).reshape(bsz, dim, length) + g_du * uc
-        g_u = g_du * dt
-        if D is not None:
-            g_u = g_u + D.to(ct)[:, None] * gy
-        g_D = (gy * uc).sum((0, 2)).to(D.dtype) if D is not None else None
-        g_pre = g_dt * torch.sigmoid(pre) if ctx.delta_softplus else g_dt
-        g_bias = g_pre.sum((0, 2)).to(delta_bias.dtype) if delta_bias is not None else None
+        g_u, g_pre, g_D, g_bias = _input_grads(
+            g_du * dt, back(g_dt_c).reshape(bsz, dim, length) + g_du * uc, gy, uc, pre, D, delta_bias,
+            ctx.delta_softplus,
+        )
         return (
             g_u.to(u.dtype),
             g_pre.to(delta.dtype),
@@ -478,6 +498,111 @@ def selective_scan_chunked(
     B4, C4 = _check(u, delta, A, B, C, D, z, delta_bias)
     with _thread_limit():
         y, last = _ChunkedScan.apply(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, return_last_state, chunk)
+    return (y, last) if return_last_state else y
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# fused CPU kernel (numba)
+
+
+@functools.lru_cache(maxsize=1)
+def _numba_module():
+    try:  # imported (and compiled, or loaded from numba's cache) on first use, never at import time
+        from . import scan_numba
+    except Exception:
+        return None
+    return scan_numba
+
+
+def numba_kernel_available() -> bool:
+    """True when numba imports and the fused CPU kernels compile."""
+    return _numba_module() is not None
+
+
+def _as_numpy(t: Tensor):
+    return t.detach().numpy()
+
+
+class _NumbaScan(torch.autograd.Function):
+    """Softplus (and the gate z) in PyTorch; the scan, the D skip and every gradient in :mod:`.scan_numba`."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        kernels = _numba_module()
+        ct, uc, pre, dt, Ac, Bc, Cc = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        bsz, dim, length = u.shape
+        n = A.shape[1]
+        Dc = D.to(ct) if D is not None else dt.new_zeros(dim)
+        y = torch.empty_like(dt)  # dt's strides: time-major for the vision models, so the kernel writes rows
+        checkpoints = dt.new_empty(bsz, -(-length // kernels.CHECKPOINT), n, dim)
+        last = dt.new_empty(bsz, dim, n)
+        kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
+        kernels.forward(*map(_as_numpy, (dt, uc, Ac, Bc, Cc, Dc, y, checkpoints, last)))
+        out = y * F.silu(z.to(ct)) if z is not None else y
+        # dt is kept (one value per input value) so that the backward needs no second softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, dt, checkpoints, y if z is not None else None)
+        ctx.delta_softplus = delta_softplus
+        if not return_last_state:
+            ctx.mark_non_differentiable(last)
+        return out.to(u.dtype), last
+
+    @staticmethod
+    def backward(ctx, g_out, g_last):
+        kernels = _numba_module()
+        u, delta, A, B, C, D, z, delta_bias, dt, checkpoints, y = ctx.saved_tensors
+        ct = dt.dtype
+        bsz, dim, length = u.shape
+        g, n = B.shape[1], A.shape[1]
+        gy, g_z = _gate_backward(g_out.to(ct), z, y)
+        g_last = g_last.to(ct) if g_last is not None else dt.new_zeros(bsz, dim, n)
+        Dc = D.to(ct) if D is not None else dt.new_zeros(dim)
+        bias = delta_bias.to(ct) if delta_bias is not None else dt.new_zeros(dim)
+        g_u, g_delta = torch.empty_like(dt), torch.empty_like(dt)
+        g_A = dt.new_empty(bsz, dim, n)  # one term per batch item
+        g_D, g_bias = dt.new_empty(bsz, dim), dt.new_empty(bsz, dim)
+        blocks = kernels.blocks_per_group(dim, g)
+        g_B = dt.new_empty(bsz, length, g, blocks, n)  # one term per channel block
+        g_C = torch.empty_like(g_B)
+        kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
+        kernels.backward(
+            *map(_as_numpy, (delta.to(ct), bias, dt, u.to(ct), A.to(ct), B.to(ct), C.to(ct), Dc)),
+            ctx.delta_softplus,
+            *map(_as_numpy, (gy, checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias)),
+        )
+        return (
+            g_u.to(u.dtype),
+            g_delta.to(delta.dtype),
+            g_A.sum(0).to(A.dtype),
+            g_B.sum(3).permute(0, 2, 3, 1).to(B.dtype),
+            g_C.sum(3).permute(0, 2, 3, 1).to(C.dtype),
+            g_D.sum(0).to(D.dtype) if D is not None else None,
+            g_z,
+            g_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+            None,
+            None,
+        )
+
+
+def selective_scan_numba(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
+    """Eq. 2a-2b by the fused numba kernels of :mod:`.scan_numba` (CPU tensors); raises RuntimeError when numba
+    is not usable. Runs on ``torch.get_num_threads()`` threads."""
+    B4, C4 = _check(u, delta, A, B, C, D, z, delta_bias)
+    if _numba_module() is None:
+        raise RuntimeError("numba is not installed or does not import; pip install numba")
+    if u.device.type != "cpu":
+        raise RuntimeError(f"the numba selective scan runs on CPU tensors, got {u.device}")
+    y, last = _NumbaScan.apply(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, return_last_state)
     return (y, last) if return_last_state else y
 
 
@@ -542,6 +667,7 @@ IMPLEMENTATIONS: dict[str, Callable] = {
     "ref": selective_scan_ref,
     "loop": selective_scan_loop,
     "chunked": selective_scan_chunked,
+    "numba": selective_scan_numba,
     "cuda": selective_scan_cuda,
 }
 
@@ -561,12 +687,15 @@ def selective_scan(
 ):
     """The selective scan by the best available implementation (or the one named by ``impl``).
 
-    ``auto``: the ``mamba_ssm`` CUDA kernel for CUDA tensors when it imports, otherwise the chunked scan (5-6x
-    faster than the unbind loop on the CPU in forward+backward at L = 4096 and 16384, with bounded memory). The
-    chunked scan also runs on a GPU without ``mamba_ssm``, as plain PyTorch.
+    ``auto``: the ``mamba_ssm`` CUDA kernel for CUDA tensors when it imports (otherwise the chunked scan, plain
+    PyTorch); on the CPU the fused numba kernels when numba imports, otherwise the chunked scan (5-6x faster than
+    the unbind loop in forward+backward at L = 4096 and 16384, with bounded memory).
     """
     if impl == "auto":
-        impl = "cuda" if u.is_cuda and _cuda_fn() is not None else "chunked"
+        if u.is_cuda:
+            impl = "cuda" if _cuda_fn() is not None else "chunked"
+        else:
+            impl = "numba" if _numba_module() is not None else "chunked"
     try:
         fn = IMPLEMENTATIONS[impl]
     except KeyError:
