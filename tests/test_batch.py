@@ -50,6 +50,8 @@ def scenes(tmp_path, geotiff_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
+    """The LocalCluster `rsrestore batch --workers 2` starts (its own start is tested through the command line in the
+    Ctrl-C test), shared by this module's tests to pay the workers' start and imports once."""
     c = local_cluster(workers=2)
     try:
         yield c
@@ -67,9 +69,10 @@ def _by_name(out: Path) -> dict[str, dict]:
 # Local cluster, bad scenes, report and exit status
 
 
-def test_batch_on_a_local_cluster_survives_bad_scenes(scenes, tmp_path):
+@pytest.mark.slow
+def test_batch_on_a_local_cluster_survives_bad_scenes(scenes, tmp_path, cluster):
     out = tmp_path / "out"
-    r = runner.invoke(app, ["batch", str(scenes), "-o", str(out), "--workers", "2", *FAST_CLI])
+    r = runner.invoke(app, ["batch", str(scenes), "-o", str(out), "--scheduler", cluster.scheduler_address, *FAST_CLI])
     assert r.exit_code == 1, r.output
     assert "Traceback" not in r.output
     report = json.loads((out / REPORT_NAME).read_text())
@@ -90,6 +93,7 @@ def test_batch_on_a_local_cluster_survives_bad_scenes(scenes, tmp_path):
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a.tif", REPORT_NAME, "sub", "sub/a.tif"]
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_scenes_and_overwrite_redoes_them(scenes, tmp_path, cluster):
     for bad in ("corrupt.tif", "truncated.tif"):
         (scenes / bad).unlink()
@@ -159,6 +163,7 @@ def _kill_worker_running(cluster, ready, before_kill=lambda: None, timeout: floa
     raise AssertionError("the blocked scene never was the only one left")
 
 
+@pytest.mark.slow
 def test_a_lost_worker_s_scene_is_retried_elsewhere_and_finishes(tmp_path, geotiff_factory, cluster):
     folder = tmp_path / "scenes"
     folder.mkdir()
@@ -185,6 +190,7 @@ def test_a_lost_worker_s_scene_is_retried_elsewhere_and_finishes(tmp_path, geoti
     assert is_finished(Scene(slow, out / "slow.tif"))
 
 
+@pytest.mark.slow
 def test_a_scene_that_loses_its_worker_more_than_retries_fails(tmp_path, geotiff_factory, cluster):
     folder = tmp_path / "scenes"
     folder.mkdir()
@@ -201,6 +207,56 @@ def test_a_scene_that_loses_its_worker_more_than_retries_fails(tmp_path, geotiff
     assert rows["a.tif"].status == "done"
     assert rows["slow.tif"].status == "failed" and rows["slow.tif"].reason.startswith("worker lost")
     assert json.loads((out / REPORT_NAME).read_text())["summary"]["failed"] == 1
+
+
+def _processes_in_session(sid: int) -> list[int]:
+    import psutil
+
+    alive = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid:
+                alive.append(p.pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return alive
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_the_report_leaves_no_process_and_a_rerun_does_the_rest(tmp_path, geotiff_factory, cluster):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    geotiff_factory("scenes/a.tif", height=40, width=50, seed=1)
+    os.mkfifo(folder / "slow.tif")  # never finishes: the run is still on it when Ctrl-C comes
+    out = tmp_path / "out"
+    command = [str(Path(sys.executable).with_name("rsrestore")), "batch", str(folder), "-o", str(out), "--method",
+               "dcp", "--workers", "2", "-q"]
+    # Its own session, so that Ctrl-C can reach the whole process group as a terminal's does, and so that any
+    # process it leaves behind can be found.
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "a.tif").exists():
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+        deadline = time.monotonic() + 30
+        while _processes_in_session(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_in_session(run.pid)  # no worker process left behind
+    finally:
+        if run.poll() is None or _processes_in_session(run.pid):
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(30)
+    assert run.returncode != 0 and "Traceback" not in err and "interrupted" in err
+    assert _by_name(out)["slow.tif"]["status"] == "cancelled"
+    # The rerun does only what is left.
+    (folder / "slow.tif").unlink()
+    geotiff_factory("scenes/slow.tif", height=40, width=50, seed=3)
+    rerun = run_batch([folder], out, scheduler=cluster.scheduler_address, **FAST)
+    assert {Path(s.input).name: s.status for s in rerun.scenes} == {"a.tif": "skipped", "slow.tif": "done"}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -223,6 +279,7 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(15)
 
 
+@pytest.mark.slow
 def test_batch_on_a_scheduler_and_worker_started_by_hand_from_a_list_file(tmp_path, geotiff_factory):
     from distributed import Client
 

@@ -26,10 +26,13 @@ was lost (killed, out of memory) is submitted again, up to ``retries`` times.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import traceback
 import uuid
@@ -486,9 +489,24 @@ def local_cluster(workers: int | None = None, threads_per_worker: int | None = N
 
     n = workers or dask.system.CPU_COUNT
     settings = {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}
-    with dask.config.set(settings):
+    with dask.config.set(settings), _children_ignore_ctrl_c():
         return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker or 1, processes=True,
                             silence_logs=logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def _children_ignore_ctrl_c():
+    """Processes started inside ignore SIGINT (a new Python keeps an ignored SIGINT ignored). Ctrl-C in a terminal
+    reaches the whole process group; only this process should act on it (cancel, write the report, close the
+    cluster), not every worker printing a KeyboardInterrupt traceback. Ctrl-C waits while the cluster starts."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_batch(

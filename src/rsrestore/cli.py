@@ -258,10 +258,16 @@ def batch(
     """
     from .batch import REPORT_NAME, run_batch
 
-    report = _run(run_batch, inputs, output, method=method, task=task, weights=weights, bands=bands, scale=scale,
-                  tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp, scheduler=scheduler,
-                  workers=workers, threads_per_worker=threads_per_worker, retries=retries, overwrite=overwrite,
-                  progress=not quiet, echo=lambda line: typer.echo(line, err=True))
+    try:
+        report = _run(run_batch, inputs, output, method=method, task=task, weights=weights, bands=bands, scale=scale,
+                      tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp, scheduler=scheduler,
+                      workers=workers, threads_per_worker=threads_per_worker, retries=retries, overwrite=overwrite,
+                      progress=not quiet, echo=lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:
+        if (output / REPORT_NAME).exists():
+            typer.echo(f"interrupted: {output / REPORT_NAME} says what was done; the same command does the rest",
+                       err=True)
+        raise
     _finish(report, output / REPORT_NAME)
 
 
