@@ -4,7 +4,7 @@ import numpy as np
 import rasterio
 from typer.testing import CliRunner
 
-from _one_line_errors import user_error
+from _one_line_errors import user_error as _user_error  # the name other test modules import from here
 from rsrestore.cli import app
 
 runner = CliRunner()
@@ -56,21 +56,21 @@ def test_restore_many_inputs_and_folder_into_output_folder(geotiff_factory, tmp_
 
 def test_clear_errors(geotiff_factory, tmp_path):
     src, _ = geotiff_factory()
-    user_error(runner.invoke(app, ["restore", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif")]),
+    _user_error(runner.invoke(app, ["restore", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif")]),
                 "not found")
     bad = tmp_path / "corrupt.tif"
     bad.write_bytes(b"II*\x00" + b"\x00" * 64)
-    user_error(runner.invoke(app, ["restore", str(bad), "-o", str(tmp_path / "o.tif")]), "cannot read")
+    _user_error(runner.invoke(app, ["restore", str(bad), "-o", str(tmp_path / "o.tif")]), "cannot read")
     i32, _ = geotiff_factory("int32.tif", dtype="int32")
-    user_error(runner.invoke(app, ["restore", str(i32), "-o", str(tmp_path / "o.tif")]), "unsupported data type")
-    user_error(runner.invoke(app, ["restore", str(src), "-o", str(src)]), "is the input itself")
+    _user_error(runner.invoke(app, ["restore", str(i32), "-o", str(tmp_path / "o.tif")]), "unsupported data type")
+    _user_error(runner.invoke(app, ["restore", str(src), "-o", str(src)]), "is the input itself")
     existing = tmp_path / "exists.tif"
     existing.write_bytes(b"x")
-    user_error(runner.invoke(app, ["restore", str(src), "-o", str(existing)]), "--overwrite")
-    user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--bands", "9"]), "band")
-    user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "nope"]),
+    _user_error(runner.invoke(app, ["restore", str(src), "-o", str(existing)]), "--overwrite")
+    _user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--bands", "9"]), "band")
+    _user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "nope"]),
                 "unknown method")
-    user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet",
+    _user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet",
                                     "--weights", str(tmp_path / "missing.safetensors")]), "weights file not found")
 
 
@@ -85,13 +85,13 @@ def test_band_count_the_method_cannot_take(geotiff_factory, tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(w))
     src4, _ = geotiff_factory("four.tif", bands=4)
     # The saved weights are for width 8: a default-width model does not fit them -> a clear error too.
-    user_error(runner.invoke(app, ["restore", str(src4), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet",
+    _user_error(runner.invoke(app, ["restore", str(src4), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet",
                                     "--weights", str(w)]), "weights do not fit")
     torch.manual_seed(0)
     default_model = load_model("aosrnet", weights=None)
     w2 = tmp_path / "aosr_default.safetensors"
     save_file({k: v.contiguous() for k, v in default_model.state_dict().items()}, str(w2))
-    user_error(runner.invoke(app, ["restore", str(src4), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet",
+    _user_error(runner.invoke(app, ["restore", str(src4), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet",
                                     "--weights", str(w2)]), "takes 3 band")
 
 
@@ -103,5 +103,5 @@ def test_learned_method_without_bundled_weights_is_a_clear_error(monkeypatch, ge
     spec = registry.MODELS["aosrnet"]
     monkeypatch.setitem(registry.MODELS, "aosrnet", dataclasses.replace(spec, weights="absent.safetensors"))
     src, _ = geotiff_factory()
-    user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet"]),
+    _user_error(runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "aosrnet"]),
                 "no bundled weights")

@@ -10,6 +10,7 @@ error with a way to see the traceback.
 from __future__ import annotations
 
 import errno
+import json
 import re
 
 # The writer streams into a hidden temporary beside the output (``.NAME.[HOST-PID-]TOKEN.scratch.tif`` or
@@ -29,7 +30,7 @@ def user_message(exc: BaseException) -> str | None:
         return memory
     if any(marker in str(exc) for marker in _NO_CUDA):
         return f"CUDA is not available ({text}); use --device cpu"
-    oserror = _os_message(exc, text)
+    oserror = _os_message(exc)
     if oserror:
         return oserror
     if _is_library_error(exc, "rasterio", "RasterioError", "CPLE_BaseError"):
@@ -38,7 +39,7 @@ def user_message(exc: BaseException) -> str | None:
         return f"not a valid safetensors file ({text})"
     if _is_library_error(exc, "yaml", "YAMLError"):
         return f"invalid YAML: {text}"
-    if type(exc).__name__ == "JSONDecodeError":
+    if isinstance(exc, json.JSONDecodeError):
         return f"invalid JSON: {text}"
     if isinstance(exc, (ValueError, OSError)) or _is_project_error(exc):
         return _unhide(text)
@@ -86,7 +87,7 @@ def _memory_message(exc: BaseException, text: str) -> str | None:
     return None
 
 
-def _os_message(exc: BaseException, text: str) -> str | None:
+def _os_message(exc: BaseException) -> str | None:
     """A full disk, a read-only folder or a missing file, by errno or as GDAL words it."""
     code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
     message = str(exc)
