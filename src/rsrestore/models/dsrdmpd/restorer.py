@@ -21,6 +21,7 @@ uniformly drawn timestep (:meth:`DSRDMPD.stage2_loss`).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,8 @@ class DSRDMPDConfig:
         steps: sampling steps at restore time (5).
         eta: stochasticity of the sampler (0: deterministic given the starting noise).
         seed: seed of the sampling noise, so the same input gives the same output.
+        stage2_amp: let autocast reach the stage-2 denoiser too (about 2x faster steps on a CPU with bfloat16
+            units, but up to 13/255 away from float32); by default autocast speeds up stage 1 only.
     """
 
     in_channels: int = 3
@@ -69,6 +72,7 @@ class DSRDMPDConfig:
     steps: int = 5
     eta: float = 0.0
     seed: int = 0
+    stage2_amp: bool = False
 
     def __post_init__(self) -> None:
         self.stage2_dim_mults = tuple(int(m) for m in self.stage2_dim_mults)
@@ -136,22 +140,28 @@ class DSRDMPD(nn.Module):
     @torch.no_grad()
     def restore(self, x: Tensor, steps: int | None = None, generator: torch.Generator | None = None,
                 noise_fn: NoiseFn | None = None) -> Tensor:
-        """Stage 1, then ``steps`` (default ``cfg.steps``) RDDM steps; returns the dehazed image clipped to [0, 1]."""
+        """Stage 1, then ``steps`` (default ``cfg.steps``) RDDM steps; returns the dehazed image clipped to [0, 1].
+
+        Under autocast (``--amp``) only stage 1 runs in reduced precision unless ``cfg.stage2_amp`` is set: in bfloat16
+        the denoiser's steps moved the output by up to 13/255, stage 1 by under 1/255.
+        """
         self._check(x)
         h, w = x.shape[-2:]
         xp, _ = pad_to_multiple(x.float(), self.stride)
         hazy = to_signed(xp)
         coarse = to_signed(self.stage1(xp).float())
-        cond_features = self.stage2.encode_condition(torch.cat([coarse, hazy], dim=1))
-
-        def denoise(x_t: Tensor, t: Tensor, features: Tensor) -> Tensor:
-            return self.stage2(x_t, t, cond_features=features).float()
-
         if generator is None and noise_fn is None:
             generator = torch.Generator(device=x.device).manual_seed(self.cfg.seed)
-        out = rddm_sample(denoise, self.schedule, coarse, cond_features, steps=steps or self.cfg.steps,
-                          eta=self.cfg.eta, update="use_x_start", objective="pred_res", generator=generator,
-                          noise_fn=noise_fn)
+        keep_autocast = self.cfg.stage2_amp or not torch.is_autocast_enabled(x.device.type)
+        with nullcontext() if keep_autocast else torch.autocast(x.device.type, enabled=False):
+            cond_features = self.stage2.encode_condition(torch.cat([coarse, hazy], dim=1))
+
+            def denoise(x_t: Tensor, t: Tensor, features: Tensor) -> Tensor:
+                return self.stage2(x_t, t, cond_features=features).float()
+
+            out = rddm_sample(denoise, self.schedule, coarse, cond_features, steps=steps or self.cfg.steps,
+                              eta=self.cfg.eta, update="use_x_start", objective="pred_res", generator=generator,
+                              noise_fn=noise_fn)
         return to_unit(out)[..., :h, :w].clamp(0.0, 1.0)
 
     def stage1_loss(self, hazy: Tensor, clean: Tensor) -> Tensor:
