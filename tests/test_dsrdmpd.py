@@ -249,3 +249,21 @@ def test_autocast_reaches_stage2_only_when_asked(stage2_amp):
         out = model(hazy, steps=2)
     assert out.dtype == torch.float32 and out.shape == hazy.shape
     assert dtypes == {"stage1": torch.bfloat16, "stage2": torch.bfloat16 if stage2_amp else torch.float32}
+
+
+def test_registered_and_loaded_from_weights_with_their_config(tmp_path):
+    from safetensors.torch import save_file
+
+    from rsrestore.models.registry import accepted_bands, get_spec, load_model
+
+    config = dict(in_channels=4, **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()})
+    torch.manual_seed(0)
+    model = DSRDMPD(DSRDMPDConfig(**config)).eval()
+    weights = tmp_path / "dsrdmpd.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    (tmp_path / "dsrdmpd.json").write_text(json.dumps({"method": "dsrdmpd", "config": config}))
+    loaded = load_model("dsrdmpd", weights=weights, steps=2, seed=7)  # sampling options are config overrides
+    assert loaded.cfg.steps == 2 and loaded.cfg.seed == 7 and not loaded.training
+    assert accepted_bands(get_spec("dsrdmpd"), loaded) == (4,) and get_spec("dsrdmpd").task == "haze"
+    hazy, _ = hazy_pair(c=4, h=16, w=16)
+    torch.testing.assert_close(loaded(hazy), model(hazy, steps=2, generator=torch.Generator().manual_seed(7)))
