@@ -146,6 +146,19 @@ def test_real_full_disk(tmp_path):
 
 @pytest.mark.slow
 @needs_namespaces
+@pytest.mark.xfail(strict=True, reason="GDAL reports the failed block writes at close only on stderr, so the writer "
+                   "commits a truncated GeoTIFF with exit status 0; the writer must detect it")
+def test_real_full_disk_while_restoring(geotiff_factory, tmp_path):
+    src, _ = geotiff_factory(height=64, width=64)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = _in_namespace(f"mount -t tmpfs -o size=8k tmpfs {disk}",
+                         ["restore", str(src), "-o", str(disk / "out.tif"), "--method", "dcp", "-q"])
+    one_error_line(proc.stderr, proc.returncode, "no space left on device writing", "out.tif")
+
+
+@pytest.mark.slow
+@needs_namespaces
 def test_read_only_output_folder(geotiff_factory, tmp_path):
     src, _ = geotiff_factory(height=40, width=40)
     folder = tmp_path / "ro"
