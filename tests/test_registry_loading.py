@@ -113,3 +113,11 @@ def test_device_names():
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ModelError, match="unknown device 'gpu'"):
         resolve_device("gpu")
+
+
+def test_gpu_index_beyond_the_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == "cuda:0" and resolve_device("auto") == "cuda"
+    with pytest.raises(ModelError, match=r"1 CUDA device\(s\) \(cuda:0 to cuda:0\)"):
+        resolve_device("cuda:3")
