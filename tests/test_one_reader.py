@@ -47,9 +47,7 @@ def scene(dtype: str, bands: int = 3, size: tuple[int, int] = (12, 10)) -> np.nd
 
 
 def restore_reads(path: Path, bands=None, scale=None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        values, valid, _ = read_raster(path, bands=bands, scale=scale)
+    values, valid, _ = read_raster(path, bands=bands, scale=scale)
     return values, valid
 
 

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning
 from torch.utils.data import Dataset
 
 from ..raster import RasterError, RasterInfo, open_raster, parse_bands, read_raster
@@ -60,17 +59,14 @@ def read_image(
     is expanded through its colour table (one band when the palette is grey, else RGB, scaled by 255), and the alpha
     band of a PNG/JPEG/BMP is dropped (it is transparency, which the valid mask already carries).
     """
-    with warnings.catch_warnings():
-        # PNG/JPEG/BMP files carry no georeferencing; a dataset of thousands would warn for each.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        values, valid, info = read_raster(path, bands, scale)
-        if bands is None and info.colorinterp[:1] == (ColorInterp.palette,) and info.count == 1:
-            values = _palette_colours(path, values[0], info.scale)
-        elif bands is None and info.driver in _PLAIN_IMAGE_DRIVERS and ColorInterp.alpha in info.colorinterp:
-            keep = [i for i, ci in enumerate(info.colorinterp) if ci != ColorInterp.alpha]
-            if not keep:
-                raise RasterError(f"{path} has no data bands (only alpha)")
-            values = values[keep]
+    values, valid, info = read_raster(path, bands, scale)
+    if bands is None and info.colorinterp[:1] == (ColorInterp.palette,) and info.count == 1:
+        values = _palette_colours(path, values[0], info.scale)
+    elif bands is None and info.driver in _PLAIN_IMAGE_DRIVERS and ColorInterp.alpha in info.colorinterp:
+        keep = [i for i, ci in enumerate(info.colorinterp) if ci != ColorInterp.alpha]
+        if not keep:
+            raise RasterError(f"{path} has no data bands (only alpha)")
+        values = values[keep]
     return np.ascontiguousarray(values), valid, info
 
 
@@ -140,9 +136,7 @@ def read_phi(path: str | Path) -> np.ndarray:
 
 def _read_stored(path: Path) -> tuple[np.ndarray, np.ndarray, RasterInfo]:
     """Every band with its stored values (scale 1) as float32, through :func:`rsrestore.raster.read_raster`."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return read_raster(path, scale=1.0)
+    return read_raster(path, scale=1.0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
