@@ -140,3 +140,19 @@ def test_a_damaged_file_is_one_line_naming_it_in_every_path(tmp_path):
         read_raster(bad)
     assert str(from_dataset.value) == str(from_restore.value)
     assert str(bad) in str(from_dataset.value) and "\n" not in str(from_dataset.value)
+
+
+def test_evaluate_leaves_out_the_pixels_restore_leaves_out(tmp_path):
+    from rsrestore.evaluate import evaluate
+
+    target = scene("uint8", size=(16, 16))  # SSIM needs 11 x 11
+    target[:, :2, :3] = 77  # the target holds real values where the input has nodata
+    degraded = target.copy()
+    degraded[:, :2, :3] = 0
+    write(tmp_path / "input" / "a.tif", degraded, nodata=0)
+    write(tmp_path / "target" / "a.tif", target)
+    (item,) = items(build_dataset("paired", tmp_path))
+    assert int((~item["valid"]).sum()) == 6
+    results = evaluate(["input"], "paired", tmp_path, tmp_path / "report", pictures=0, progress=False)
+    # equal on every valid pixel: a perfect score, the nodata corner never counted as an error
+    assert results["input"].mean["mae"] == 0.0 and results["input"].mean["psnr"] == float("inf")
