@@ -126,10 +126,11 @@ def _task(i, groups, blocks, dg):
 
 
 @njit(cache=True)
-def _load_step(src, bi, d0, w, t, dst):
-    """dst[:w] = src[bi, d0:d0 + w, t]; padded lanes stay 0."""
+def _load_step(src, bi, d0, w, t, dst, row):
+    """dst[row, :w] = src[bi, d0:d0 + w, t]; padded lanes stay 0. (Indexing rather than slicing: a view made in a
+    hot loop costs two atomic reference-count updates.)"""
     for j in range(w):
-        dst[j] = src[bi, d0 + j, t]
+        dst[row, j] = src[bi, d0 + j, t]
 
 
 @njit(cache=True)
@@ -161,8 +162,8 @@ def _forward_kernel(dt, u, A, B, C, D, y, checkpoints, last, lanes):
         for j in range(w):
             d_skip[j] = D[d0 + j]
         h = np.zeros((n_state, LANES), ft)
-        dtv = np.zeros(LANES, ft)
-        uv = np.zeros(LANES, ft)
+        dtv = np.zeros((1, LANES), ft)
+        uv = np.zeros((1, LANES), ft)
         duv = np.zeros(LANES, ft)
         yv = np.zeros(LANES, ft)
         for t in range(length):
@@ -171,15 +172,15 @@ def _forward_kernel(dt, u, A, B, C, D, y, checkpoints, last, lanes):
                 for n in range(n_state):
                     for j in range(w):
                         checkpoints[bi, s, n, d0 + j] = h[n, j]
-            _load_step(dt, bi, d0, w, t, dtv)
-            _load_step(u, bi, d0, w, t, uv)
+            _load_step(dt, bi, d0, w, t, dtv, 0)
+            _load_step(u, bi, d0, w, t, uv, 0)
             for j in range(lanes):
-                duv[j] = dtv[j] * uv[j]
-                yv[j] = d_skip[j] * uv[j]
+                duv[j] = dtv[0, j] * uv[0, j]
+                yv[j] = d_skip[j] * uv[0, j]
             for n in range(n_state):
                 bn, cn = B[bi, g, n, t], C[bi, g, n, t]
                 for j in range(lanes):
-                    hv = _exp(dtv[j] * a_t[n, j]) * h[n, j] + duv[j] * bn
+                    hv = _exp(dtv[0, j] * a_t[n, j]) * h[n, j] + duv[j] * bn
                     h[n, j] = hv
                     yv[j] += cn * hv
             for j in range(w):
@@ -190,11 +191,11 @@ def _forward_kernel(dt, u, A, B, C, D, y, checkpoints, last, lanes):
 
 
 @njit(fastmath={"reassoc"}, cache=True)
-def _sum_lanes(row, lanes):
-    """sum(row[:lanes]) in any order, so that LLVM vectorises it (only this sum is reassociated)."""
-    total = row[0]
+def _sum_lanes(work, n, row, lanes):
+    """sum(work[n, row, :lanes]) in any order, so that LLVM vectorises it (only this sum is reassociated)."""
+    total = work[n, row, 0]
     for j in range(1, lanes):
-        total += row[j]
+        total += work[n, row, j]
     return total
 
 
@@ -259,14 +260,13 @@ def _backward_kernel(delta, bias, dt, u, A, B, C, D, softplus, gy, checkpoints, 
                 for j in range(w):
                     hs[0, n, j] = checkpoints[bi, s, n, d0 + j]
             for k in range(steps):
-                _load_step(dt, bi, d0, w, t0 + k, dts[k])
-                _load_step(u, bi, d0, w, t0 + k, us[k])
-                _load_step(gy, bi, d0, w, t0 + k, gys[k])
+                _load_step(dt, bi, d0, w, t0 + k, dts, k)
+                _load_step(u, bi, d0, w, t0 + k, us, k)
+                _load_step(gy, bi, d0, w, t0 + k, gys, k)
                 if softplus:
-                    sk = slope[k]
-                    _load_step(delta, bi, d0, w, t0 + k, sk)
+                    _load_step(delta, bi, d0, w, t0 + k, slope, k)
                     for j in range(lanes):
-                        sk[j] = 1.0 / (1.0 + _exp(-(sk[j] + bias_v[j])))
+                        slope[k, j] = 1.0 / (1.0 + _exp(-(slope[k, j] + bias_v[j])))
                 for j in range(lanes):
                     dus[k, j] = dts[k, j] * us[k, j]
                 for n in range(n_state):
@@ -279,18 +279,17 @@ def _backward_kernel(delta, bias, dt, u, A, B, C, D, softplus, gy, checkpoints, 
                 t = t0 + k
                 for n in range(n_state):
                     bn, cn = B[bi, g, n, t], C[bi, g, n, t]
-                    wn = work[n]
                     for j in range(lanes):
-                        dhv = wn[_DH, j] + gys[k, j] * cn  # total gradient of h_t
+                        dhv = work[n, _DH, j] + gys[k, j] * cn  # total gradient of h_t
                         q = dhv * decay[k, n, j] * hs[k, n, j]  # gradient of x = dt A, since da/dx = a
-                        wn[_GA, j] += q * dts[k, j]
-                        wn[_GX, j] = q * a_t[n, j]
-                        wn[_GDU, j] = dhv * bn
-                        wn[_PB, j] = dhv * dus[k, j]
-                        wn[_PC, j] = gys[k, j] * hs[k + 1, n, j]
-                        wn[_DH, j] = decay[k, n, j] * dhv
-                    g_B[bi, t, g, blk, n] = _sum_lanes(wn[_PB], lanes)
-                    g_C[bi, t, g, blk, n] = _sum_lanes(wn[_PC], lanes)
+                        work[n, _GA, j] += q * dts[k, j]
+                        work[n, _GX, j] = q * a_t[n, j]
+                        work[n, _GDU, j] = dhv * bn
+                        work[n, _PB, j] = dhv * dus[k, j]
+                        work[n, _PC, j] = gys[k, j] * hs[k + 1, n, j]
+                        work[n, _DH, j] = decay[k, n, j] * dhv
+                    g_B[bi, t, g, blk, n] = _sum_lanes(work, n, _PB, lanes)
+                    g_C[bi, t, g, blk, n] = _sum_lanes(work, n, _PC, lanes)
                 for j in range(lanes):
                     g_x[j] = 0
                     g_du[j] = 0
