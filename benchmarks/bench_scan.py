@@ -3,19 +3,23 @@
 Setting of the RSDehamba issue: batch 1, four scan directions x 48 channels (D = 192), d_state 16, sequence lengths
 64^2 and 128^2, delta_bias with softplus, D skip, no gate. Compared:
 
-* ``chunked`` -- :func:`rsrestore.models.scan.selective_scan_chunked` (the CPU default),
-* ``loop``    -- :func:`rsrestore.models.scan.selective_scan_loop` (autograd over unbind slices),
-* ``ref``     -- :func:`rsrestore.models.scan.selective_scan_ref` (the step-by-step reference),
-* ``mambapy`` -- mambapy's parallel (Blelloch) scan ``mambapy.pscan.pscan`` with the discretisation of its
-  ``MambaBlock.selective_scan``, when mambapy is installed (it is not a dependency).
+* ``numba``   -- :func:`rsrestore.models.scan.selective_scan_numba`, the fused kernels (the CPU default when numba
+  is installed),
+* ``chunked`` -- :func:`rsrestore.models.scan.selective_scan_chunked` (pure PyTorch; the default before, and the
+  fallback without numba; it runs on one thread whatever the setting, see ``scan.MAX_THREADS``),
+* with ``--impls``, also ``loop`` (:func:`~rsrestore.models.scan.selective_scan_loop`, autograd over unbind slices),
+  ``ref`` (:func:`~rsrestore.models.scan.selective_scan_ref`, the step-by-step reference) and ``mambapy``
+  (mambapy's parallel scan ``mambapy.pscan.pscan`` with the discretisation of its ``MambaBlock.selective_scan``, when
+  mambapy is installed; it is not a dependency).
 
-Each figure is the best of ``--repeats`` runs; implementations are interleaved so that load from other processes
-affects them alike. Both wall-clock and process CPU time are recorded (on a shared machine CPU time is the steadier).
-Memory: bytes autograd saves for the backward pass, and peak resident memory of a fresh process running one
-forward+backward (``--memory``). Last, the forward time of the RSDehamba model (paper configuration, batch 1, RGB) at
-``--model-sizes``.
+Each figure is the best of ``--repeats`` runs at each thread count of ``--threads``; implementations are interleaved
+so that load from other processes affects them alike, and ``speedup_over_chunked`` compares them within one run.
+Both wall-clock and process CPU time are recorded; on a shared machine (the load average is recorded before and
+after) CPU time is the steadier. Memory: bytes autograd saves for the backward pass, and peak resident memory of a
+fresh process running one forward+backward (``--memory``). With ``--model-sizes``, the forward time of the RSDehamba
+model (paper configuration, batch 1, RGB) too.
 
-    python benchmarks/bench_scan.py [--lengths 4096 16384] [--threads 1] [--out benchmarks/results/scan.json]
+    python benchmarks/bench_scan.py [--lengths 4096 16384] [--threads 1 2] [--out benchmarks/results/scan.json]
 """
 
 from __future__ import annotations
@@ -71,19 +75,21 @@ def mambapy_scan(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
     return y.transpose(1, 2)
 
 
-def implementations(include_ref: bool):
-    impls = {
-        "chunked": lambda *a: scan.selective_scan_chunked(*a[:6], delta_bias=a[6], delta_softplus=True),
-        "loop": lambda *a: scan.selective_scan_loop(*a[:6], delta_bias=a[6], delta_softplus=True),
-    }
-    if include_ref:
-        impls["ref"] = lambda *a: scan.selective_scan_ref(*a[:6], delta_bias=a[6], delta_softplus=True)
-    try:
-        import mambapy.pscan  # noqa: F401
-
-        impls["mambapy"] = lambda *a: mambapy_scan(*a)
-    except ImportError:
-        pass
+def implementations(names: list[str], include_ref: bool = True):
+    """Callables (u, delta, A, B, C, D, delta_bias) -> y for the named implementations that are available."""
+    impls = {}
+    for name in names:
+        if name == "mambapy":
+            try:
+                import mambapy.pscan  # noqa: F401
+            except ImportError:
+                continue
+            impls[name] = mambapy_scan
+        elif name == "numba" and not scan.numba_kernel_available():
+            continue
+        elif name != "ref" or include_ref:
+            fn = scan.IMPLEMENTATIONS[name]
+            impls[name] = lambda *a, fn=fn: fn(*a[:6], delta_bias=a[6], delta_softplus=True)
     return impls
 
 
@@ -129,7 +135,8 @@ def _child_peak(name: str, length: int, threads: int, k: int, c: int, n: int, bs
     x = make_inputs(length, k, c, n, bs)
     for t in x:
         t.requires_grad_()
-    fn = implementations(True)[name]
+    fn = implementations([name])[name]
+    fn(*x)  # compiles (or loads) the numba kernels before the measurement
     # a forked child inherits its parent's high-water mark, so reset it (Linux clear_refs) and use VmHWM
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -139,11 +146,11 @@ def _child_peak(name: str, length: int, threads: int, k: int, c: int, n: int, bs
     return (_status_kb("VmHWM") - base) / 1024
 
 
-def peak_rss_mb(name: str, length: int, args) -> float:
+def peak_rss_mb(name: str, length: int, threads: int, args) -> float:
     """Peak resident memory (MiB) of one forward+backward of `name` in a fresh process, above its baseline."""
     code = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import bench_scan as b;"
-        f"print(b._child_peak({name!r}, {length}, {args.threads}, {args.directions}, {args.channels}, "
+        f"print(b._child_peak({name!r}, {length}, {threads}, {args.directions}, {args.channels}, "
         f"{args.d_state}, {args.batch}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -179,42 +186,50 @@ def main() -> None:
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--impls", nargs="+", default=["chunked", "numba"],
+                   help="from chunked, numba, loop, ref, mambapy")
     p.add_argument("--ref-max-length", type=int, default=4096, help="skip the slow reference above this length")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS in fresh processes (slower)")
-    p.add_argument("--model-sizes", type=int, nargs="*", default=[256, 512],
-                   help="also time an RSDehamba (paper config) forward pass at these square sizes; none to skip")
+    p.add_argument("--model-sizes", type=int, nargs="*", default=[],
+                   help="also time an RSDehamba (paper config) forward pass at these square sizes")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scan.json")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
 
     results = []
-    for length in args.lengths:
-        impls = implementations(length <= args.ref_max_length)
-        inputs = make_inputs(length, args.directions, args.channels, args.d_state, args.batch)
-        for t in inputs:
-            t.requires_grad_()
-        row = {"length": length, "wall_s": {}, "cpu_s": {}, "forward_wall_s": {}, "saved_for_backward_mb": {}}
-        for name, fn in impls.items():  # warm-up, and the saved-tensor count
-            row["saved_for_backward_mb"][name] = round(saved_bytes(fn, inputs) / 2**20, 2)
-            time_once(fn, inputs)
-        best = {name: (float("inf"), float("inf"), float("inf")) for name in impls}
-        for _ in range(args.repeats):
-            for name, fn in impls.items():
-                w, c, f = time_once(fn, inputs)
-                b = best[name]
-                best[name] = (min(b[0], w), min(b[1], c), min(b[2], f))
-        for name, (w, c, f) in best.items():
-            row["wall_s"][name] = round(w, 4)
-            row["cpu_s"][name] = round(c, 4)
-            row["forward_wall_s"][name] = round(f, 4)
-        ours = best["chunked"]
-        row["speedup_of_chunked_wall"] = {k: round(v[0] / ours[0], 2) for k, v in best.items() if k != "chunked"}
-        row["speedup_of_chunked_cpu"] = {k: round(v[1] / ours[1], 2) for k, v in best.items() if k != "chunked"}
-        if args.memory:
-            row["peak_rss_mb"] = {name: round(peak_rss_mb(name, length, args), 1) for name in impls}
-        results.append(row)
-        print(json.dumps(row), flush=True)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for length in args.lengths:
+            impls = implementations(args.impls, length <= args.ref_max_length)
+            inputs = make_inputs(length, args.directions, args.channels, args.d_state, args.batch)
+            for t in inputs:
+                t.requires_grad_()
+            row = {"threads": threads, "length": length, "load_average_1min": round(os.getloadavg()[0], 2),
+                   "wall_s": {}, "cpu_s": {}, "forward_wall_s": {}, "saved_for_backward_mb": {}}
+            for name, fn in impls.items():  # warm-up (and numba's compilation), and the saved-tensor count
+                row["saved_for_backward_mb"][name] = round(saved_bytes(fn, inputs) / 2**20, 2)
+                time_once(fn, inputs)
+            best = {name: (float("inf"), float("inf"), float("inf")) for name in impls}
+            for _ in range(args.repeats):
+                for name, fn in impls.items():
+                    w, c, f = time_once(fn, inputs)
+                    b = best[name]
+                    best[name] = (min(b[0], w), min(b[1], c), min(b[2], f))
+            for name, (w, c, f) in best.items():
+                row["wall_s"][name] = round(w, 4)
+                row["cpu_s"][name] = round(c, 4)
+                row["forward_wall_s"][name] = round(f, 4)
+            if "chunked" in best:
+                ours = best["chunked"]
+                row["speedup_over_chunked_wall"] = {k: round(ours[0] / v[0], 2) for k, v in best.items()
+                                                    if k != "chunked"}
+                row["speedup_over_chunked_cpu"] = {k: round(ours[1] / v[1], 2) for k, v in best.items()
+                                                   if k != "chunked"}
+            if args.memory:
+                row["peak_rss_mb"] = {name: round(peak_rss_mb(name, length, threads, args), 1) for name in impls}
+            results.append(row)
+            print(json.dumps(row), flush=True)
 
     model = time_model(args.model_sizes, args.repeats) if args.model_sizes else None
 
@@ -223,15 +238,20 @@ def main() -> None:
         "setting": {
             "batch": args.batch, "directions": args.directions, "channels_per_direction": args.channels,
             "d_state": args.d_state, "dtype": "float32", "threads": args.threads, "repeats": args.repeats,
-            "delta_softplus": True, "chunk": scan.DEFAULT_CHUNK, "group_elements": scan.GROUP_ELEMENTS,
+            "statistic": "best of the repeats", "delta_softplus": True, "chunk": scan.DEFAULT_CHUNK,
+            "group_elements": scan.GROUP_ELEMENTS,
         },
         "machine": {
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "note": "shared machine: the load average is that of all its users; compare ratios within this run",
+            "torch": torch.__version__,
         },
         "results": results,
-        "rsdehamba_forward": model,
     }
+    if model is not None:
+        report["rsdehamba_forward"] = model
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
