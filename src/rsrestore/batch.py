@@ -36,7 +36,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -88,6 +88,7 @@ class SceneResult:
     attempts: int = 1  # runs of the scene (more than one when a worker was lost)
     worker: str | None = None  # the Dask worker that ran it
     traceback: str | None = None  # for errors that are not about the input: where in the code it happened
+    decision: dict | None = None  # --task auto: what the recogniser saw and did (rsrestore.recognise.Decision)
 
 
 @dataclass
@@ -268,10 +269,12 @@ def restore_scene(scene: Scene, options: RestoreOptions, *, resume: bool = True,
     from .tiling import restore_file
 
     t0 = time.perf_counter()
+    decision = None
 
     def result(status: str, reason: str | None = None, trace: str | None = None) -> SceneResult:
         return SceneResult(str(scene.input), str(scene.output), status, time.perf_counter() - t0, options.method,
-                           reason, worker=_worker_address(), traceback=trace)
+                           reason, worker=_worker_address(), traceback=trace,
+                           decision=None if decision is None else decision.as_dict())
 
     try:
         if resume and not options.overwrite and scene.output.exists():
@@ -280,6 +283,13 @@ def restore_scene(scene: Scene, options: RestoreOptions, *, resume: bool = True,
             return result("failed", f"output {scene.output} exists but is not a finished restore of this input (it "
                                     f"does not open or differs in size); remove it or pass --overwrite")
         scene.output.parent.mkdir(parents=True, exist_ok=True)
+        if options.method == "auto":  # --task auto: the recogniser picks this scene's method, or none
+            from .recognise import route_scene
+
+            decision = route_scene(scene, options)
+            options = dataclasses.replace(options, method=decision.method or "unchanged")
+            if decision.method is None:
+                return result("done", decision.reason)
         model, expected_bands = scene_model(options)
         restore_file(model, scene.input, scene.output, bands=options.bands, scale=options.scale, sar=options.sar,
                      align=options.align, tile=options.tile, overlap=options.overlap, batch_size=options.batch_size,
@@ -541,8 +551,8 @@ def run_batch(
 
     from .models.registry import default_method, get_spec, resolve_device
 
-    name = method or default_method(task)
-    if get_spec(name).needs_sar:
+    name = method or ("auto" if task == "auto" else default_method(task))
+    if name != "auto" and get_spec(name).needs_sar:
         raise BatchError(f"{name} needs each scene's SAR scene, which batch does not pair; use restore --sar per scene")
     if retries < 0:
         raise BatchError(f"--retries must be 0 or more, got {retries}")
@@ -559,7 +569,8 @@ def run_batch(
     # for a local cluster: a remote cluster's workers may have a GPU this machine lacks.
     if local:
         resolve_device(options.device)
-    scene_model(dataclasses.replace(options, device="cpu"))
+    if name != "auto":
+        scene_model(dataclasses.replace(options, device="cpu"))
     out_dir.mkdir(parents=True, exist_ok=True)
     cluster = local_cluster(workers, threads_per_worker) if local else None
     try:
