@@ -489,10 +489,11 @@ class SceneBar:
 def local_cluster(workers: int | None = None, threads_per_worker: int | None = None):
     """A LocalCluster of worker processes: one per CPU core by default, each restoring one scene at a time.
 
-    Its scheduler hands a worker no more tasks than it has threads (worker-saturation 1.0) and reports a lost worker's
-    task at once (allowed-failures 0), so a lost worker costs only the scenes it was running and the retry count is
-    the client's (`retries`). Worker processes start with one BLAS/OpenMP thread each (Dask's default), so they do not
-    oversubscribe the cores.
+    Its scheduler keeps a long queue of scenes to itself, handing a worker only as many as it has threads
+    (worker-saturation 1.0; a batch of fewer than twice as many scenes as threads is handed out at once), so a lost
+    worker takes few scenes with it; and it hands a lost worker's scenes straight back (allowed-failures 0), so
+    `retries` alone counts the runs again. Worker processes start with one BLAS/OpenMP thread each (Dask's default),
+    so they do not oversubscribe the cores.
     """
     import dask
     from distributed import LocalCluster
