@@ -35,10 +35,16 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelSection:
-    """A method of the MODELS table and its config (validated by the model's own config dataclass)."""
+    """A method of the MODELS table and its config (validated by the model's own config dataclass).
+
+    ``init_weights`` names weights (safetensors or .pth) the run starts from instead of a random initialisation, e.g.
+    the ``final.safetensors`` of an earlier stage: tensors are matched by name, a file may hold a subset of the
+    model's, and none may have another shape. A resumed run continues from its checkpoint and ignores it.
+    """
 
     name: str
     config: dict[str, Any] = field(default_factory=dict)
+    init_weights: str | None = None
 
 
 @dataclass
@@ -285,6 +291,8 @@ def _validate(cfg: TrainConfig, check_model: bool) -> None:
             if isinstance(e, ConfigError):
                 raise
             raise ConfigError(f"model.config: {e}") from None
+    if cfg.model.init_weights is not None and not cfg.model.init_weights.strip():
+        raise ConfigError("model.init_weights: must name a weights file (or be left out)")
     for name, spec in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if spec is not None and not spec.kind:
             raise ConfigError(f"{name}.kind: must name a dataset kind")

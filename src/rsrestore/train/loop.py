@@ -70,7 +70,7 @@ class TrainResult:
 class Trainer:
     """One process's side of a run: builds everything from the config, then :meth:`fit` runs the steps."""
 
-    def __init__(self, cfg: TrainConfig, ctx: dist_utils.DistContext) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: dist_utils.DistContext, resume: bool = False) -> None:
         self.cfg = cfg
         self.ctx = ctx
         self.device = ctx.device
@@ -84,6 +84,11 @@ class Trainer:
         model_cls, _ = self.spec.classes()
         self.model_cfg = registry.build_config(self.spec, cfg.model.config)
         model = model_cls(self.model_cfg).to(self.device)
+        # Initial weights go in before the EMA copy, the optimiser and the DDP wrapper are made from the model; a run
+        # resumed from a checkpoint takes its weights from there instead.
+        self.init_info: dict[str, Any] | None = None
+        if cfg.model.init_weights and not (resume and (self.ckpt_root / "latest").exists()):
+            self.init_info = load_init_weights(model, cfg.model.init_weights)
         if run.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.raw_model = model
@@ -271,6 +276,7 @@ class Trainer:
                 "wall_time_s": self.elapsed(),
                 "world_size": self.ctx.world_size,
                 "config": config_to_dict(self.cfg),
+                "init_weights": self.init_info,
             }
             write_checkpoint(
                 self.ckpt_root, self.step, self.raw_model, self.ema.module if self.ema is not None else None, state,
@@ -314,6 +320,7 @@ class Trainer:
         self.best_step = state.get("best_step")
         self.last_val = dict(state.get("last_val") or {})
         self.elapsed_before = float(state.get("wall_time_s", 0.0))
+        self.init_info = state.get("init_weights", self.init_info)
         rng = state["rng"]
         if len(rng) != self.ctx.world_size:
             warnings.warn(
@@ -348,6 +355,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "wall_time_s": round(self.elapsed(), 3),
             "train_data": data_description,
+            "init_weights": self.init_info,
             "val_scores": self.last_val,
             "best_val_psnr": self.best_psnr,
             "best_step": self.best_step,
@@ -483,6 +491,32 @@ class Trainer:
         )
 
 
+def load_init_weights(model: nn.Module, path: str) -> dict[str, Any]:
+    """Load the weights file ``path`` (``model.init_weights``) into ``model`` in place: tensors matched by name, a
+    subset of the model's allowed, every name and shape checked before anything is copied. Returns what the run's
+    metadata records about it."""
+    try:
+        state = registry.read_state_dict(path)
+    except registry.ModelError as e:
+        raise ConfigError(f"model.init_weights: {e}") from None
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise ConfigError(
+            f"model.init_weights: {path} holds {len(unknown)} tensor(s) this model does not have, e.g. {unknown[0]!r}; "
+            "give weights of the same method"
+        )
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ConfigError(
+                f"model.init_weights: {k} in {path} has shape {tuple(v.shape)}, the model's has "
+                f"{tuple(own[k].shape)}; set model.config to the config those weights were trained with"
+            )
+    model.load_state_dict(state, strict=False)
+    return {"path": str(path), "sha256": registry.sha256_of(path), "tensors": len(state),
+            "tensors_not_in_file": len(own) - len(state)}
+
+
 def train(cfg: TrainConfig, resume: bool = False, *, stop_after: int | None = None) -> TrainResult:
     """Run the training that ``cfg`` describes (single process, or one rank of a torchrun launch).
 
@@ -501,7 +535,7 @@ def train(cfg: TrainConfig, resume: bool = False, *, stop_after: int | None = No
     with _exit_on_sigterm():
         ctx = dist_utils.setup(cfg.run.device)
         try:
-            return Trainer(cfg, ctx).fit(resume, stop_after)
+            return Trainer(cfg, ctx, resume).fit(resume, stop_after)
         finally:
             dist_utils.cleanup(ctx)
 

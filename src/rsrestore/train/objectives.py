@@ -42,7 +42,10 @@ from torch import Tensor, nn
 
 from ..losses import prediction_of
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveContext", "StepOutput", "call_model", "objective_params", "supervised"]
+__all__ = [
+    "OBJECTIVES", "Objective", "ObjectiveContext", "StepOutput", "call_model", "dsrdmpd_stage1", "dsrdmpd_stage2",
+    "objective_params", "supervised",
+]
 
 
 @dataclass
@@ -85,8 +88,31 @@ def supervised(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext
     return StepOutput(total, logs, prediction_of(output))
 
 
+def dsrdmpd_stage1(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext) -> StepOutput:
+    """DS-RDMPD stage 1 alone (:class:`rsrestore.models.dsrdmpd.DSRDMPD`), with the authors' ``511 L1 + MSE`` loss;
+    validation scores the stage-1 estimate. The ``loss`` section is not used."""
+    if ctx.training:  # through forward, so that a DistributedDataParallel wrapper sees the call
+        return StepOutput(model(batch["input"], train_stage=1, target=batch["target"]))
+    prediction = model.stage1(batch["input"])
+    return StepOutput(model.stage1_loss(batch["input"], batch["target"]), prediction=prediction)
+
+
+def dsrdmpd_stage2(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext, *,
+                   val_steps: int = 5) -> StepOutput:
+    """DS-RDMPD stage 2 (the residual diffusion denoiser) on top of the model's frozen stage 1: L1 on the residual at
+    a random timestep. Validation runs the whole restore, stage 1 then ``val_steps`` sampling steps, with noise from
+    the validation generator. Start the run from stage-1 weights (``model.init_weights``); the ``loss`` section is
+    not used."""
+    loss = model(batch["input"], train_stage=2, target=batch["target"], generator=ctx.generator)
+    if ctx.training:
+        return StepOutput(loss)
+    return StepOutput(loss, prediction=model(batch["input"], steps=val_steps, generator=ctx.generator))
+
+
 OBJECTIVES: dict[str, Objective] = {
     "supervised": supervised,
+    "dsrdmpd_stage1": dsrdmpd_stage1,
+    "dsrdmpd_stage2": dsrdmpd_stage2,
 }
 
 
