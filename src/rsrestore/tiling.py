@@ -16,6 +16,8 @@ written back exactly as they were. A scene smaller than a method's `min_size` (a
 
 Restorers that need scene-wide statistics (the dark channel prior's atmospheric light, a colour cast) expose
 `scene_statistics(x, mask)`: it runs once on a decimated read of the whole scene and the result goes to every tile.
+Restorers whose forward takes `origins` (diffusion models) are told where each tile's read box sits in the scene, so
+that they draw their noise by scene position and overlapping tiles sample the same image.
 
 The same engine serves files (`restore_file`) and in-memory arrays (`restore_array`) through small source/sink
 classes.
@@ -339,10 +341,19 @@ def compute_scene_statistics(model: nn.Module, source, device: torch.device) -> 
     return stats
 
 
-def run_model(model: nn.Module, batch: Tensor, sar: Tensor | None, stats: dict | None, amp: bool) -> Tensor:
+def takes_origins(model: nn.Module) -> bool:
+    """Whether a model's forward takes ``origins``: the scene position (y0, x0) of each tile of a batch, which a
+    diffusion model uses to draw the same noise at a scene pixel whichever tile reads it (seamless sampling)."""
+    return "origins" in inspect.signature(model.forward).parameters
+
+
+def run_model(model: nn.Module, batch: Tensor, sar: Tensor | None, stats: dict | None, amp: bool,
+              origins: list[tuple[int, int]] | None = None) -> Tensor:
     kwargs = {}
     if sar is not None:
         kwargs["sar"] = sar
+    if origins is not None and takes_origins(model):
+        kwargs["origins"] = origins
     model_stats = {k: v for k, v in (stats or {}).items() if not k.startswith("_")}
     if model_stats:
         kwargs["stats"] = model_stats
@@ -440,7 +451,7 @@ def _read_box(spec: TileSpec, halo: int, height: int, width: int) -> tuple[int, 
 
 
 def _restore_chunk(model, source, chunk, halo, height, width, device, stats, fill, amp) -> list[np.ndarray]:
-    images, sars, boxes = [], [], []
+    images, sars, boxes, origins = [], [], [], []
     for spec in chunk:
         y0, y1, x0, x1 = _read_box(spec, halo, height, width)
         img, mask, sar = source.read(y0, y1, x0, x1)
@@ -449,11 +460,12 @@ def _restore_chunk(model, source, chunk, halo, height, width, device, stats, fil
         images.append(img)
         sars.append(sar)
         boxes.append((spec.y0 - y0, spec.x0 - x0))
+        origins.append((y0, x0))  # where the read box sits in the scene
     x = torch.from_numpy(np.stack(images)).to(device)
     sar = None if sars[0] is None else torch.from_numpy(np.stack(sars)).to(device)
     if x.shape[-1] >= 8 and x.shape[-2] >= 8:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = run_model(model, x, sar, stats, amp).cpu().numpy()
+    y = run_model(model, x, sar, stats, amp, origins).cpu().numpy()
     outs = []
     for k, spec in enumerate(chunk):
         oy, ox = boxes[k]

@@ -21,6 +21,7 @@ uniformly drawn timestep (:meth:`DSRDMPD.stage2_loss`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from ...diffusion import (
     NoiseFn,
     ResidualSchedule,
+    position_noise_fn,
     random_timesteps,
     rddm_sample,
     residual_training_example,
@@ -104,8 +106,10 @@ class DSRDMPD(nn.Module):
     """The two-stage restorer: ``forward(x)`` maps a hazy (B, C, H, W) image in [0, 1] to the dehazed one in [0, 1].
 
     Any H, W: the input is reflect-padded to a multiple of 16 for both stages and the output cropped back. The
-    sampling noise comes from ``cfg.seed`` (or a ``generator``), or from ``noise_fn(shape, step)`` such as
-    :func:`rsrestore.diffusion.position_noise_fn`, which makes tiles of a scene agree where they overlap.
+    sampling noise comes from ``cfg.seed`` (or a ``generator``), or from ``noise_fn(shape, step)``. Given
+    ``origins``, the scene position (y0, x0) of each image of the batch (what the tiling engine passes), it is
+    :func:`rsrestore.diffusion.position_noise_fn` of ``cfg.seed``: a function of the scene pixel, so overlapping
+    tiles draw the same noise and a tiled restore matches a whole-image one with ``origins=[(0, 0)]``.
     """
 
     def __init__(self, cfg: DSRDMPDConfig | None = None) -> None:
@@ -118,7 +122,8 @@ class DSRDMPD(nn.Module):
 
     def forward(self, x: Tensor, sar: Tensor | None = None, *, steps: int | None = None,
                 generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
-                train_stage: int | None = None, target: Tensor | None = None) -> Tensor:
+                train_stage: int | None = None, target: Tensor | None = None,
+                origins: Sequence[tuple[int, int]] | None = None) -> Tensor:
         """The restored image; or, with ``train_stage`` (1 or 2) and the clean ``target``, that stage's training loss
         (:meth:`stage1_loss`, :meth:`stage2_loss` with ``generator``). The losses are reached through ``forward`` so
         that a DistributedDataParallel wrapper sees the call and synchronises the gradients."""
@@ -131,6 +136,8 @@ class DSRDMPD(nn.Module):
             if train_stage == 2:
                 return self.stage2_loss(x, target, generator)
             raise ValueError(f"train_stage must be 1 or 2, got {train_stage}")
+        if origins is not None and noise_fn is None and generator is None:
+            noise_fn = position_noise_fn(self.cfg.seed, origins)
         return self.restore(x, steps=steps, generator=generator, noise_fn=noise_fn)
 
     def _check(self, x: Tensor) -> None:
