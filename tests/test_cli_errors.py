@@ -146,8 +146,6 @@ def test_real_full_disk(tmp_path):
 
 @pytest.mark.slow
 @needs_namespaces
-@pytest.mark.xfail(strict=True, reason="GDAL reports the failed block writes at close only on stderr, so the writer "
-                   "commits a truncated GeoTIFF with exit status 0; the writer must detect it")
 def test_real_full_disk_while_restoring(geotiff_factory, tmp_path):
     src, _ = geotiff_factory(height=64, width=64)
     disk = tmp_path / "disk"

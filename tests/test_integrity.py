@@ -1,7 +1,9 @@
 """Library-level data integrity: nodata values, non-finite pixels, scratch files, BigTIFF, option checks, the Python
 API's arrays. The same cases through the command line are in test_cli_integrity.py."""
 
+import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from rsrestore.raster import (
     SCRATCH_HOST,
     RasterError,
     RasterWriter,
+    check_complete,
     check_output_format,
     check_scale,
     from_unit,
@@ -291,3 +294,16 @@ def test_png_cannot_hold_a_mask_band(geotiff_factory, tmp_path):
     with pytest.raises(RasterError, match="PNG cannot hold the scene's mask"):
         check_output_format(info, tmp_path / "o.png")
     assert check_output_format(info, tmp_path / "o.jpg") == "JPEG"  # JPEG keeps a mask inside the file
+
+
+def test_a_geotiff_missing_blocks_is_not_committed(geotiff_factory, tmp_path, monkeypatch):
+    src, _ = geotiff_factory(height=200, width=200, tiled=True, blockxsize=64, blockysize=64)
+    check_complete(src, src)  # a whole file passes
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(src.read_bytes()[:-5000])  # what a full disk leaves: the last blocks' bytes are missing
+    with pytest.raises(RasterError, match="was not written completely"):
+        check_complete(cut, tmp_path / "out.tif")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(OSError) as e:
+        check_complete(cut, tmp_path / "out.tif")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "out.tif")

@@ -26,9 +26,11 @@ host) are swept by the next run that writes into the same folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
+import shutil
 import socket
 import uuid
 import warnings
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.enums import ColorInterp, Interleaving, MaskFlags, Resampling
 from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -428,6 +430,39 @@ def scratch_profile(info: RasterInfo, driver: str) -> dict:
     return profile
 
 
+def check_complete(path: Path, name: Path) -> None:
+    """Check that a closed GeoTIFF opens and holds every block its index points at. GDAL reports a failed block write
+    (a full disk, an exhausted quota) only on stderr and closes the file as if nothing happened, so without this check
+    a truncated output would be committed with success. A full disk is an OSError(ENOSPC) naming `name`."""
+    size = path.stat().st_size
+    try:
+        with quiet_georeferencing(), rasterio.open(path) as ds:
+            end = indexed_end(ds)
+    except RasterioError:
+        end = None  # not even the index could be written
+    if end is not None and end <= size:
+        return
+    missing = size + 1 if end is None else end - size
+    if shutil.disk_usage(path.parent).free < max(missing, 1 << 20):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(name))
+    raise RasterError(f"output {name} was not written completely (a write failed); check the disk and try again")
+
+
+def indexed_end(ds) -> int:
+    """The end in bytes of the last block a GeoTIFF's index points at (GDAL's BLOCK_OFFSET/BLOCK_SIZE items)."""
+    by, bx = ds.block_shapes[0]
+    bands = range(1, ds.count + 1) if ds.interleaving == Interleaving.band else (1,)
+    end = 0
+    for b in bands:
+        for row in range(math.ceil(ds.height / by)):
+            for col in range(math.ceil(ds.width / bx)):
+                offset = ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=b)
+                length = ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=b)
+                if offset is not None and length is not None:
+                    end = max(end, int(offset) + int(length))
+    return end
+
+
 class RasterWriter:
     """Writes an output raster window by window into a scratch GeoTIFF that becomes the output only on `commit()`.
 
@@ -475,6 +510,7 @@ class RasterWriter:
             if self.info.overviews:
                 self._ds.build_overviews(list(self.info.overviews), OVERVIEW_RESAMPLING)
             self._ds.close()
+            check_complete(self._tmp, self.dst)
             if self.driver == "GTiff" and not self.info.is_cog:
                 self._place(self._tmp)
             else:
@@ -482,6 +518,8 @@ class RasterWriter:
                 # Without georeferencing there is nothing for a side-car .aux.xml to hold.
                 with quiet_georeferencing(), rasterio.Env(GDAL_PAM_ENABLED="YES" if self.info.georeferenced else "NO"):
                     rasterio.shutil.copy(self._tmp, self._final_tmp, driver=driver, **options)
+                if driver == "COG":
+                    check_complete(self._final_tmp, self.dst)
                 self._place(self._final_tmp)
                 self._remove(self._tmp)
                 # PNG and JPEG cannot hold a CRS: GDAL keeps it in a side-car .aux.xml, which goes with the output.
