@@ -145,7 +145,8 @@ def restore(
     output: Path = typer.Option(..., "-o", "--output", help="Output file (one input) or folder (several inputs)."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `rsrestore models`); "
                                          "default: the best ready method for --task."),
-    task: str = typer.Option("haze", help="haze | dust | cloud: picks the default method."),
+    task: str = typer.Option("haze", help="haze | dust | cloud: picks the default method; auto: the recogniser "
+                             "picks it per scene (a clean scene is written unchanged; see `rsrestore inspect`)."),
     weights: str = typer.Option("default", help="Weights file (.safetensors or .pth), or 'default' for bundled ones."),
     bands: Optional[str] = typer.Option(None, help="1-based bands to restore, e.g. 4,3,2; others pass through."),
     scale: Optional[float] = typer.Option(None, help="Divisor mapping file values to [0,1] (default by dtype: "
@@ -174,15 +175,22 @@ def restore(
     from .models.registry import default_method, get_spec
     from .tiling import restore_file
 
-    name = method or _run(default_method, task)
-    spec = _run(get_spec, name)
-    if spec.needs_sar and sar is None:
+    name = method or ("auto" if task == "auto" else _run(default_method, task))
+    spec = None if name == "auto" else _run(get_spec, name)
+    if spec is not None and spec.needs_sar and sar is None:
         _fail(f"{name} needs a co-registered SAR scene: pass --sar S1.tif")
     options = RestoreOptions(method=name, weights=weights, bands=bands, scale=scale,
                              sar=None if sar is None else str(sar), align=align, tile=tile, overlap=overlap,
                              batch_size=batch_size, device=_device(device), amp=amp, overwrite=overwrite)
     if not takes_many(inputs):  # one scene: any error ends the command with one line
         dst = output / inputs[0].name if output.is_dir() else output
+        if name == "auto":  # the recogniser picks the method, or writes the scene unchanged (rsrestore.recognise)
+            from .batch import Scene, restore_scene
+
+            result = restore_scene(Scene(inputs[0], dst), options, resume=False, progress=not quiet)
+            if result.status == "failed":
+                _fail(result.reason)
+            return _echo_scene(result)
         model, expected_bands = _run(scene_model, options)
         _run(restore_file, model, inputs[0], dst, bands=bands, scale=scale, sar=sar, align=align, tile=tile,
              overlap=overlap, batch_size=batch_size, device=options.device, amp=amp, overwrite=overwrite,
@@ -191,7 +199,8 @@ def restore(
         return
     # Several scenes: the same driver as `rsrestore batch`, run in this process; a failing scene does not stop the rest.
     scenes = _run(plan_scenes, inputs, output)
-    _run(scene_model, options)  # a bad method or weights file stops everything now, with one line
+    if name != "auto":
+        _run(scene_model, options)  # a bad method or weights file stops everything now, with one line
     output.mkdir(parents=True, exist_ok=True)
     report = run_scenes(scenes, options, run_in_process, resume=False, progress=False, on_result=_echo_scene,
                         tile_progress=not quiet)
@@ -204,7 +213,8 @@ def _echo_scene(result) -> None:
         if _options["debug"] and result.traceback:
             typer.echo(result.traceback, err=True)
     else:
-        typer.echo(f"{result.input} -> {result.output}  [{result.method}]")
+        said = f" ({result.decision['reason']})" if result.decision else ""
+        typer.echo(f"{result.input} -> {result.output}  [{result.method}]{said}")
 
 
 def _finish(report, report_path: Path | None = None) -> None:
@@ -225,7 +235,8 @@ def batch(
                                 "batch_report.json lists every scene."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `rsrestore models`); "
                                          "default: the best ready method for --task."),
-    task: str = typer.Option("haze", help="haze | dust | cloud: picks the default method."),
+    task: str = typer.Option("haze", help="haze | dust | cloud: picks the default method; auto: the recogniser "
+                             "picks it per scene (a clean scene is written unchanged; see `rsrestore inspect`)."),
     weights: str = typer.Option("default", help="Weights file (.safetensors or .pth), or 'default' for bundled ones."),
     bands: Optional[str] = typer.Option(None, help="1-based bands to restore, e.g. 4,3,2; others pass through."),
     scale: Optional[float] = typer.Option(None, help="Divisor mapping file values to [0,1] (default by dtype)."),
@@ -269,6 +280,35 @@ def batch(
                        err=True)
         raise
     _finish(report, output / REPORT_NAME)
+
+
+@app.command("inspect")
+def inspect_scene_command(
+    scene: Path = typer.Argument(..., help="A raster file (GeoTIFF, PNG, JPEG)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    map_png: Optional[Path] = typer.Option(None, "--map", help="Write a PNG: the scene's thumbnail beside its "
+                                           "per-tile class map, with a legend."),
+    bands: Optional[str] = typer.Option(None, help="R,G,B band numbers (default: 1,2,3 for 3 or 4 bands, 4,3,2 for "
+                                        "13-band Sentinel-2)."),
+    scale: Optional[float] = typer.Option(None, help="Divisor mapping file values to [0,1] (default by dtype)."),
+):
+    """Say what degrades a scene -- clean, haze, dust, thin or thick cloud, with a severity in [0, 1] -- per tile too,
+    and the facts of the file (size, bands, data type, CRS, nodata share, default scale).
+
+    Examples:
+
+      rsrestore inspect scene.tif
+
+      rsrestore inspect s2.tif --json --map s2_map.png
+    """
+    from .recognise import check_map_path, format_inspection, inspect_scene, inspection_json, write_map
+
+    if map_png is not None:
+        _run(check_map_path, map_png)
+    report, rgb, mask = _run(inspect_scene, scene, bands=bands, scale=scale, with_map=True)
+    if map_png is not None:
+        _run(write_map, report, rgb, mask, map_png)
+    typer.echo(inspection_json(report) if as_json else format_inspection(report))
 
 
 @app.command()
