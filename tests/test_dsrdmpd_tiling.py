@@ -1,17 +1,24 @@
 """Seamless tiled sampling: the tiling engine tells a diffusion model where each tile sits in the scene, DS-RDMPD draws
 its noise by scene position, so a tiled restore matches a whole-image one; the seed changes the result, and the same
-seed repeats it."""
+seed repeats it; `rsrestore restore --steps/--seed` set them for diffusion methods only."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
+from typer.testing import CliRunner
 
+from _one_line_errors import user_error
+
+from rsrestore.cli import app
 from rsrestore.models.dsrdmpd import DSRDMPD, DSRDMPDConfig
 from rsrestore.tiling import restore_array, run_model
 
@@ -108,3 +115,30 @@ def test_origins_reach_only_models_that_take_them():
     plain = nn.Identity()
     x = torch.rand(1, 3, 8, 8)
     torch.testing.assert_close(run_model(plain, x, None, None, False, origins=[(0, 0)]), x)
+
+
+def test_restore_command_takes_steps_and_seed_for_diffusion_methods(tmp_path, geotiff_factory):
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.safetensors"
+    save_file(DSRDMPD(DSRDMPDConfig(**TINY)).state_dict(), weights)
+    weights.with_suffix(".json").write_text(json.dumps({"method": "dsrdmpd", "config": TINY}))
+    src, _ = geotiff_factory(height=40, width=48)
+    runner = CliRunner()
+
+    def restore(name: str, *options: str) -> np.ndarray:
+        out = tmp_path / f"{name}.tif"
+        result = runner.invoke(app, ["restore", str(src), "-o", str(out), "--method", "dsrdmpd", "--weights",
+                                     str(weights), "-q", *options])
+        assert result.exit_code == 0, result.output
+        with rasterio.open(out) as ds:
+            return ds.read().astype(int)
+
+    first = restore("a", "--steps", "2", "--seed", "3")
+    np.testing.assert_array_equal(restore("b", "--steps", "2", "--seed", "3"), first)
+    assert np.abs(restore("c", "--steps", "2", "--seed", "4") - first).mean() > 1
+    assert np.abs(restore("d", "--steps", "1", "--seed", "3") - first).mean() > 1
+    result = runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "e.tif"), "--method", "dcp", "--steps", "2"])
+    user_error(result, "--steps", "dcp")
+    result = runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "f.tif"), "--method", "dsrdmpd",
+                                 "--weights", str(weights), "--steps", "0"])
+    user_error(result, "--steps")

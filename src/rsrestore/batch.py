@@ -75,6 +75,7 @@ class RestoreOptions:
     device: str = "auto"
     amp: bool = False
     overwrite: bool = False
+    model_options: tuple = ()  # model config overrides as (key, value) pairs, e.g. (("steps", 10), ("seed", 1))
 
 
 @dataclass
@@ -248,14 +249,14 @@ def scene_model(options: RestoreOptions):
     if weights not in (None, "default"):
         p = Path(weights)
         stamp = p.stat().st_mtime_ns if p.exists() else None  # weights replaced on disk are loaded again
-    return _cached_model(options.method, weights, stamp, resolve_device(options.device))
+    return _cached_model(options.method, weights, stamp, resolve_device(options.device), options.model_options)
 
 
 @lru_cache(maxsize=4)
-def _cached_model(method: str, weights: str | None, stamp: int | None, device: str):
+def _cached_model(method: str, weights: str | None, stamp: int | None, device: str, model_options: tuple = ()):
     from .models.registry import accepted_bands, get_spec, load_model
 
-    model = load_model(method, weights=weights, device=device)
+    model = load_model(method, weights=weights, device=device, **dict(model_options))
     return model, accepted_bands(get_spec(method), model)
 
 

@@ -158,6 +158,9 @@ def restore(
     batch_size: int = typer.Option(4, help="Tiles per forward pass."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ... or auto."),
     amp: bool = typer.Option(False, help="bf16 autocast for learned models (about 2x faster on recent CPUs)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps of a diffusion method (dsrdmpd: 5)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of a diffusion method's sampling noise (default 0); the "
+                                       "same seed gives the same output."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -179,9 +182,18 @@ def restore(
     spec = None if name == "auto" else _run(get_spec, name)
     if spec is not None and spec.needs_sar and sar is None:
         _fail(f"{name} needs a co-registered SAR scene: pass --sar S1.tif")
+    sampling = tuple((k, v) for k, v in (("steps", steps), ("seed", seed)) if v is not None)
+    if sampling:  # options of the model's config, which only diffusion methods have
+        if spec is None or not {k for k, _ in sampling} <= set(getattr(spec.classes()[1], "__dataclass_fields__", {})):
+            _fail(f"--steps and --seed apply to diffusion methods (dsrdmpd), not to {name}; drop them")
+        if steps is not None and steps < 1:
+            _fail(f"--steps must be 1 or more, got {steps}")
+        if seed is not None and seed < 0:
+            _fail(f"--seed must be 0 or more, got {seed}")
     options = RestoreOptions(method=name, weights=weights, bands=bands, scale=scale,
                              sar=None if sar is None else str(sar), align=align, tile=tile, overlap=overlap,
-                             batch_size=batch_size, device=_device(device), amp=amp, overwrite=overwrite)
+                             batch_size=batch_size, device=_device(device), amp=amp, overwrite=overwrite,
+                             model_options=sampling)
     if not takes_many(inputs):  # one scene: any error ends the command with one line
         dst = output / inputs[0].name if output.is_dir() else output
         if name == "auto":  # the recogniser picks the method, or writes the scene unchanged (rsrestore.recognise)
