@@ -141,6 +141,8 @@ def test_inspect_errors_are_one_line(tmp_path, geotiff_factory):
     two_bands, _ = geotiff_factory("two.tif", bands=2)
     for args, needle in (([str(tmp_path / "missing.tif")], "not found"),
                          ([str(two_bands)], "--bands"),
+                         ([str(two_bands), "--bands", "1,2"], "3 bands"),
+                         ([str(two_bands), "--bands", "1,2,3"], "cannot select band 3"),
                          ([str(two_bands), "--map", str(tmp_path / "map.jpg")], ".png")):
         r = runner.invoke(app, ["inspect", *args])
         assert r.exit_code == 2, r.output

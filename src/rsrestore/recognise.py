@@ -238,7 +238,7 @@ class Recognition:
 
 
 def weights_path() -> Path:
-    from .models.registry import WEIGHTS_DIR
+    from .models.registry import WEIGHTS_DIR  # bundled weights live together
 
     return WEIGHTS_DIR / WEIGHTS_NAME
 
@@ -313,15 +313,13 @@ class SceneInspection:
 
 
 def _read_scene(path: str | Path, bands, scale) -> tuple:
-    from .raster import RasterError, inspect_raster, parse_bands
+    from .raster import inspect_raster
     from .tiling import RasterSource
 
-    info = inspect_raster(path, None, scale)
-    chosen = parse_bands(bands) or rgb_bands(info.count)
+    info = inspect_raster(path, bands, scale)  # checks a given band selection against the file
+    chosen = info.bands if bands else rgb_bands(info.count)
     if len(chosen) != 3:
         raise RecogniserError(f"--bands must name 3 bands (R,G,B) for the recogniser; got {bands!r}")
-    if max(chosen) > info.count:
-        raise RasterError(f"{path} has {info.count} band(s); cannot select band {max(chosen)}")
     info.bands = chosen
     source = RasterSource(info)
     try:
