@@ -190,3 +190,16 @@ def test_batch_auto_records_each_decision(tmp_path, shared_data):
     assert scenes["hazy.tif"]["decision"]["label"] == "haze" and scenes["hazy.tif"]["method"] == "dcp"
     with rasterio.open(folder / "clean.tif") as a, rasterio.open(out / "clean.tif") as b:
         assert np.array_equal(a.read(), b.read())
+
+
+def test_restore_auto_leaves_thick_cloud_unchanged_with_a_warning(tmp_path, shared_data):
+    data = _naip_crop(shared_data)
+    cloudy = synthesize_clouds(torch.from_numpy(data).float()[None] / 255, torch.Generator().manual_seed(0), "thick")
+    src = _write_scene(tmp_path / "cloudy.tif", (cloudy["input"][0].numpy() * 255).round().astype(np.uint8))
+    out = tmp_path / "out.tif"
+    with pytest.warns(UserWarning, match="thick cloud: no cloud method restores it without SAR"):
+        r = runner.invoke(app, ["restore", str(src), "-o", str(out), "--task", "auto", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "[unchanged] (recognised as thick cloud" in r.output
+    with rasterio.open(src) as a, rasterio.open(out) as b:
+        assert np.array_equal(a.read(), b.read())
