@@ -8,7 +8,10 @@ whose cost is linear in the number of pixels L = H * W. This benchmark checks th
 - inference throughput in MPix/s of RSDehamba and of ``dcp`` (dark channel prior with guided filter, He et al.,
   TPAMI 2011) on the same hazy image at both sizes, and their ratio;
 - training throughput in MPix/s of RSDehamba (forward + L1 loss + backward + Adam step) at the training setting of the
-  bundled weights (64 x 64 crops, batch 8), set beside ``dcp``'s inference throughput (``dcp`` needs no training).
+  bundled weights (64 x 64 crops, batch 8), set beside ``dcp``'s inference throughput (``dcp`` needs no training);
+- the selective scan implementations (``scan_impls``): the paper-size RSDehamba (1.79M parameters) forward at 256 x 256
+  with the fused numba scan and with the pure PyTorch chunked scan, their ratio, and the numba forward at 512 x 512
+  against 256 x 256 (linearity); and the training step above with each scan.
 
 The model is the bundled ``rsdehamba_haze_rgb`` (its config from the weights' metadata); without bundled weights the
 config of ``configs/rsdehamba_haze_cpu.yaml`` is built untrained (the speed is the same). The input is the
@@ -16,6 +19,7 @@ package's Landsat-7 sample scene with synthetic moderate haze. Numbers depend on
 thread count: compare ratios within one run.
 
 Usage: python benchmarks/bench_rsdehamba.py [--threads 1] [--repeats 3] [--out benchmarks/results/rsdehamba.json]
+       [--scan-only]  (only the scan_impls section, written into the existing results file)
 """
 
 from __future__ import annotations
@@ -122,16 +126,75 @@ def bench_training(model: torch.nn.Module, warmup: int, repeats: int) -> dict:
             "mpix_per_s": pixels / 1e6 / med}
 
 
+def set_scan_impl(model: torch.nn.Module, impl: str) -> None:
+    for module in model.modules():
+        if hasattr(module, "scan_impl"):
+            module.scan_impl = impl
+
+
+def bench_scan_impls(trained: torch.nn.Module, warmup: int, repeats: int) -> dict:
+    """Paper-size forward with each scan (interleaved within each repeat), numba linearity, training step with each."""
+    from rsrestore.models import scan
+    from rsrestore.models.rsdehamba import RSDehamba
+
+    impls = ["chunked"] + (["numba"] if scan.numba_kernel_available() else [])
+    torch.manual_seed(0)
+    paper = RSDehamba().to(memory_format=torch.channels_last).eval()
+    runs = [(impl, 256) for impl in impls] + ([("numba", 512)] if "numba" in impls else [])
+    inputs = {size: hazy_scene(size).contiguous(memory_format=torch.channels_last) for size in {s for _, s in runs}}
+    wall: dict = {run: [] for run in runs}
+    cpu: dict = {run: [] for run in runs}  # process CPU time: steadier than wall time on a shared machine
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for impl, size in runs:
+                set_scan_impl(paper, impl)
+                w0, c0 = time.perf_counter(), time.process_time()
+                paper(inputs[size])
+                if i >= warmup:
+                    wall[(impl, size)].append(time.perf_counter() - w0)
+                    cpu[(impl, size)].append(time.process_time() - c0)
+    out: dict = {"model": "RSDehamba() paper configuration", "parameters": sum(p.numel() for p in paper.parameters()),
+                 "forward_median_wall_s": {}, "forward_median_cpu_s": {}}
+    for name, times in (("wall", wall), ("cpu", cpu)):
+        med = {run: statistics.median(ts) for run, ts in times.items()}
+        for (impl, size), m in med.items():
+            out[f"forward_median_{name}_s"][f"{impl} {size}x{size}"] = m
+        if "numba" in impls:
+            out[f"forward_speedup_numba_over_chunked_256_{name}"] = med[("chunked", 256)] / med[("numba", 256)]
+            out[f"numba_{name}_time_ratio_512_over_256_per_pixel"] = med[("numba", 512)] / med[("numba", 256)] / 4
+    out["training_step"] = {}
+    for impl in impls:
+        set_scan_impl(trained, impl)
+        out["training_step"][impl] = bench_training(trained, warmup, repeats)
+    set_scan_impl(trained, "auto")
+    if "numba" in impls:
+        steps = out["training_step"]
+        out["training_speedup_numba_over_chunked"] = (steps["chunked"]["median_s_per_step"]
+                                                      / steps["numba"]["median_s_per_step"])
+    out["load_average_after"] = os.getloadavg()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "rsdehamba.json")
+    load_at_start = os.getloadavg()
+    ap.add_argument("--scan-only", action="store_true",
+                    help="measure only the scan implementations and update that section of --out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, source = build_rsdehamba()
     model = model.to(memory_format=torch.channels_last).eval()
+    if args.scan_only:
+        result = json.loads(args.out.read_text()) if args.out.exists() else {}
+        result["scan_impls"] = bench_scan_impls(model, args.warmup, args.repeats)
+        result["scan_impls"].update(threads=torch.get_num_threads(), load_average_at_start=load_at_start)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in result["scan_impls"].items() if k != "training_step"}), flush=True)
+        return
     dcp = load_model("dcp")
     result: dict = {
         "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -165,6 +228,8 @@ def main() -> None:
     result["training"] = {"rsdehamba": train, "dcp_inference_mpix_per_s_512": dcp_mpix,
                           "rsdehamba_train_over_dcp_inference_speed": train["mpix_per_s"] / dcp_mpix,
                           "note": "dcp is training-free; its inference speed is the reference"}
+    result["scan_impls"] = bench_scan_impls(model, args.warmup, args.repeats)
+    print(json.dumps({k: v for k, v in result["scan_impls"].items() if k != "training_step"}), flush=True)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
