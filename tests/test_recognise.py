@@ -203,3 +203,14 @@ def test_restore_auto_leaves_thick_cloud_unchanged_with_a_warning(tmp_path, shar
     assert "[unchanged] (recognised as thick cloud" in r.output
     with rasterio.open(src) as a, rasterio.open(out) as b:
         assert np.array_equal(a.read(), b.read())
+
+
+def test_inspect_json_is_strict_json_for_a_nan_nodata(geotiff_factory):
+    src, _ = geotiff_factory("float.tif", bands=3, height=120, width=120, dtype="float32", nodata=float("nan"))
+
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    r = runner.invoke(app, ["inspect", str(src), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output, parse_constant=refuse)["nodata"] == "nan"

@@ -546,5 +546,7 @@ def format_inspection(report: SceneInspection) -> str:
 
 def inspection_json(report: SceneInspection) -> str:
     d = report.as_dict()
+    if d["nodata"] is not None and not math.isfinite(d["nodata"]):
+        d["nodata"] = str(d["nodata"])  # "nan": JSON has no NaN
     d["auto"] = decide(report.scene).as_dict()
     return json.dumps(d, indent=2)
