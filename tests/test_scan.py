@@ -199,12 +199,12 @@ def test_chunked_keeps_only_chunk_states():
     assert saved < length * state_bytes / 10
 
 
-def test_auto_picks_the_fastest_cpu_scan_and_cuda_kernel_is_lazy(monkeypatch):
+def test_auto_picks_the_chunked_scan_on_cpu_and_cuda_kernel_is_lazy(monkeypatch):
+    # The numba kernels compile at first use and are no faster inside the whole model, so auto leaves them out.
     assert "mamba_ssm" not in sys.modules or scan.cuda_kernel_available()
     args = make(length=10)
     calls = []
-    monkeypatch.setitem(scan.IMPLEMENTATIONS, "numba" if NUMBA else "chunked",
-                        lambda *a, **k: calls.append(1) or a[0])
+    monkeypatch.setitem(scan.IMPLEMENTATIONS, "chunked", lambda *a, **k: calls.append(1) or a[0])
     scan.selective_scan(*args.values())
     assert calls == [1]
     if not scan.cuda_kernel_available():

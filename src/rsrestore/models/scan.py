@@ -687,15 +687,14 @@ def selective_scan(
 ):
     """The selective scan by the best available implementation (or the one named by ``impl``).
 
-    ``auto``: the ``mamba_ssm`` CUDA kernel for CUDA tensors when it imports (otherwise the chunked scan, plain
-    PyTorch); on the CPU the fused numba kernels when numba imports, otherwise the chunked scan (5-6x faster than
-    the unbind loop in forward+backward at L = 4096 and 16384, with bounded memory).
+    ``auto``: the ``mamba_ssm`` CUDA kernel for CUDA tensors when it imports, otherwise the chunked scan (plain
+    PyTorch; 5-6x faster than the unbind loop in forward+backward at L = 4096 and 16384, with bounded memory). The
+    fused numba kernels (``impl="numba"``) are about 2x faster than the chunked scan in forward+backward alone, but
+    no faster in a whole RSDehamba forward and only 1.08x in a training step on this project's CPU benchmark, while
+    their first use compiles for 40 s or more: so ``auto`` does not pick them on the CPU.
     """
     if impl == "auto":
-        if u.is_cuda:
-            impl = "cuda" if _cuda_fn() is not None else "chunked"
-        else:
-            impl = "numba" if _numba_module() is not None else "chunked"
+        impl = "cuda" if (u.is_cuda and _cuda_fn() is not None) else "chunked"
     try:
         fn = IMPLEMENTATIONS[impl]
     except KeyError:
