@@ -123,12 +123,14 @@ def verdict(scores: dict) -> dict:
         f"vs_{other}": table for other, table in vs.items()} | {"deciding_metrics": [k for k, _ in DECIDING]}
 
 
-def _stage_meta() -> list[dict]:
-    """Each stage's ``final.json``; for a stage still running, the same fields from its latest checkpoint."""
+def _stage_meta(weights: Path | None = None) -> list[dict]:
+    """Each stage's ``final.json``; for a stage still running, the same fields from its latest checkpoint. Stage 2 is
+    the run that wrote ``weights`` when they are a run's ``final.safetensors`` (a longer run in another folder)."""
     from rsrestore.train.checkpoint import resume_point
 
+    stage2 = weights.parent if weights is not None and (weights.parent / "final.json").exists() else RUNS[1]
     metas = []
-    for run in RUNS:
+    for run in (RUNS[0], stage2):
         if (run / "final.json").exists():
             metas.append(json.loads((run / "final.json").read_text()))
             continue
@@ -215,12 +217,12 @@ def write_table(scores: dict, metas: list[dict], decision: dict) -> tuple[Path, 
     return md, js
 
 
-def export(scores: dict, decision: dict) -> Path:
+def export(scores: dict, decision: dict, weights: Path | None = None) -> Path:
     """Copy the stage-2 run's final weights (both stages) into the package with their metadata."""
     from rsrestore.models.registry import sha256_of
     from rsrestore.train import export_weights
 
-    dst = export_weights(RUNS[1], WEIGHTS_DIR, WEIGHTS_NAME)
+    dst = export_weights(RUNS[1] if weights is None else weights.parent, WEIGHTS_DIR, WEIGHTS_NAME)
     meta_path = dst.with_suffix(".json")
     meta = json.loads(meta_path.read_text())
     meta["val_scores"] = meta.pop("scores", None)
@@ -229,7 +231,7 @@ def export(scores: dict, decision: dict) -> Path:
         "task": "haze",
         "data": haze_split._data_description() | {"licences": LICENCES},
         "stages": [{"steps": m["steps"], "wall_time_s": m["wall_time_s"], "train_config": m["train_config"]}
-                   for m in _stage_meta()],
+                   for m in _stage_meta(weights)],
         "scores": {name: table["dsrdmpd"] for name, table in scores.items()},
         "baseline_scores": {name: {m: row for m, row in table.items() if m != "dsrdmpd"}
                             for name, table in scores.items()},
@@ -282,12 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("all", "evaluate", "export"):
         scores = evaluate(args.weights, args.limit)
         decision = verdict(scores)
-        md, _ = write_table(scores, _stage_meta(), decision)
+        md, _ = write_table(scores, _stage_meta(args.weights), decision)
         print(md.read_text(), file=sys.stderr)
         if not decision["beats_dcp_on_all"]:
             print("DS-RDMPD does not beat DCP on every set and metric: not exported", file=sys.stderr)
         elif args.stage in ("all", "export"):
-            dst = export(scores, decision)
+            dst = export(scores, decision, args.weights)
             print(f"exported {_rel(dst)} ({dst.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
     if args.stage in ("all", "picture"):
         print(f"picture: {_rel(picture(args.weights))}", file=sys.stderr)
