@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import math
 import os
 import re
@@ -169,12 +170,38 @@ def reading(path: str | Path):
         raise RasterError(f"cannot read {path}: the file is damaged or truncated ({_short(e)})") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _png_jpeg_is_complete(path: str, mtime_ns: int, size: int) -> bool:
+    """Whether a PNG or JPEG decodes to its end. GDAL's PNG and JPEG drivers read a file cut short without an error
+    and return zeros for the missing rows, which would be restored and written as if they were real pixels; Pillow's
+    decoder says "truncated" instead. One decode per file version (the arguments key the cache)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except OSError as e:
+        return not any(w in str(e).lower() for w in ("truncat", "broken data stream"))
+    except Exception:  # a layout Pillow does not decode (GDAL may): not evidence of damage
+        return True
+    return True
+
+
+def check_decodes_to_end(path: str | Path, driver: str) -> None:
+    """Refuse a PNG or JPEG that was cut short (see `_png_jpeg_is_complete`)."""
+    if driver in ("PNG", "JPEG"):
+        st = os.stat(path)
+        if not _png_jpeg_is_complete(str(Path(path).resolve()), st.st_mtime_ns, st.st_size):
+            raise RasterError(f"cannot read {path}: the file is damaged (its image data ends early: truncated)")
+
+
 def inspect_raster(
     path: str | Path, bands: list[int] | str | None = None, scale: float | None = None
 ) -> RasterInfo:
     """Describe a raster and validate the band selection, scale and dtype."""
     scale = check_scale(scale)
     with open_raster(path) as ds:
+        check_decodes_to_end(path, ds.driver)
         dtypes = set(ds.dtypes)
         if len(dtypes) != 1:
             raise RasterError(f"{path}: bands of different data types ({sorted(dtypes)}) are not supported")
