@@ -233,7 +233,9 @@ def test_ctrl_c_writes_the_report_leaves_no_process_and_a_rerun_does_the_rest(tm
                "dcp", "--workers", "1", "--threads-per-worker", "2", "-q"]
     # Its own session, so that Ctrl-C can reach the whole process group as a terminal's does, and so that any
     # process it leaves behind can be found.
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT at its default in the child whatever this test process inherited, so that Python turns it into Ctrl-C.
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (out / "a.tif").exists():
@@ -241,7 +243,13 @@ def test_ctrl_c_writes_the_report_leaves_no_process_and_a_rerun_does_the_rest(tm
             time.sleep(0.2)
         time.sleep(1.0)
         os.killpg(run.pid, signal.SIGINT)
-        # Closing the cluster stops a worker blocked in a system call (the pipe): slow on a loaded machine.
+        # Then the pipe's writer goes away, as a finished upload would, so that closing the cluster does not wait on
+        # a worker thread blocked in open() of the pipe (after the run has had time to mark the scene cancelled).
+        time.sleep(2.0)
+        try:
+            os.close(os.open(folder / "slow.tif", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader any more
+            pass
         _, err = run.communicate(timeout=80)
         deadline = time.monotonic() + 30
         while _processes_in_session(run.pid) and time.monotonic() < deadline:
