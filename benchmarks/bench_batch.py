@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--method", default="dcp")
-    ap.add_argument("--note", default="one run on a shared 2-core machine with other jobs running: rates are noisy")
+    ap.add_argument("--note", default="one run; the load averages recorded say how quiet the machine was")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "batch.json")
     args = ap.parse_args()
     result = {
