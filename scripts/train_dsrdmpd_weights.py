@@ -195,17 +195,10 @@ def write_table(scores: dict, metas: list[dict], decision: dict) -> tuple[Path, 
             lines += [f"**Stage {i} had not finished**: scored from its {m['unfinished']}.", ""]
     for name, table in scores.items():
         t = tests[name]
-        cols = [(k, h) for k, h in haze_split.COLUMNS if all(k in table[m] for m in table)]
         n = next(iter(table.values()))["n"]
         scored = f"{n} of {t['images']}" if n < t["images"] else f"{n}"
-        lines += [f"## {name}: {scored} crops of {t['size']}x{t['size']} from {t['from']}", "",
-                  "| method | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * len(cols)]
-        for m, row in table.items():
-            cells = [f"{row[k]:.4f}" if abs(row[k]) < 1 else f"{row[k]:.2f}" for k, _ in cols]
-            lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
-        worse = [k for k, ok in decision["vs_dcp"][name].items() if not ok]
-        lines += ["", "DS-RDMPD vs DCP here: " + ("better on PSNR, SSIM and CIEDE2000" if not worse else
-                                                 f"not better on {', '.join(worse)}"), ""]
+        lines += [f"## {name}: {scored} crops of {t['size']}x{t['size']} from {t['from']}", ""]
+        lines += haze_split.score_table(table, decision["vs_dcp"][name], "DS-RDMPD", LABELS)
     lines += ["## What these weights cannot do", "", LIMITS, ""]
     md = RESULTS / f"{TABLE_NAME}.md"
     md.write_text("\n".join(lines))

@@ -351,6 +351,18 @@ LABELS = {"input": "hazy input", "dcp": "DCP (dark channel prior, classical)",
           "rsdehamba": "RSDehamba (bundled weights)"}
 
 
+def score_table(table: dict, vs_dcp: dict[str, bool], model: str, labels: dict[str, str] = LABELS) -> list[str]:
+    """Markdown lines of one held-out set: a row per method, then whether `model` beats DCP there."""
+    cols = [(k, h) for k, h in COLUMNS if all(k in table[m] for m in table)]
+    lines = ["| method | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * len(cols)]
+    for m, row in table.items():
+        cells = [f"{row[k]:.4f}" if abs(row[k]) < 1 else f"{row[k]:.2f}" for k, _ in cols]
+        lines.append(f"| {labels.get(m, m)} | " + " | ".join(cells) + " |")
+    worse = [k for k, ok in vs_dcp.items() if not ok]
+    return lines + ["", f"{model} vs DCP here: " + ("better on PSNR, SSIM and CIEDE2000" if not worse else
+                                                     f"not better on {', '.join(worse)}"), ""]
+
+
 def _schedule_text(tc: dict) -> str:
     o, s = tc["optim"], tc["schedule"]
     return (f"Adam lr {o['lr']:g}, {s['warmup_steps']}-step warm-up, {s['name']} to {s['min_lr']:g}, "
@@ -433,15 +445,8 @@ def write_table(scores: dict, meta: dict, decision: dict) -> tuple[Path, Path]:
     ]
     for name, table in scores.items():
         t = tests[name]
-        cols = [(k, h) for k, h in COLUMNS if all(k in table[m] for m in table)]
-        lines += [f"## {name}: {t['images']} crops of {t['size']}x{t['size']} from {t['from']}", "",
-                  "| method | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * len(cols)]
-        for m, row in table.items():
-            cells = [f"{row[k]:.4f}" if abs(row[k]) < 1 else f"{row[k]:.2f}" for k, _ in cols]
-            lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
-        worse = [k for k, ok in decision["vs_dcp"][name].items() if not ok]
-        lines += ["", "RSDehamba vs DCP here: " + ("better on PSNR, SSIM and CIEDE2000" if not worse else
-                                                    f"not better on {', '.join(worse)}"), ""]
+        lines += [f"## {name}: {t['images']} crops of {t['size']}x{t['size']} from {t['from']}", ""]
+        lines += score_table(table, decision["vs_dcp"][name], "RSDehamba")
         split = by_preset(name)
         if split:
             lines += ["By preset (PSNR / SSIM / CIEDE2000):", "",
