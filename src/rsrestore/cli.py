@@ -144,7 +144,7 @@ def restore(
                                         "recursively) and/or .txt/.lst files listing paths, one per line."),
     output: Path = typer.Option(..., "-o", "--output", help="Output file (one input) or folder (several inputs)."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `rsrestore models`); "
-                                         "default: the best ready method for --task."),
+                                         "default: the default method of --task (marked by `rsrestore models`)."),
     task: str = typer.Option("haze", help="haze | dust | cloud: picks the default method; auto: the recogniser "
                              "picks it per scene (a clean scene is written unchanged; see `rsrestore inspect`)."),
     weights: str = typer.Option("default", help="Weights file (.safetensors or .pth), or 'default' for bundled ones."),
@@ -246,7 +246,7 @@ def batch(
     output: Path = typer.Option(..., "-o", "--output", help="Output folder; outputs keep the inputs' subfolders, and "
                                 "batch_report.json lists every scene."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `rsrestore models`); "
-                                         "default: the best ready method for --task."),
+                                         "default: the default method of --task (marked by `rsrestore models`)."),
     task: str = typer.Option("haze", help="haze | dust | cloud: picks the default method; auto: the recogniser "
                              "picks it per scene (a clean scene is written unchanged; see `rsrestore inspect`)."),
     weights: str = typer.Option("default", help="Weights file (.safetensors or .pth), or 'default' for bundled ones."),
