@@ -55,7 +55,7 @@ def restore(
     An array is a NumPy array or a torch Tensor (a Tensor comes back as a Tensor on the same device). Float arrays hold
     values in [0, 1]; integer arrays (uint8, uint16, int16) are file values, divided by `scale` (default: the dtype's,
     as for files: 255, 10000, 10000) and returned in the same dtype. NaN and infinite pixels are left as they were.
-    `method` defaults to the best method for `task` that works out of the box (see `rsrestore models`).
+    `method` defaults to the default method of `task` (`registry.DEFAULT_METHODS`; `rsrestore models` marks it).
     """
     from .models.registry import accepted_bands, default_method, get_spec
     from .raster import RasterError, check_scale
