@@ -70,6 +70,13 @@ def _dsrdmpd():
     return DSRDMPD, DSRDMPDConfig
 
 
+def _apem():
+    from .aspdiff.apem import APEMConfig
+    from .aspdiff.apem_dehazer import APEMDehazer
+
+    return APEMDehazer, APEMConfig
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -173,6 +180,18 @@ MODELS: dict[str, ModelSpec] = {
         band_field="in_channels",
         paper="Zhou, Wang, Zhang, Tao, Ren. A Dual-Stage Residual Diffusion Model with Perceptual Decoding for "
         "Remote Sensing Image Dehazing. IEEE TGRS 2025",
+    ),
+    "apem": ModelSpec(
+        name="apem",
+        task="haze",
+        summary="APEM: dark-channel priors (t, A) corrected by two light networks, inverted through the scattering "
+        "model",
+        classes=_apem,
+        band_field="in_channels",
+        weights="apem_haze_rgb.safetensors",
+        experimental=True,  # learned priors not yet shown to beat dcp on real scenes
+        paper="Zhang et al. Atmospheric Scattering Prior embedded Diffusion Model for remote sensing image dehazing "
+        "(ASPDiff, its APEM module). IEEE TGRS 2022",
     ),
 }
 

@@ -109,10 +109,30 @@ def dsrdmpd_stage2(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveCon
     return StepOutput(loss, prediction=model(batch["input"], steps=val_steps, generator=ctx.generator))
 
 
+def apem(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext, *, output_weight: float = 1.0,
+         eps: float = 0.05) -> StepOutput:
+    """The ``apem`` method (:class:`rsrestore.models.aspdiff.apem_dehazer.APEMDehazer`): APEM's prior-consistency
+    loss || (I - A (1 - t)) / max(t, eps) - J ||_1 plus the config's ``tv_weight`` times the total variation of t,
+    plus ``output_weight`` times the L1 error of the restored (floored, clamped) image. The ``loss`` section is not
+    used."""
+    from ..models.aspdiff.apem import apem_loss, total_variation
+
+    restored, priors = model(batch["input"], return_priors=True)
+    target = batch["target"].float()
+    tv_weight = getattr(model, "module", model).cfg.tv_weight
+    prior = apem_loss(batch["input"], priors, target, eps=eps)
+    tv = total_variation(priors.t.float())
+    output = (restored.float() - target).abs().mean()
+    loss = prior + tv_weight * tv + output_weight * output
+    logs = {"loss_prior": float(prior.detach()), "loss_tv": float(tv.detach()), "loss_output": float(output.detach())}
+    return StepOutput(loss, logs, restored)
+
+
 OBJECTIVES: dict[str, Objective] = {
     "supervised": supervised,
     "dsrdmpd_stage1": dsrdmpd_stage1,
     "dsrdmpd_stage2": dsrdmpd_stage2,
+    "apem": apem,
 }
 
 
