@@ -70,6 +70,12 @@ def _dsrdmpd():
     return DSRDMPD, DSRDMPDConfig
 
 
+def _aspdiff():
+    from .aspdiff.restorer import ASPDiff, ASPDiffConfig
+
+    return ASPDiff, ASPDiffConfig
+
+
 def _apem():
     from .aspdiff.apem import APEMConfig
     from .aspdiff.apem_dehazer import APEMDehazer
@@ -180,6 +186,16 @@ MODELS: dict[str, ModelSpec] = {
         band_field="in_channels",
         paper="Zhou, Wang, Zhang, Tao, Ren. A Dual-Stage Residual Diffusion Model with Perceptual Decoding for "
         "Remote Sensing Image Dehazing. IEEE TGRS 2025",
+    ),
+    "aspdiff": ModelSpec(
+        name="aspdiff",
+        task="haze",
+        summary="ASPDiff: diffusion conditioned on refined atmospheric priors, then haze-aware refinement (10 seeded "
+        "DDIM steps; config steps, seed)",
+        classes=_aspdiff,
+        band_field="in_channels",
+        paper="Zhang et al. Atmospheric Scattering Prior embedded Diffusion Model for remote sensing image dehazing "
+        "(ASPDiff). IEEE TGRS 2022",
     ),
     "apem": ModelSpec(
         name="apem",

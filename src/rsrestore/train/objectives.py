@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from ..losses import prediction_of
 
 __all__ = [
-    "OBJECTIVES", "Objective", "ObjectiveContext", "StepOutput", "call_model", "dsrdmpd_stage1", "dsrdmpd_stage2",
+    "OBJECTIVES", "Objective", "ObjectiveContext", "StepOutput", "aspdiff", "call_model", "dsrdmpd_stage1",
+    "dsrdmpd_stage2",
     "objective_params", "supervised",
 ]
 
@@ -109,6 +110,26 @@ def dsrdmpd_stage2(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveCon
     return StepOutput(loss, prediction=model(batch["input"], steps=val_steps, generator=ctx.generator))
 
 
+def aspdiff(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext, *, val_steps: int = 5,
+            vgg_weights: str | None = None) -> StepOutput:
+    """ASPDiff (:class:`rsrestore.models.aspdiff.ASPDiff`): its weighted losses (noise, reconstruction, APEM,
+    frequency, total variation, and VGG19 perceptual when ``vgg_weights`` names a torchvision VGG19 file), each
+    logged. Validation runs the whole restore in ``val_steps`` DDIM steps with noise from the validation generator.
+    The ``loss`` section is not used."""
+    vgg = None
+    if vgg_weights:
+        if "vgg" not in ctx.cache:
+            from ..vgg import load_vgg19
+
+            ctx.cache["vgg"] = load_vgg19(vgg_weights).to(batch["input"].device)
+        vgg = ctx.cache["vgg"]
+    parts = model(batch["input"], target=batch["target"], generator=ctx.generator, vgg=vgg)
+    logs = {f"loss_{k}": float(v) for k, v in parts.items() if k != "total"}
+    if ctx.training:
+        return StepOutput(parts["total"], logs)
+    return StepOutput(parts["total"], logs, model(batch["input"], steps=val_steps, generator=ctx.generator))
+
+
 def apem(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext, *, output_weight: float = 1.0,
          eps: float = 0.05) -> StepOutput:
     """The ``apem`` method (:class:`rsrestore.models.aspdiff.apem_dehazer.APEMDehazer`): APEM's prior-consistency
@@ -133,6 +154,7 @@ OBJECTIVES: dict[str, Objective] = {
     "dsrdmpd_stage1": dsrdmpd_stage1,
     "dsrdmpd_stage2": dsrdmpd_stage2,
     "apem": apem,
+    "aspdiff": aspdiff,
 }
 
 
