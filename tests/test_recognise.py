@@ -19,6 +19,8 @@ from rsrestore.cli import app
 from rsrestore.physics.clouds import synthesize_clouds
 from rsrestore.physics.haze import synthesize_haze
 from rsrestore.physics.sanddust import synthesize_dust
+import rsrestore
+from rsrestore.classical.dcp import omega_for_severity
 from rsrestore.recognise import (
     CLASSES,
     FEATURE_NAMES,
@@ -29,6 +31,7 @@ from rsrestore.recognise import (
     inspect_scene,
     recognise_array,
     rgb_bands,
+    route_array,
 )
 
 runner = CliRunner()
@@ -92,12 +95,15 @@ def test_shipped_recogniser_reads_real_scenes(shared_data):
     target = next((shared_data / "sen12mscr").glob("ROIs1970_fall_s2/*/*.tif"))
     assert inspect_scene(cloudy, with_map=False)[0].scene.label in ("thin_cloud", "thick_cloud")
     assert inspect_scene(target, with_map=False)[0].scene.label == "clean"
+    # The Landsat-7 scene is partly cloudy: whatever --task auto does with it, it reports the cloudy tiles.
+    decision = report.decision()
+    assert decision.cloud_tiles > 0 and "read as thick cloud" in decision.reason
 
 
-def _rec(label: str, **probs) -> Recognition:
+def _rec(label: str, severity: float = 0.5, **probs) -> Recognition:
     p = {c: probs.get(c, 0.0) for c in CLASSES}
     p[label] = probs.get(label, 0.9)
-    return Recognition(label, 0.5, p, {c: 0.5 for c in CLASSES})
+    return Recognition(label, severity, p, {c: severity for c in CLASSES})
 
 
 def test_routing_rule():
@@ -111,6 +117,22 @@ def test_routing_rule():
     both = decide(_rec("haze", haze=0.55, dust=0.4))
     assert both.label == "dust" and both.method == "rop" and both.present == ["dust", "haze"]
     assert decide(_rec("haze", haze=0.6, thick_cloud=0.35)).method is None
+
+
+def test_routing_sets_the_strength_from_the_severity():
+    faint, thick = decide(_rec("haze", severity=0.15)), decide(_rec("haze", severity=0.7))
+    assert faint.options["omega"] < thick.options["omega"] == 0.95
+    assert faint.options["omega"] == omega_for_severity(0.15) and "omega 0.28" in faint.reason
+    assert decide(_rec("thin_cloud", severity=0.2)).options == {"omega": omega_for_severity(0.2)}
+    assert decide(_rec("dust", severity=0.2)).options == {}  # rop's omega barely moves its result: left as published
+
+
+def test_a_partly_cloudy_scene_is_routed_by_the_rest_and_says_so():
+    clean = decide(_rec("clean"), cloud_tiles=0.1)
+    assert clean.method is None and clean.cloud_tiles == 0.1 and "10 % of its tiles read as thick cloud" in clean.reason
+    hazy = decide(_rec("haze"), cloud_tiles=0.1)
+    assert hazy.method == "dcp" and "10 % of its tiles" in hazy.reason
+    assert decide(_rec("haze")).cloud_tiles == 0.0 and "tiles" not in decide(_rec("haze")).reason
 
 
 def _write_scene(path: Path, data: np.ndarray, **kw) -> Path:
@@ -164,7 +186,7 @@ def test_restore_auto_writes_a_clean_scene_unchanged(tmp_path, shared_data):
     hz = _write_scene(tmp_path / "hazy.tif", (hazy["input"][0].numpy() * 255).round().astype(np.uint8))
     r = runner.invoke(app, ["restore", str(hz), "-o", str(tmp_path / "dehazed.tif"), "--task", "auto", "-q"])
     assert r.exit_code == 0, r.output
-    assert "[dcp] (recognised as haze: restored with dcp)" in r.output
+    assert "[dcp] (recognised as haze (severity " in r.output and "restored with dcp, omega 0." in r.output
     with rasterio.open(hz) as a, rasterio.open(tmp_path / "dehazed.tif") as b:
         assert not np.array_equal(a.read(), b.read())
 
@@ -188,6 +210,8 @@ def test_batch_auto_records_each_decision(tmp_path, shared_data):
     scenes = {Path(s["input"]).name: s for s in json.loads((out / REPORT_NAME).read_text())["scenes"]}
     assert scenes["clean.tif"]["decision"]["label"] == "clean" and scenes["clean.tif"]["method"] == "unchanged"
     assert scenes["hazy.tif"]["decision"]["label"] == "haze" and scenes["hazy.tif"]["method"] == "dcp"
+    severity = scenes["hazy.tif"]["decision"]["severity"]
+    assert scenes["hazy.tif"]["decision"]["options"] == {"omega": omega_for_severity(severity)}
     with rasterio.open(folder / "clean.tif") as a, rasterio.open(out / "clean.tif") as b:
         assert np.array_equal(a.read(), b.read())
 
@@ -214,3 +238,51 @@ def test_inspect_json_is_strict_json_for_a_nan_nodata(geotiff_factory):
     r = runner.invoke(app, ["inspect", str(src), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output, parse_constant=refuse)["nodata"] == "nan"
+
+
+def _hazy(data: np.ndarray, preset: str, seed: int) -> np.ndarray:
+    """A synthetic hazy version of a uint8 (3, H, W) crop, in uint8."""
+    x = torch.from_numpy(data).float()[None] / 255
+    hazy = synthesize_haze(x, torch.Generator().manual_seed(seed), preset)["input"][0]
+    return (hazy.numpy() * 255).round().astype(np.uint8)
+
+
+def test_a_faint_haze_gets_a_smaller_omega_than_a_thick_one(shared_data):
+    data = _naip_crop(shared_data, 192)
+    moderate, thick = route_array(_hazy(data, "moderate", 1) / 255.0), route_array(_hazy(data, "thick", 1) / 255.0)
+    assert moderate.method == thick.method == "dcp"
+    assert moderate.severity < thick.severity and moderate.options["omega"] < thick.options["omega"]
+
+
+def test_an_explicit_omega_wins_over_the_auto_strength(tmp_path, shared_data):
+    from rsrestore.batch import RestoreOptions, Scene, restore_scene
+
+    src = _write_scene(tmp_path / "hazy.tif", _hazy(_naip_crop(shared_data, 160), "moderate", 4))
+    auto = restore_scene(Scene(src, tmp_path / "auto.tif"), RestoreOptions(method="auto", device="cpu"), resume=False)
+    mine = RestoreOptions(method="auto", device="cpu", model_options=(("omega", 0.5),))
+    explicit = restore_scene(Scene(src, tmp_path / "explicit.tif"), mine, resume=False)
+    fixed = restore_scene(Scene(src, tmp_path / "fixed.tif"), RestoreOptions(method="dcp", device="cpu",
+                                                                            model_options=(("omega", 0.5),)))
+    assert auto.status == explicit.status == fixed.status == "done" and auto.method == explicit.method == "dcp"
+    assert auto.decision["options"]["omega"] > 0.5  # the severity found asks for more than the omega given
+    with rasterio.open(tmp_path / "explicit.tif") as a, rasterio.open(tmp_path / "fixed.tif") as b, \
+            rasterio.open(tmp_path / "auto.tif") as c:
+        assert np.array_equal(a.read(), b.read()) and not np.array_equal(a.read(), c.read())
+
+
+def test_python_restore_auto_leaves_a_clean_scene_and_restores_a_hazy_one(tmp_path, shared_data):
+    data = _naip_crop(shared_data, 192)
+    out = rsrestore.restore(data, task="auto")
+    assert out is not data and out.dtype == data.dtype and np.array_equal(out, data)
+    tensor = torch.from_numpy(data.astype(np.float32) / 255)
+    assert torch.equal(rsrestore.restore(tensor, task="auto"), tensor)
+    # A file: copied unchanged, metadata and all.
+    src = _write_scene(tmp_path / "clean.tif", data, nodata=0)
+    assert rsrestore.restore(src, output=tmp_path / "out.tif", task="auto") == tmp_path / "out.tif"
+    assert (tmp_path / "out.tif").read_bytes() == src.read_bytes()
+    # A hazy scene: the same decision as the CLI's, restored by dcp at the omega of its severity.
+    hazy = _hazy(data, "thick", 2)
+    decision = route_array(hazy / 255.0)
+    assert decision.method == "dcp"
+    expected = rsrestore.restore(hazy, method="dcp", model_options=decision.options)
+    assert np.array_equal(rsrestore.restore(hazy, task="auto"), expected) and not np.array_equal(expected, hazy)

@@ -5,6 +5,7 @@ The small public API::
     import rsrestore
     rsrestore.restore("hazy.tif", output="restored.tif")            # default method for haze, tiled, georeferenced
     restored = rsrestore.restore(array_chw, method="dcp")           # in memory: (C, H, W), see `restore`
+    rsrestore.restore("scene.tif", output="out.tif", task="auto")    # recognised first; a clean scene is copied
     model = rsrestore.load_model("dcp")                              # an nn.Module
     rsrestore.list_models()                                          # what `rsrestore models --json` prints
 """
@@ -49,6 +50,7 @@ def restore(
     amp: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    model_options: dict | None = None,
 ):
     """Restore a raster file (written to `output`; returns its path) or a (C, H, W) array (returns an array).
 
@@ -56,26 +58,65 @@ def restore(
     values in [0, 1]; integer arrays (uint8, uint16, int16) are file values, divided by `scale` (default: the dtype's,
     as for files: 255, 10000, 10000) and returned in the same dtype. NaN and infinite pixels are left as they were.
     `method` defaults to the default method of `task` (`registry.DEFAULT_METHODS`; `rsrestore models` marks it).
+    `model_options` override fields of the method's config (e.g. ``{"omega": 0.8}`` for dcp).
+
+    ``task="auto"`` (without `method`) decides as ``rsrestore restore --task auto`` does (`rsrestore.recognise`): a
+    scene recognised as clean, or as thick cloud (with a warning), comes back unchanged (a file is copied to `output`,
+    an array returned as a copy); any other is restored by the method picked, at the strength its severity calls for
+    (`model_options` win over it).
     """
     from .models.registry import accepted_bands, default_method, get_spec
     from .raster import RasterError, check_scale
     from .tiling import restore_file
 
+    is_file = isinstance(path_or_array, (str, Path))
+    if is_file and output is None:
+        raise ValueError("restoring a file needs an output path: restore(path, output=...)")
+    scale = check_scale(scale)
+    options = dict(model_options or {})
+    if method is None and task == "auto":
+        from .recognise import route_file
+
+        if is_file:
+            decision = route_file(path_or_array, output, bands, scale, overwrite)
+            if decision.method is None:
+                return Path(output)
+        else:
+            decision = _route_array(path_or_array, bands, scale)
+            if decision.method is None:
+                import numpy as np
+
+                return path_or_array.clone() if hasattr(path_or_array, "clone") else np.array(path_or_array)
+        method, options = decision.method, {**decision.options, **options}
     name = method or default_method(task)
     spec = get_spec(name)
-    scale = check_scale(scale)
     if sar is not None and not spec.needs_sar:
         raise RasterError(f"{name} takes no SAR scene; drop sar= (CLI: --sar)")
-    model = load_model(name, weights=weights, device=device)
-    if isinstance(path_or_array, (str, Path)):
-        if output is None:
-            raise ValueError("restoring a file needs an output path: restore(path, output=...)")
+    model = load_model(name, weights=weights, device=device, **options)
+    if is_file:
         return restore_file(model, path_or_array, output, bands=bands, scale=scale, sar=sar, align=align, tile=tile,
                             overlap=overlap, batch_size=batch_size, device=device, amp=amp, overwrite=overwrite,
                             progress=progress, expected_bands=accepted_bands(spec, model))
     bands = accepted_bands(spec, model)
     return _restore_in_memory(model, name, bands, path_or_array, scale, sar=sar, tile=tile, overlap=overlap,
                               batch_size=batch_size, device=device, amp=amp, progress=progress)
+
+
+def _route_array(array, bands, scale):
+    """The `task="auto"` decision for an array, its values scaled to [0, 1] as `_restore_in_memory` scales them."""
+    import numpy as np
+
+    from .raster import default_scale, to_unit
+    from .recognise import route_array, warn_unchanged
+
+    image = array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
+    if image.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) array, got shape {image.shape}")
+    if np.issubdtype(image.dtype, np.integer):
+        scale = scale or default_scale(str(image.dtype))
+    decision = route_array(to_unit(image, scale or 1.0), bands)
+    warn_unchanged(decision, "the array")
+    return decision
 
 
 def _restore_in_memory(model, name, bands, array, scale, **options):

@@ -287,8 +287,7 @@ def restore_scene(scene: Scene, options: RestoreOptions, *, resume: bool = True,
         if options.method == "auto":  # --task auto: the recogniser picks this scene's method, or none
             from .recognise import route_scene
 
-            decision = route_scene(scene, options)
-            options = dataclasses.replace(options, method=decision.method or "unchanged")
+            decision, options = route_scene(scene, options)  # the method picked, at the strength the severity calls for
             if decision.method is None:
                 return result("done", decision.reason)
         model, expected_bands = scene_model(options)

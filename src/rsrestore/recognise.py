@@ -10,7 +10,14 @@ a coarse map. It computes hand-made features that mean the same thing whatever t
 * saturation and the colour cast in CIE Lab and in chromaticity: dust pushes a* and b* towards red-yellow, haze and
   cloud towards grey;
 * whiteness: the share of bright, unsaturated pixels (clouds), their texture, and how patchy brightness is at a coarse
-  scale (8 x 8 blocks): opaque clouds are local, haze is spread out.
+  scale (8 x 8 blocks): opaque clouds are local, haze is spread out;
+* what a veil does to the darkest pixels, whatever the ground: it lifts the black point relative to the median
+  (shadows and water stop being dark), turns the darkest pixels towards the airlight's grey-blue (less saturated, blue
+  over red), and raises the darkest pixels of every tile of a 4 x 4 grid (a clear scene has a dark spot in most tiles;
+  a veil lifts them all, a thin cloud some). The dark channel in units of the airlight (``dcp_haze``) is the prior's own
+  estimate of 1 - t; the airlight's saturation tells a grey veil from a bright coloured surface;
+* how brightness and the dark channel vary together over the 8 x 8 blocks (a cloud is bright where its dark channel is
+  high), and the share of the contrast that is fine-scale (a veil removes fine contrast first).
 
 A small network (one hidden layer, :class:`RecogniserNet`) maps the standardised features to the five class
 probabilities and to a severity in [0, 1] per class (what the degradation would amount to if it is that class: 1 -
@@ -30,6 +37,12 @@ cloud has no default method (it needs SAR, see ``rsrestore models``), so such a 
 When several degradations are likely (probability >= ``PRESENT``), they are considered in the order thick cloud, dust,
 haze, thin cloud, and the first decides: opaque cloud cannot be dehazed, and a dust cast must be corrected before a
 haze method would read it as airlight. One method runs per scene; chaining methods compounds their artefacts.
+
+Strength (:func:`auto_strength`): the method runs as strongly as the severity found calls for, where its paper has a
+strength to set. The dark channel prior's omega follows the severity (:func:`rsrestore.classical.dcp.omega_for_severity`),
+so a faint veil gets a small omega and thick haze the paper's 0.95. The rank-one prior's omega is left at the paper's
+0.8: its per-band stretch decides the result (omega from 0.2 to 1 moves PSNR on synthetic dust by under 0.3 dB, on
+clean scenes by under 0.5 dB). A setting the caller gives (``RestoreOptions.model_options``) always wins.
 """
 
 from __future__ import annotations
@@ -75,6 +88,8 @@ FEATURE_NAMES = (
     "local_std", "local_std_rel", "grad", "grad_rel",
     "white_frac", "bright_frac", "dark_high_frac", "white_texture",
     "block_lum_std", "block_dark_std", "block_peak", "block_white_frac", "block_dark_range",
+    "black_lift", "min_band_lift", "darkest_sat", "darkest_blue_red", "dcp_haze", "airlight_sat",
+    "tile_dark_p05_min", "tile_dark_p05_med", "tile_dark_p05_max", "block_lum_dark_corr", "fine_contrast_share",
 )
 
 
@@ -199,8 +214,47 @@ def features(x: Tensor, mask: Tensor) -> np.ndarray:
         float(block_lum.max() - block_lum.median()),
         float((block_white > 0.5).float().mean()),
         float(block_dark.max() - block_dark.min()),
+        *_veil_features(filled, valid, dark, lum, mn, sat, block_lum, block_dark, local_std),
     ]
     return np.asarray(values, dtype=np.float32)
+
+
+def _veil_features(x: Tensor, valid: Tensor, dark: Tensor, lum: Tensor, mn: Tensor, sat: Tensor, block_lum: Tensor,
+                   block_dark: Tensor, local_std: Tensor) -> list[float]:
+    """The features from ``black_lift`` to ``fine_contrast_share`` (see the module docstring)."""
+    lum_v, mn_v = lum[valid], mn[valid]
+    l02, l50 = _quantiles(lum_v, (0.02, 0.5))
+    m01, m50 = _quantiles(mn_v, (0.01, 0.5))
+    darkest = valid & (lum <= _quantiles(lum_v, (0.1,))[0])
+    r, b = x[0, 0][darkest], x[0, 2][darkest]
+    blue_red = float(((b - r) / (b + r).clamp_min(1e-3)).mean()) if r.numel() else 0.0
+    # The prior's airlight (mean colour of the brightest 0.1 % of the dark channel) and dark(I / A) = min_c I_c / A_c.
+    dark_v = dark[valid]
+    top = valid & (dark >= _quantiles(dark_v, (0.999,))[0])
+    airlight = x[0][:, top].mean(dim=1).clamp_min(1e-3)
+    dcp_haze = float((x[0] / airlight.view(3, 1, 1)).amin(dim=0)[valid].clamp(0, 1).mean())
+    airlight_sat = float((airlight.max() - airlight.min()) / airlight.max())
+    # 5th percentile of the pixel-wise band minimum in each tile of a 4 x 4 grid (tiles at least half valid).
+    h, w = mn.shape
+    ys = np.linspace(0, h, 5).round().astype(int)
+    xs = np.linspace(0, w, 5).round().astype(int)
+    tile_p05 = []
+    for i in range(4):
+        for j in range(4):
+            m = valid[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+            if m.numel() and float(m.float().mean()) >= 0.5:
+                tile_p05.append(_quantiles(mn[ys[i]:ys[i + 1], xs[j]:xs[j + 1]][m], (0.05,))[0])
+    tiles = torch.tensor(tile_p05 or [m01])
+    if block_lum.numel() > 2 and float(block_lum.std()) > 1e-6 and float(block_dark.std()) > 1e-6:
+        corr = float(torch.corrcoef(torch.stack([block_lum, block_dark]))[0, 1])
+    else:
+        corr = 0.0
+    fine = float(local_std[valid].mean()) / max(float(lum_v.std()) if lum_v.numel() > 1 else 0.0, 1e-3)
+    return [
+        l02 / max(l50, 1e-3), m01 / max(m50, 1e-3), float(sat[darkest].mean()) if bool(darkest.any()) else 0.0,
+        blue_red, dcp_haze, airlight_sat,
+        float(tiles.min()), float(tiles.median()), float(tiles.max()), corr, min(fine, 2.0),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -261,8 +315,10 @@ def load_recogniser(path: str | None = None) -> RecogniserNet:
 def classify(feats: np.ndarray, net: RecogniserNet | None = None) -> list[Recognition]:
     """Recognitions of an (N, F) feature array."""
     net = net or load_recogniser()
+    # New features are only ever appended to FEATURE_NAMES, so weights trained on fewer take the first ones.
+    feats = np.atleast_2d(feats)[:, : net.mean.numel()]
     with torch.no_grad():
-        logits, sev = net(torch.as_tensor(np.atleast_2d(feats), dtype=torch.float32))
+        logits, sev = net(torch.as_tensor(feats, dtype=torch.float32))
     probs = logits.softmax(dim=1).numpy()
     sev = sev.numpy()
     out = []
@@ -306,6 +362,10 @@ class SceneInspection:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def decision(self) -> Decision:
+        """What `--task auto` does with this scene."""
+        return decide(self.scene, cloud_share(self.map_labels))
+
     def label_shares(self) -> dict[str, float]:
         """Share of the valid map tiles per class."""
         flat = [v for row in self.map_labels for v in row if v is not None]
@@ -329,14 +389,13 @@ def _read_scene(path: str | Path, bands, scale) -> tuple:
     return info, rgb, mask
 
 
-def inspect_scene(path: str | Path, bands: str | list[int] | None = None, scale: float | None = None,
-                  with_map: bool = True) -> tuple[SceneInspection, np.ndarray, np.ndarray]:
-    """Recognise a scene on disk: the whole scene and, with `with_map`, each ``MAP_TILE`` tile of its decimated read.
-    Returns the inspection, the decimated R, G, B read (3, h, w) and its valid mask (for pictures)."""
-    info, rgb, mask = _read_scene(path, bands, scale)
+def recognise_read(rgb: np.ndarray, mask: np.ndarray, with_map: bool = True, where: str = "the scene"):
+    """The whole-scene recognition of a decimated read (3, h, w) of a scene's R, G, B and its valid mask, with the
+    class and severity of each ``MAP_TILE`` tile when `with_map` (None where a tile is mostly invalid), and the thick
+    cloud rule of the module docstring applied. Returns (recognition, tile labels, tile severities)."""
     net = load_recogniser()
     if not mask.any():
-        raise RecogniserError(f"{path}: every pixel is nodata; nothing to recognise")
+        raise RecogniserError(f"{where}: every pixel is nodata; nothing to recognise")
     scene = recognise_array(rgb, mask, net)
     h, w = mask.shape
     labels: list[list[str | None]] = []
@@ -345,7 +404,7 @@ def inspect_scene(path: str | Path, bands: str | list[int] | None = None, scale:
         rows, cols = max(1, round(h / MAP_TILE)), max(1, round(w / MAP_TILE))
         ys = np.linspace(0, h, rows + 1).round().astype(int)
         xs = np.linspace(0, w, cols + 1).round().astype(int)
-        feats, where = [], []
+        feats, cells = [], []
         for i in range(rows):
             for j in range(cols):
                 m = mask[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
@@ -355,18 +414,35 @@ def inspect_scene(path: str | Path, bands: str | list[int] | None = None, scale:
                 if int(mm.sum()) < 16:
                     continue
                 feats.append(features(x, mm))
-                where.append((i, j))
+                cells.append((i, j))
         labels = [[None] * cols for _ in range(rows)]
         sev = [[None] * cols for _ in range(rows)]
         if feats:
-            for (i, j), r in zip(where, classify(np.stack(feats), net)):
+            for (i, j), r in zip(cells, classify(np.stack(feats), net)):
                 labels[i][j], sev[i][j] = r.label, r.severity
-        tile_pixels = round(max(info.height / rows, info.width / cols))
-        flat = [v for row in labels for v in row if v is not None]
-        cloudy = flat.count("thick_cloud") / max(len(flat), 1)
-        if len(flat) >= CLOUD_TILE_MIN and cloudy >= CLOUD_TILE_SHARE and scene.label != "thick_cloud":
+        cloudy = cloud_share(labels)
+        if sum(v is not None for row in labels for v in row) >= CLOUD_TILE_MIN and cloudy >= CLOUD_TILE_SHARE \
+                and scene.label != "thick_cloud":
             scene = Recognition("thick_cloud", round(cloudy, 3), scene.probabilities,
                                 dict(scene.severities, thick_cloud=round(cloudy, 3)))
+    return scene, labels, sev
+
+
+def cloud_share(labels: list[list[str | None]]) -> float:
+    """Share of the valid map tiles read as thick cloud."""
+    flat = [v for row in labels for v in row if v is not None]
+    return flat.count("thick_cloud") / max(len(flat), 1)
+
+
+def inspect_scene(path: str | Path, bands: str | list[int] | None = None, scale: float | None = None,
+                  with_map: bool = True) -> tuple[SceneInspection, np.ndarray, np.ndarray]:
+    """Recognise a scene on disk: the whole scene and, with `with_map`, each ``MAP_TILE`` tile of its decimated read.
+    Returns the inspection, the decimated R, G, B read (3, h, w) and its valid mask (for pictures)."""
+    info, rgb, mask = _read_scene(path, bands, scale)
+    scene, labels, sev = recognise_read(rgb, mask, with_map, where=str(path))
+    if labels:
+        rows, cols = len(labels), len(labels[0])
+        tile_pixels = round(max(info.height / rows, info.width / cols))
     else:
         tile_pixels = 0
     nodata_share = 1.0 - float(mask.mean())
@@ -433,7 +509,8 @@ def write_map(report: SceneInspection, rgb: np.ndarray, mask: np.ndarray, path: 
 
 @dataclass
 class Decision:
-    """What `--task auto` does with a scene: restore it with `method`, or leave it unchanged (`method` None)."""
+    """What `--task auto` does with a scene: restore it with `method` built with the config overrides `options` (its
+    strength for the severity found), or leave it unchanged (`method` None)."""
 
     label: str
     severity: float
@@ -441,13 +518,26 @@ class Decision:
     reason: str
     present: list[str]
     probabilities: dict[str, float]
+    options: dict = field(default_factory=dict)
+    cloud_tiles: float = 0.0  # share of the scene's map tiles read as thick cloud
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def decide(rec: Recognition) -> Decision:
-    """The routing rule (see the module docstring) applied to a recognition."""
+def decide(rec: Recognition, cloud_tiles: float = 0.0) -> Decision:
+    """The routing rule (see the module docstring) applied to a recognition; `cloud_tiles` is the share of the scene's
+    map tiles read as thick cloud. A partly cloudy scene (some thick cloud tiles, fewer than ``CLOUD_TILE_SHARE``) is
+    routed by what the rest of it needs, and the decision says how much of it is cloud: no method here restores
+    opaque cloud without SAR, and leaving a hazy or dusty scene as it is for a few cumulus would help nobody."""
+    decision = _decide(rec)
+    if cloud_tiles > 0 and decision.label != "thick_cloud":
+        decision.cloud_tiles = round(cloud_tiles, 3)
+        decision.reason += f"; {100 * cloud_tiles:.0f} % of its tiles read as thick cloud (not restored without SAR)"
+    return decision
+
+
+def _decide(rec: Recognition) -> Decision:
     from .models.registry import ModelError, default_method
 
     probs = rec.probabilities
@@ -462,32 +552,75 @@ def decide(rec: Recognition) -> Decision:
     except ModelError:
         return Decision(first, severity, None, f"recognised as {first.replace('_', ' ')}: no {task} method restores "
                         f"it without SAR, written unchanged (try --method dsen2cr --sar S1.tif)", present, probs)
-    return Decision(first, severity, method, f"recognised as {first.replace('_', ' ')}: restored with {method}",
-                    present, probs)
+    options = auto_strength(method, severity)
+    how = "".join(f", {k} {v:g}" for k, v in options.items())
+    return Decision(first, severity, method, f"recognised as {first.replace('_', ' ')} (severity {severity:.2f}): "
+                    f"restored with {method}{how}", present, probs, options)
+
+
+def auto_strength(method: str, severity: float) -> dict:
+    """The config overrides that scale `method` to a scene of this severity (see the module docstring): dcp's omega;
+    nothing for the other methods."""
+    if method == "dcp":
+        from .classical.dcp import omega_for_severity
+
+        return {"omega": omega_for_severity(severity)}
+    return {}
 
 
 def route(path: str | Path, bands: str | list[int] | None = None, scale: float | None = None) -> Decision:
     """The `--task auto` decision for a scene on disk (its recognition, tile map included)."""
     report, _, _ = inspect_scene(path, bands=bands, scale=scale, with_map=True)
-    return decide(report.scene)
+    return report.decision()
+
+
+def route_array(image: np.ndarray, bands: str | list[int] | None = None) -> Decision:
+    """The `--task auto` decision for an in-memory (C, H, W) image in [0, 1] (NaN = invalid pixel), made as for a
+    file: R, G, B (`bands` when they name three, else :func:`rgb_bands`) of a read decimated to ``SCENE_SIDE``."""
+    from .raster import parse_bands
+    from .tiling import ArraySource
+
+    chosen = parse_bands(bands)
+    chosen = chosen if chosen and len(chosen) == 3 else rgb_bands(image.shape[0])
+    rgb, mask = ArraySource(np.asarray(image)[[b - 1 for b in chosen]]).decimated(SCENE_SIDE)
+    scene, labels, _ = recognise_read(np.nan_to_num(rgb), mask, where="the array")
+    return decide(scene, cloud_share(labels))
 
 
 AUTO = "auto"  # the method name `--task auto` runs under until the recogniser has picked one per scene
 
 
-def route_scene(scene, options) -> Decision:
-    """`--task auto` for one scene of a restore or batch run (``rsrestore.batch.restore_scene``): recognise it on its
-    R, G, B (``--bands`` when it names three, else :func:`rgb_bands`) and, when no method applies, write it unchanged
-    (thick cloud with a warning). The caller restores it with ``decision.method`` otherwise."""
+def route_scene(scene, options) -> tuple[Decision, object]:
+    """`--task auto` for one scene of a restore or batch run (``rsrestore.batch.restore_scene``): see
+    :func:`route_file`. Returns the decision and the run's options for this scene (``rsrestore.batch.RestoreOptions``):
+    the method picked and its strength for the severity found, under the caller's own ``model_options``."""
+    import dataclasses
+
+    decision = route_file(scene.input, scene.output, options.bands, options.scale, options.overwrite)
+    strength = tuple((k, v) for k, v in decision.options.items() if k not in dict(options.model_options))
+    return decision, dataclasses.replace(options, method=decision.method or "unchanged",
+                                         model_options=strength + tuple(options.model_options))
+
+
+def route_file(src: str | Path, dst: str | Path, bands=None, scale: float | None = None,
+               overwrite: bool = False) -> Decision:
+    """`--task auto` for a scene on disk: recognise it on its R, G, B (`bands` when they name three, else
+    :func:`rgb_bands`) and, when no method applies, write it unchanged to `dst` (thick cloud with a warning). The
+    caller restores it with ``decision.method`` otherwise."""
     from .raster import parse_bands
 
-    chosen = parse_bands(options.bands)
-    decision = route(scene.input, bands=chosen if chosen and len(chosen) == 3 else None, scale=options.scale)
+    chosen = parse_bands(bands)
+    decision = route(src, bands=chosen if chosen and len(chosen) == 3 else None, scale=scale)
     if decision.method is None:
-        if decision.label != "clean":
-            warnings.warn(f"{scene.input}: {decision.reason}", stacklevel=2)
-        write_unchanged(scene.input, scene.output, options.overwrite)
+        warn_unchanged(decision, src)
+        write_unchanged(src, dst, overwrite)
     return decision
+
+
+def warn_unchanged(decision: Decision, where) -> None:
+    """A degraded scene left unchanged (thick cloud) says so; a clean one is left unchanged silently."""
+    if decision.method is None and decision.label != "clean":
+        warnings.warn(f"{where}: {decision.reason}", stacklevel=3)
 
 
 def write_unchanged(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
@@ -539,7 +672,7 @@ def format_inspection(report: SceneInspection) -> str:
         rows, cols = len(report.map_labels), len(report.map_labels[0])
         shares = ", ".join(f"{c} {100 * s:.0f} %" for c, s in report.label_shares().items())
         lines.append(f"  tiles      {rows} x {cols} of ~{report.tile_pixels} px: {shares}")
-    d = decide(r)
+    d = report.decision()
     lines.append(f"  --task auto {d.reason}")
     return "\n".join(lines)
 
@@ -548,5 +681,5 @@ def inspection_json(report: SceneInspection) -> str:
     d = report.as_dict()
     if d["nodata"] is not None and not math.isfinite(d["nodata"]):
         d["nodata"] = str(d["nodata"])  # "nan": JSON has no NaN
-    d["auto"] = decide(report.scene).as_dict()
+    d["auto"] = report.decision().as_dict()
     return json.dumps(d, indent=2)
