@@ -127,9 +127,12 @@ class TransmissionRefiner(nn.Module):
         self.radius = 1 + sum(dilations) + 1  # pixels of context each output pixel depends on
 
     def forward(self, image: Tensor, t_init: Tensor) -> Tensor:
-        h = F.leaky_relu(self.head(torch.cat([image, t_init], dim=1)), 0.1)
+        h = torch.cat([image, t_init], dim=1)
+        if image.is_contiguous(memory_format=torch.channels_last):  # cat with a 1-band map loses the layout
+            h = h.contiguous(memory_format=torch.channels_last)
+        h = F.leaky_relu(self.head(h), 0.1, inplace=True)
         for conv in self.body:
-            h = h + F.leaky_relu(conv(h), 0.1)
+            h = h + F.leaky_relu(conv(h), 0.1, inplace=True)
         return self.tail(h)
 
 
