@@ -124,7 +124,7 @@ def aspdiff(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext, *
             ctx.cache["vgg"] = load_vgg19(vgg_weights).to(batch["input"].device)
         vgg = ctx.cache["vgg"]
     parts = model(batch["input"], target=batch["target"], generator=ctx.generator, vgg=vgg)
-    logs = {f"loss_{k}": float(v) for k, v in parts.items() if k != "total"}
+    logs = {f"loss_{k}": float(v.detach()) for k, v in parts.items() if k != "total"}
     if ctx.training:
         return StepOutput(parts["total"], logs)
     return StepOutput(parts["total"], logs, model(batch["input"], steps=val_steps, generator=ctx.generator))
