@@ -117,9 +117,10 @@ def test_haze_preset_transmission_in_documented_range(name):
     assert torch.allclose(mean_t.float(), out["transmission_550"].flatten(1).mean(1), atol=1e-6)
     tau = torch.tensor(out["params"]["tau_550"])
     assert ((tau >= p.tau_range[0]) & (tau <= p.tau_range[1])).all()
-    # Orthographic haze is still spatially non-uniform: the optical depth varies across every image.
+    # Orthographic haze is still spatially non-uniform: the optical depth varies across every image (a faint veil
+    # of the realistic presets only gently).
     od = -out["transmission_550"].log().flatten(1)
-    assert (od.std(1) / od.mean(1) > 0.05).all()
+    assert (od.std(1) / od.mean(1) > (0.05 if p.structure == "smooth" else 0.002)).all()
 
 
 def test_haze_presets_are_ordered():
@@ -176,7 +177,7 @@ def test_haze_custom_preset_and_errors():
     out = synthesize_haze(clear_image(), gen(0), uniform)
     assert torch.allclose(out["transmission"], torch.full_like(out["transmission"], float(np.exp(-0.5))), atol=1e-6)
     with pytest.raises(ValueError, match="unknown haze preset"):
-        synthesize_haze(clear_image(), gen(0), "dense")
+        synthesize_haze(clear_image(), gen(0), "smog")
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         synthesize_haze(torch.rand(3, 8, 8), gen(0))
     with pytest.raises(ValueError, match="float"):

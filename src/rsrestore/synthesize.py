@@ -36,7 +36,7 @@ from rasterio.windows import Window
 from torch import Tensor
 
 from .physics.clouds import CLOUD_PRESETS, synthesize_clouds
-from .physics.haze import HAZE_PRESETS, synthesize_haze
+from .physics.haze import HAZE_PRESETS, REALISTIC_HAZE, synthesize_haze
 from .physics.noise import randint
 from .physics.sanddust import DUST_PRESETS, PHI_ALPHA, PHI_BETA, phi_from_clean, synthesize_dust
 
@@ -44,6 +44,9 @@ __all__ = [
     "KINDS",
     "PRESETS",
     "DEFAULT_PRESETS",
+    "PRESET_GROUPS",
+    "resolve_presets",
+    "draw_preset",
     "IMAGE_SUFFIXES",
     "synthesize",
     "sample_seed",
@@ -63,6 +66,14 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "cloud": tuple(CLOUD_PRESETS),
 }
 DEFAULT_PRESETS: dict[str, str] = {"haze": "moderate", "dust": "moderate", "cloud": "thin"}
+#: Named sets of presets: a ``preset`` argument may name one, and each sample then draws one of its members.
+#: ``classic`` is what is drawn when no preset is given (so datasets written before the realistic presets existed
+#: regenerate as they were); ``realistic`` is haze and dust as they look over real scenes.
+PRESET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
+    "haze": {"classic": ("thin", "moderate", "thick"), "realistic": REALISTIC_HAZE},
+    "dust": {"classic": ("light", "moderate", "heavy")},
+    "cloud": {"classic": ("thin", "thick")},
+}
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 MANIFEST_FORMAT = "rsrestore-synthetic"
@@ -93,6 +104,33 @@ def synthesize(clear: Tensor, kind: str, generator: torch.Generator, preset: str
         out = synthesize_clouds(clear, generator, kind=preset, **kw)
     out["target"] = clear
     return out
+
+
+def resolve_presets(kind: str, preset: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The presets a sample of `kind` draws among: one name, a group of ``PRESET_GROUPS[kind]``, a list of names (or
+    groups), or None (the ``classic`` group). Raises ValueError naming the choices for anything else."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown degradation kind {kind!r}; choose one of {', '.join(KINDS)}")
+    groups = PRESET_GROUPS[kind]
+    items = ["classic"] if preset is None else [preset] if isinstance(preset, str) else list(preset)
+    if not items:
+        raise ValueError(f"preset is an empty list; name {kind} presets ({', '.join(PRESETS[kind])}) or groups "
+                         f"({', '.join(groups)})")
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, str) and item in groups:
+            out += [p for p in groups[item] if p not in out]
+        elif isinstance(item, str) and item in PRESETS[kind]:
+            out += [item] if item not in out else []
+        else:
+            raise ValueError(f"unknown {kind} preset {item!r}; choose one of {', '.join(PRESETS[kind])} or a group "
+                             f"({', '.join(groups)})")
+    return tuple(out)
+
+
+def draw_preset(generator: torch.Generator, choices: Sequence[str]) -> str:
+    """One of `choices`, uniformly; a single choice draws nothing from `generator`."""
+    return choices[0] if len(choices) == 1 else choices[randint(generator, len(choices))]
 
 
 def sample_params(params: dict, i: int) -> dict:
@@ -256,7 +294,7 @@ def _make_sample(
     _, height, width = image_shape(path)
     window = draw_window(g, height, width, size)
     clean, pad = read_crop(path, window, size, scale, bands)
-    chosen = preset if preset is not None else PRESETS[kind][randint(g, len(PRESETS[kind]))]
+    chosen = draw_preset(g, resolve_presets(kind, preset))
     kw: dict[str, Any] = {"wavelengths_nm": wavelengths_nm}
     if kind == "cloud":
         kw["shadow"] = shadow
@@ -302,7 +340,8 @@ def synthesize_dataset(
         clean: a folder (searched recursively), an image file, or a list of them.
         out: output folder (created). An existing manifest there raises FileExistsError unless `overwrite`.
         kind: 'haze' | 'dust' | 'cloud'.
-        preset: one preset for every sample, or None to draw one per sample uniformly from ``PRESETS[kind]``.
+        preset: one preset for every sample, or a group of ``PRESET_GROUPS[kind]`` (e.g. 'realistic') or a list of
+            presets to draw one per sample uniformly from; None draws from the 'classic' group.
         scale: divisor mapping file values to [0, 1] (default by dtype, see :mod:`rsrestore.raster`).
         bands: 0-based band indices to keep (default all); every source must then have the same band count.
         wavelengths_nm: band centres for images that are not 1, 3 (RGB), 4 (RGB+NIR) or 13 (Sentinel-2) bands.
@@ -312,8 +351,7 @@ def synthesize_dataset(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown degradation kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if preset is not None and preset not in PRESETS[kind]:
-        raise ValueError(f"unknown {kind} preset {preset!r}; choose one of {', '.join(PRESETS[kind])}")
+    resolve_presets(kind, preset)
     if n < 1 or size < 8:
         raise ValueError(f"n must be >= 1 and size >= 8; got n={n}, size={size}")
     files = find_images(clean)

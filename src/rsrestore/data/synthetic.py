@@ -11,10 +11,12 @@ Items are dicts of (C, H, W) float32 tensors in [0, 1]:
 * ``phi`` for dust: the AOSR-Net Eq. 5 target, ``target = phi * (input - 1.6) + 1`` exactly;
 * ``mask`` (1, H, W), 0/1, for clouds;
 * ``meta``: ``name``, ``path``, ``index``, ``kind``, ``preset``, ``window`` (row, col, h, w in file pixels, before
-  padding), ``pad``, ``rot90``, ``hflip``, ``seed`` and the drawn ``params``.
+  padding), ``pad``, ``rot90``, ``hflip``, ``seed``, the drawn ``params`` and ``sensor`` (the sensor and file effects
+  drawn, or None; only when ``sensor`` is on). An item kept clean (``clean_fraction``) has ``input`` equal to ``target`` and preset ``"clean"``.
 
-With ``kind="mixed"`` items of one batch may carry different keys; use ``collate_fn=SyntheticDataset.collate``, which
-stacks the tensors every item has and keeps ``meta`` as a list. (For a single kind the default collate works too.)
+With ``kind="mixed"``, ``clean_fraction`` or ``sensor``, items of one batch may carry different keys or parameters;
+use ``collate_fn=SyntheticDataset.collate``, which stacks the tensors every item has and keeps ``meta`` as a list (the
+trainer's collate does the same). Otherwise the default collate works too.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..physics.noise import randint
+from ..physics.noise import randint, uniform
+from ..physics.sanddust import PHI_ALPHA, PHI_BETA, phi_from_clean
+from ..physics.sensor import degrade_sensor
 from .common import check_bands
 from ..synthesize import (
     KINDS,
-    PRESETS,
+    draw_preset,
     draw_window,
     find_images,
     image_shape,
     read_crop,
+    resolve_presets,
     sample_params,
     sample_seed,
     synthesize,
@@ -50,7 +55,9 @@ class SyntheticDataset(Dataset):
     Args:
         sources: folder(s) and/or image files (png, jpg, tif) of clean imagery.
         kind: 'haze' | 'dust' | 'cloud' | 'mixed' (a kind drawn uniformly per item).
-        preset: a preset of `kind` (see ``rsrestore.synthesize.PRESETS``), or None to draw one per item.
+        preset: a preset of `kind` (see ``rsrestore.synthesize.PRESETS``), a group of them (``PRESET_GROUPS``, e.g.
+            'realistic') or a list of presets and groups, each item drawing one uniformly; None draws among the
+            'classic' group (haze: thin / moderate / thick).
         size: side of the square crops; smaller images are reflect-padded up to it.
         length: items per epoch (default: one per source file). Item i reads file ``i % len(files)``.
         seed: base seed.
@@ -61,13 +68,17 @@ class SyntheticDataset(Dataset):
         wavelengths_nm: band centres for band counts without a default (see :mod:`rsrestore.physics.haze`).
         shadow: cast shadows of thick clouds.
         crop: alias of `size`, the option name the other datasets use (so training configs can swap datasets).
+        clean_fraction: share of items (drawn per item) whose input is the clean crop itself, untouched (meta preset
+            'clean'), so a learned model also learns to leave clear content alone.
+        sensor: chance (True = 1) that an item's degraded input also goes through the sensor and the file (blur,
+            noise, JPEG, band misregistration; :func:`rsrestore.physics.sensor.degrade_sensor`); the target never.
     """
 
     def __init__(
         self,
         sources: str | Path | Sequence[str | Path],
         kind: str = "haze",
-        preset: str | None = None,
+        preset: str | Sequence[str] | None = None,
         size: int = 256,
         length: int | None = None,
         seed: int = 0,
@@ -78,6 +89,8 @@ class SyntheticDataset(Dataset):
         wavelengths_nm: Sequence[float] | None = None,
         shadow: bool = True,
         crop: int | None = None,
+        clean_fraction: float = 0.0,
+        sensor: bool | float = False,
     ) -> None:
         if crop is not None:
             size = crop
@@ -86,8 +99,9 @@ class SyntheticDataset(Dataset):
         if preset is not None:
             if kind == "mixed":
                 raise ValueError("preset must be None with kind='mixed' (each kind draws among its own presets)")
-            if preset not in PRESETS[kind]:
-                raise ValueError(f"unknown {kind} preset {preset!r}; choose one of {', '.join(PRESETS[kind])}")
+        self.presets = {k: resolve_presets(k, preset if k == kind else None) for k in KINDS}
+        clean_fraction = _probability("clean_fraction", clean_fraction)
+        sensor = _probability("sensor", sensor)
         if isinstance(size, bool) or not isinstance(size, int) or size < 8:
             raise ValueError(f"size must be an int >= 8; got {size!r}")
         if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
@@ -105,6 +119,8 @@ class SyntheticDataset(Dataset):
         self.scale = scale
         self.wavelengths_nm = None if wavelengths_nm is None else [float(w) for w in wavelengths_nm]
         self.shadow = shadow
+        self.clean_fraction = clean_fraction
+        self.sensor = sensor
         self.epoch = 0
         self._shapes: dict[int, tuple[int, int, int]] = {}
 
@@ -150,17 +166,32 @@ class SyntheticDataset(Dataset):
             clean = clean.contiguous()
 
         kind = KINDS[randint(g, len(KINDS))] if self.kind == "mixed" else self.kind
-        preset = self.preset if self.preset is not None else PRESETS[kind][randint(g, len(PRESETS[kind]))]
-        kw: dict[str, Any] = {"wavelengths_nm": self.wavelengths_nm}
-        if kind == "cloud":
-            kw["shadow"] = self.shadow
-        out = synthesize(clean[None], kind, g, preset=preset, **kw)
-
-        item: dict[str, Any] = {"input": out["input"][0].contiguous(), "target": clean}
+        # Draws that a feature switched off would make are skipped, so items stay as they were without it.
+        keep_clean = self.clean_fraction > 0 and bool(uniform(g, 1)[0] < self.clean_fraction)
+        item: dict[str, Any] = {"target": clean}
+        sensor_params = None
+        if keep_clean:
+            preset, params = "clean", {}
+            item["input"] = clean.clone()
+            if kind == "cloud":
+                item["mask"] = torch.zeros_like(clean[:1])
+        else:
+            preset = draw_preset(g, self.presets[kind])
+            kw: dict[str, Any] = {"wavelengths_nm": self.wavelengths_nm}
+            if kind == "cloud":
+                kw["shadow"] = self.shadow
+            out = synthesize(clean[None], kind, g, preset=preset, **kw)
+            params = sample_params(out["params"], 0)
+            degraded = out["input"]
+            if self.sensor > 0 and bool(uniform(g, 1)[0] < self.sensor):
+                degraded, drawn = degrade_sensor(degraded, g)
+                sensor_params = sample_params(drawn, 0)
+            item["input"] = degraded[0].contiguous()
+            if kind == "cloud":
+                item["mask"] = out["mask"][0].contiguous()
         if kind == "dust":
-            item["phi"] = out["phi"][0].contiguous()
-        if kind == "cloud":
-            item["mask"] = out["mask"][0].contiguous()
+            # Eq. 5 of AOSR-Net maps this input (clean, or after the sensor) to the target exactly.
+            item["phi"] = phi_from_clean(clean, item["input"], PHI_ALPHA, PHI_BETA).contiguous()
         item["meta"] = {
             "name": f"{path.stem}_{index}",
             "path": str(path),
@@ -172,8 +203,10 @@ class SyntheticDataset(Dataset):
             "rot90": rot,
             "hflip": mirror,
             "seed": seed,
-            "params": sample_params(out["params"], 0),
+            "params": params,
         }
+        if self.sensor > 0:
+            item["meta"]["sensor"] = sensor_params
         return item
 
     @staticmethod
@@ -185,3 +218,12 @@ class SyntheticDataset(Dataset):
                 out[key] = torch.stack([item[key] for item in batch])
         out["meta"] = [item["meta"] for item in batch]
         return out
+
+
+def _probability(name: str, value: bool | float) -> float:
+    """A chance in [0, 1] from a YAML value (true / false / a number)."""
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1] (or true / false); got {value!r}")
+    return float(value)
