@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsrestore.physics.haze import HAZE_PRESETS, REALISTIC_HAZE, haze_density, synthesize_haze
+from rsrestore.physics.haze import HAZE_PRESETS, REALISTIC_HAZE, synthesize_haze
 from rsrestore.synthesize import PRESET_GROUPS, resolve_presets
 
 
@@ -47,8 +47,7 @@ def test_densities_span_faint_veil_to_about_8_db():
 
 
 def test_banks_cover_the_drawn_share_and_sharp_edges_are_sharp():
-    p = HAZE_PRESETS["bank"]
-    d, info = haze_density(p, 16, 64, 64, gen(3))
+    d, info = HAZE_PRESETS["bank"].field.draw(16, 64, 64, gen(3))
     assert all(info["banks"])
     m = (d - torch.tensor(info["floor"]).view(-1, 1, 1, 1)) / (1 - torch.tensor(info["floor"]).view(-1, 1, 1, 1))
     inside = (m > 0.5).flatten(1).float().mean(1)
@@ -56,12 +55,12 @@ def test_banks_cover_the_drawn_share_and_sharp_edges_are_sharp():
     # a sharp rim: most pixels sit near the floor or near the peak, few in between
     between = ((m > 0.1) & (m < 0.9)).flatten(1).float().mean(1)
     assert between.median() < 0.25
-    veil, _ = haze_density(HAZE_PRESETS["veil"], 4, 64, 64, gen(3))
+    veil, _ = HAZE_PRESETS["veil"].field.draw(4, 64, 64, gen(3))
     assert ((veil > 0) & (veil <= 1)).all()
 
 
 def test_structures_come_at_many_scales():
-    _, info = haze_density(HAZE_PRESETS["patchy"], 64, 32, 32, gen(4))
+    _, info = HAZE_PRESETS["patchy"].field.draw(64, 32, 32, gen(4))
     scales = torch.tensor(info["scale_px"])
     assert scales.min() < 32 and scales.max() > 48 and (scales <= 64).all()  # at most twice the scene
 

@@ -32,12 +32,13 @@ thick      [0.80, 1.50]  [0.3, 1.2]  [0.25, 0.60]  [0.80, 1.00]  [0.22, 0.46]
 The k ranges fall with haze thickness because thick haze is dominated by larger (coarser, less wavelength-selective)
 particles. ``mean_t_range`` in each preset holds the last column; the test suite checks it.
 
-The realistic presets (``REALISTIC_HAZE``, ``structure="banks"``) draw haze as it looks over real satellite scenes
-(:func:`haze_density`): structures whose largest size is log-uniform from 24 px to twice the scene, soft veils or
-banks cut from the field at a random coverage, their rims from soft to as sharp as thin cloud, over a thinner veil
-(``floor``, a share of the densest optical depth tau_550). The airlight is whitish and slightly blue, a0 in
-[0.70, 1.00] with a spectral slope s_A in [0, 0.3], and drifts by up to +-6 % across the scene. Input PSNR is against
-the clean crop, median (5th-95th percentile) over 44 real crops of NEON, EuroSAT, NAIP, Dubai and Planet scenes:
+The realistic presets (``REALISTIC_HAZE``, with a ``field``) draw haze as it looks over real satellite scenes
+(:class:`~rsrestore.physics.noise.PatchyField`): structures whose largest size is log-uniform from 24 px to twice the
+scene, soft veils or banks cut from the field at a random coverage, their rims from soft to as sharp as thin cloud,
+over a thinner veil (``floor``, a share of the densest optical depth tau_550). The airlight is whitish and slightly
+blue, a0 in [0.70, 1.00] with a spectral slope s_A in [0, 0.3], and drifts by up to +-6 % across the scene. Input PSNR
+is against the clean crop, median (5th-95th percentile) over 44 real crops of NEON, EuroSAT, NAIP, Dubai and Planet
+scenes:
 
 =======  ============  ====================  =============  ==========  =============  ===================
 preset   tau_550 max   banks (coverage)      edge           floor       mean t(550)    input PSNR, dB
@@ -62,7 +63,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .noise import fractal_noise, uniform
+from .noise import PatchyField, fractal_noise, uniform
 from .scattering import haze_forward
 
 __all__ = [
@@ -76,7 +77,6 @@ __all__ = [
     "HazePreset",
     "HAZE_PRESETS",
     "REALISTIC_HAZE",
-    "haze_density",
     "angstrom_ratio",
     "synthesize_haze",
     "check_image",
@@ -147,10 +147,10 @@ def angstrom_ratio(wavelengths_nm: Tensor, k: Tensor) -> Tensor:
 class HazePreset:
     """Ranges from which one haze realisation is drawn (uniformly, independently per sample).
 
-    ``structure="smooth"`` (thin / moderate / thick) draws one whole-scene fractal field with mean optical depth
-    ``tau_range``. ``structure="banks"`` (the realistic presets) draws haze banks and veils at a random scale, with
-    ``tau_range`` the optical depth of the densest haze; the fields after ``t_floor`` only apply to it (see
-    :func:`haze_density`).
+    Without a ``field`` (thin / moderate / thick) the haze is one smooth whole-scene fractal field of mean optical
+    depth ``tau_range`` (``spread_range``, ``tint``, ``persistence`` apply). With a
+    :class:`~rsrestore.physics.noise.PatchyField` (the realistic presets) it is banks and veils, ``tau_range`` is the
+    optical depth of the densest haze, and ``slope_range`` and ``airlight_variation_range`` apply.
     """
 
     tau_range: tuple[float, float]  # optical depth at 550 nm: the image mean (smooth) or the densest haze (banks)
@@ -163,16 +163,8 @@ class HazePreset:
     persistence: float = 0.5
     t_floor: float = 0.05  # keeps the densest spots from turning into flat airlight
     mean_t_range: tuple[float, float] = (0.0, 1.0)  # documented mean t(550 nm) these ranges give
-    structure: str = "smooth"  # "smooth" | "banks"
-    # --- structure="banks" only ---
-    scale_px_range: tuple[float, float] = (24.0, 1024.0)  # size of the largest haze structures, log-uniform, pixels
-    max_scale_of_scene: float = 2.0  # ... and at most this multiple of the scene's longer side
-    persistence_range: tuple[float, float] = (0.4, 0.65)  # roughness of the field (amplitude ratio per octave)
-    bank_probability: float = 0.5  # chance of banks with edges rather than a smooth veil
-    coverage_range: tuple[float, float] = (0.2, 0.8)  # share of the scene inside the banks
-    edge_range: tuple[float, float] = (0.01, 0.15)  # width of a bank's edge in field units (0.01: sharp, cloud-like)
-    floor_range: tuple[float, float] = (0.0, 0.5)  # optical depth outside the banks / in the thinnest veil, / peak
-    slope_range: tuple[float, float] = (0.0, 0.3)  # airlight spectral slope s_A (> 0: bluish)
+    field: PatchyField | None = None  # None: one smooth whole-scene field; else banks and veils (realistic)
+    slope_range: tuple[float, float] = (0.0, 0.3)  # with a field: airlight spectral slope s_A (> 0: bluish)
     airlight_variation_range: tuple[float, float] = (0.0, 0.06)  # relative change of A across the scene
 
     def to_dict(self) -> dict:
@@ -182,7 +174,7 @@ class HazePreset:
 # Haze as it looks over real satellite scenes: whitish, slightly blue airlight (0.7-1.0) that drifts slowly across the
 # scene; banks and veils from a few tens of pixels to the whole scene. Tuned on contact sheets of every clean source
 # (benchmarks/look_synthesis.py) against the real hazy Landsat-7 scene.
-_REALISTIC = dict(structure="banks", airlight_range=(0.70, 1.00), jitter=0.01, octaves=5)
+_REALISTIC = dict(airlight_range=(0.70, 1.00), jitter=0.01)
 
 HAZE_PRESETS: dict[str, HazePreset] = {
     "thin": HazePreset(tau_range=(0.10, 0.35), k_range=(1.0, 2.0), mean_t_range=(0.70, 0.91)),
@@ -195,17 +187,19 @@ HAZE_PRESETS: dict[str, HazePreset] = {
         mean_t_range=(0.22, 0.46),
     ),
     # a faint veil over the whole scene, gently uneven
-    "veil": HazePreset(tau_range=(0.03, 0.30), k_range=(0.8, 1.8), bank_probability=0.0, floor_range=(0.3, 0.8),
-                       mean_t_range=(0.74, 0.99), **_REALISTIC),
+    "veil": HazePreset(tau_range=(0.03, 0.30), k_range=(0.8, 1.8), mean_t_range=(0.74, 0.99),
+                       field=PatchyField(bank_probability=0.0, floor_range=(0.3, 0.8)), **_REALISTIC),
     # patches of haze of every size, soft or sharp, over a thinner veil
-    "patchy": HazePreset(tau_range=(0.30, 1.40), k_range=(0.5, 1.5), bank_probability=0.6, floor_range=(0.0, 0.4),
-                         mean_t_range=(0.30, 0.95), **_REALISTIC),
+    "patchy": HazePreset(tau_range=(0.30, 1.40), k_range=(0.5, 1.5), mean_t_range=(0.30, 0.95),
+                         field=PatchyField(bank_probability=0.6, floor_range=(0.0, 0.4)), **_REALISTIC),
     # dense banks with sharp edges, like thin cloud
-    "bank": HazePreset(tau_range=(0.80, 2.00), k_range=(0.2, 1.0), bank_probability=1.0, edge_range=(0.005, 0.05),
-                       floor_range=(0.0, 0.2), mean_t_range=(0.20, 0.92), **_REALISTIC),
+    "bank": HazePreset(tau_range=(0.80, 2.00), k_range=(0.2, 1.0), mean_t_range=(0.20, 0.92),
+                       field=PatchyField(bank_probability=1.0, edge_range=(0.005, 0.05), floor_range=(0.0, 0.2)),
+                       **_REALISTIC),
     # thick haze over most of the scene: the degraded input scores about 8-14 dB PSNR
-    "dense": HazePreset(tau_range=(1.20, 2.40), k_range=(0.2, 0.8), bank_probability=0.3, coverage_range=(0.6, 0.95),
-                        floor_range=(0.5, 0.9), t_floor=0.08, mean_t_range=(0.08, 0.48), **_REALISTIC),
+    "dense": HazePreset(tau_range=(1.20, 2.40), k_range=(0.2, 0.8), t_floor=0.08, mean_t_range=(0.08, 0.48),
+                        field=PatchyField(bank_probability=0.3, coverage_range=(0.6, 0.95), floor_range=(0.5, 0.9)),
+                        **_REALISTIC),
 }
 
 #: The presets of real-looking haze (``preset="realistic"`` in :mod:`rsrestore.synthesize` draws among them).
@@ -220,45 +214,6 @@ def _preset(preset: str | HazePreset) -> tuple[str, HazePreset]:
     return preset, HAZE_PRESETS[preset]
 
 
-def haze_density(
-    p: HazePreset, batch: int, height: int, width: int, generator: torch.Generator,
-    device: torch.device | None = None, dtype: torch.dtype = torch.float32,
-) -> tuple[Tensor, dict]:
-    """Relative optical depth d(x) in [floor, 1] of haze banks and veils (B, 1, H, W), and the values drawn.
-
-    Per sample: a fractal field n whose largest structures are ``scale`` pixels (log-uniform in
-    ``p.scale_px_range``, at most ``p.max_scale_of_scene`` times the longer side) with a random roughness; with
-    probability ``p.bank_probability`` it is cut into banks covering ``coverage`` of the scene, m = sigmoid((n -
-    q) / edge) with q the (1 - coverage) quantile of n (a small edge gives the sharp rim of thin cloud), otherwise m =
-    n (a veil). Then d = floor + (1 - floor) m: ``floor`` is the haze outside the banks, as a share of the densest.
-    """
-    side = max(height, width)
-    hi = max(2.0, min(p.scale_px_range[1], p.max_scale_of_scene * side))
-    lo = max(2.0, min(p.scale_px_range[0], hi))
-    fields = []
-    info: dict[str, list] = {"scale_px": [], "banks": [], "coverage": [], "edge": [], "floor": []}
-    for _ in range(batch):
-        scale = float(torch.exp(uniform(generator, 1, math.log(lo), math.log(hi)))[0])
-        persistence = float(uniform(generator, 1, *p.persistence_range)[0])
-        banks = bool(uniform(generator, 1)[0] < p.bank_probability)
-        coverage = float(uniform(generator, 1, *p.coverage_range)[0])
-        edge = float(uniform(generator, 1, *p.edge_range)[0])
-        floor = float(uniform(generator, 1, *p.floor_range)[0])
-        n = fractal_noise(1, height, width, generator, octaves=p.octaves, persistence=persistence, base_scale=scale,
-                          device=device, dtype=dtype)
-        if banks:
-            flat = n.flatten()
-            # the (1 - coverage) quantile; kthvalue, as torch.quantile refuses tensors of more than 2^24 values
-            q = flat.kthvalue(max(1, min(flat.numel(), round((1.0 - coverage) * flat.numel())))).values
-            m = torch.sigmoid((n - q) / edge)
-        else:
-            m = n
-        fields.append(floor + (1.0 - floor) * m)
-        for key, value in zip(info, (scale, banks, coverage, edge, floor)):
-            info[key].append(value)
-    return torch.cat(fields), info
-
-
 def synthesize_haze(
     clear: Tensor,
     generator: torch.Generator,
@@ -268,10 +223,10 @@ def synthesize_haze(
     """Add spatially non-uniform, wavelength-dependent haze to `clear` (B, C, H, W) in [0, 1].
 
     Returns a dict with ``input`` (hazy image, same shape/dtype/device as `clear`), ``transmission`` (B, C, H, W) per
-    band, ``transmission_550`` (B, 1, H, W), ``airlight`` ((B, C); (B, C, H, W) for the ``banks`` presets, whose
+    band, ``transmission_550`` (B, 1, H, W), ``airlight`` ((B, C); (B, C, H, W) for presets with a ``field``, whose
     airlight drifts across the scene) and ``params`` (JSON-ready lists, one entry per sample: preset name, tau_550,
-    Angstrom k, spread, airlight (its scene mean for ``banks``), wavelengths and the mean 550 nm transmission; the
-    ``banks`` presets add the values :func:`haze_density` drew and ``airlight_variation``).
+    Angstrom k, spread, airlight (its scene mean for presets with a field), wavelengths and the mean 550 nm
+    transmission; presets with a field add the values :meth:`PatchyField.draw` drew and ``airlight_variation``).
     Random draws happen in a fixed order from `generator` only, so a seed reproduces the output exactly.
     """
     check_image(clear)
@@ -280,9 +235,7 @@ def synthesize_haze(
     wl = resolve_wavelengths(c, wavelengths_nm)
     dev, dt = clear.device, clear.dtype
 
-    if p.structure not in ("smooth", "banks"):
-        raise ValueError(f"HazePreset.structure must be 'smooth' or 'banks'; got {p.structure!r}")
-    smooth = p.structure == "smooth"
+    smooth = p.field is None
     tau = uniform(generator, b, *p.tau_range)
     k = uniform(generator, b, *p.k_range)
     spread = uniform(generator, b, *p.spread_range) if smooth else None
@@ -306,7 +259,7 @@ def synthesize_haze(
         # sit high or low would shift a sample out of its preset's transmission range.
         d = d / d.mean(dim=(2, 3), keepdim=True)
     else:
-        d, extra = haze_density(p, b, h, w, generator, device=dev, dtype=dt)
+        d, extra = p.field.draw(b, h, w, generator, device=dev, dtype=dt)
         # The airlight drifts slowly across the scene (sun angle, haze composition): a field twice the scene's size.
         variation = uniform(generator, b, *p.airlight_variation_range)
         drift = fractal_noise(b, h, w, generator, octaves=2, base_scale=max(2.0 * max(h, w), 4.0), device=dev,

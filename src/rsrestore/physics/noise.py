@@ -12,11 +12,12 @@ All randomness comes from the caller's ``torch.Generator``; nothing touches the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["fractal_noise", "rescale01", "uniform", "randint"]
+__all__ = ["fractal_noise", "rescale01", "uniform", "randint", "PatchyField"]
 
 
 def uniform(generator: torch.Generator, shape: tuple[int, ...] | int, low: float = 0.0, high: float = 1.0) -> Tensor:
@@ -134,3 +135,89 @@ def fractal_noise(
         total = total + amplitude * field
         amplitude *= persistence
     return rescale01(total[:, None])
+
+
+@dataclass(frozen=True)
+class PatchyField:
+    """How a patchy density field is drawn: banks and veils at a random scale, soft or sharp rims, streaks.
+
+    :meth:`draw` gives, per sample, a fractal field n whose largest structures are ``scale`` pixels (log-uniform in
+    ``scale_px_range``, at most ``max_scale_of_scene`` times the scene's longer side) with a random roughness
+    (``persistence_range``), optionally stretched ``stretch`` times along a random direction (wind-blown dust
+    streaks). With probability ``bank_probability`` it is cut into banks covering ``coverage`` of the scene, m =
+    sigmoid((n - q) / edge) with q the (1 - coverage) quantile of n (a small edge gives the sharp rim of thin cloud);
+    otherwise m = n (a veil). The result is d = floor + (1 - floor) m in [floor, 1]: ``floor`` is the density outside
+    the banks (or in the thinnest part of a veil) as a share of the densest.
+    """
+
+    scale_px_range: tuple[float, float] = (24.0, 1024.0)
+    max_scale_of_scene: float = 2.0
+    persistence_range: tuple[float, float] = (0.4, 0.65)
+    octaves: int = 5
+    bank_probability: float = 0.5
+    coverage_range: tuple[float, float] = (0.2, 0.8)
+    edge_range: tuple[float, float] = (0.01, 0.15)  # in units of the [0, 1] field
+    floor_range: tuple[float, float] = (0.0, 0.5)
+    stretch_range: tuple[float, float] = (1.0, 1.0)  # 1 = isotropic
+
+    def draw(
+        self, batch: int, height: int, width: int, generator: torch.Generator,
+        device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+    ) -> tuple[Tensor, dict]:
+        """(B, 1, H, W) field in [floor, 1] and the JSON-ready values drawn (one list entry per sample)."""
+        side = max(height, width)
+        hi = max(2.0, min(self.scale_px_range[1], self.max_scale_of_scene * side))
+        lo = max(2.0, min(self.scale_px_range[0], hi))
+        fields = []
+        info: dict[str, list] = {"scale_px": [], "banks": [], "coverage": [], "edge": [], "floor": [], "stretch": [],
+                                 "streak_angle": []}
+        for _ in range(batch):
+            u = uniform(generator, 8)  # every value drawn whether used or not, so options never shift other draws
+            scale = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(u[0]))
+            persistence = _between(self.persistence_range, u[1])
+            banks = bool(u[2] < self.bank_probability)
+            coverage = _between(self.coverage_range, u[3])
+            edge = _between(self.edge_range, u[4])
+            floor = _between(self.floor_range, u[5])
+            stretch = _between(self.stretch_range, u[6])
+            angle = 180.0 * float(u[7])
+            if stretch > 1.0:
+                n = _streaked_noise(height, width, generator, self.octaves, persistence, scale, stretch, angle,
+                                    device, dtype)
+            else:
+                n = fractal_noise(1, height, width, generator, octaves=self.octaves, persistence=persistence,
+                                  base_scale=scale, device=device, dtype=dtype)
+            if banks:
+                flat = n.flatten()
+                # the (1 - coverage) quantile; kthvalue, as torch.quantile refuses tensors over 2^24 values
+                q = flat.kthvalue(max(1, min(flat.numel(), round((1.0 - coverage) * flat.numel())))).values
+                m = torch.sigmoid((n - q) / edge)
+            else:
+                m = n
+            fields.append(floor + (1.0 - floor) * m)
+            for key, value in zip(info, (scale, banks, coverage, edge, floor, stretch, angle)):
+                info[key].append(value)
+        return torch.cat(fields), info
+
+
+def _between(bounds: tuple[float, float], u: Tensor) -> float:
+    return float(bounds[0] + (bounds[1] - bounds[0]) * float(u))
+
+
+def _streaked_noise(
+    height: int, width: int, generator: torch.Generator, octaves: int, persistence: float, scale: float,
+    stretch: float, angle: float, device: torch.device | str | None, dtype: torch.dtype,
+) -> Tensor:
+    """Fractal noise whose structures are `stretch` times longer along `angle` degrees: drawn on a square that covers
+    the scene at any rotation, squeezed across the streaks, rotated (kornia) and cropped; (1, 1, H, W) in [0, 1]."""
+    from kornia.geometry.transform import rotate
+
+    side = math.ceil(math.hypot(height, width)) + 2
+    long_side = math.ceil(side * stretch)
+    n = fractal_noise(1, side, long_side, generator, octaves=octaves, persistence=persistence,
+                      base_scale=max(2.0, scale * stretch), device=device, dtype=dtype)
+    # Squeezing the long axis back to `side` keeps structures `scale` across and scale * stretch along the streaks.
+    n = torch.nn.functional.interpolate(n, size=(side, side), mode="bilinear", align_corners=False)
+    n = rotate(n, torch.tensor([angle], dtype=n.dtype, device=n.device), mode="bilinear", padding_mode="border")
+    top, left = (side - height) // 2, (side - width) // 2
+    return rescale01(n[:, :, top:top + height, left:left + width].contiguous())
