@@ -247,7 +247,7 @@ def test_dust_errors():
     with pytest.raises(ValueError, match="colour"):
         synthesize_dust(clear_image(), gen(0), colour="green")
     with pytest.raises(ValueError, match="unknown dust preset"):
-        synthesize_dust(clear_image(), gen(0), preset="storm")
+        synthesize_dust(clear_image(), gen(0), preset="typhoon")
     with pytest.raises(ValueError, match="alpha"):
         phi_target(torch.rand(1, 3, 4, 4), torch.rand(1, 3), torch.rand(1, 1, 4, 4), alpha=1.0)
 
@@ -256,7 +256,7 @@ def test_dust_presets_ordered_in_transmission():
     x = clear_image(b=16, h=24, w=24)
     means = [np.mean(synthesize_dust(x, gen(5), preset=p)["params"]["mean_t"]) for p in ("light", "moderate", "heavy")]
     assert means[0] > means[1] > means[2]
-    assert list(DUST_PRESETS) == ["light", "moderate", "heavy"]
+    assert list(DUST_PRESETS)[:3] == ["light", "moderate", "heavy"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

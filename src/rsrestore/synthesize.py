@@ -38,7 +38,7 @@ from torch import Tensor
 from .physics.clouds import CLOUD_PRESETS, synthesize_clouds
 from .physics.haze import HAZE_PRESETS, REALISTIC_HAZE, synthesize_haze
 from .physics.noise import randint
-from .physics.sanddust import DUST_PRESETS, PHI_ALPHA, PHI_BETA, phi_from_clean, synthesize_dust
+from .physics.sanddust import DUST_PRESETS, REALISTIC_DUST, PHI_ALPHA, PHI_BETA, phi_from_clean, synthesize_dust
 
 __all__ = [
     "KINDS",
@@ -71,7 +71,7 @@ DEFAULT_PRESETS: dict[str, str] = {"haze": "moderate", "dust": "moderate", "clou
 #: regenerate as they were); ``realistic`` is haze and dust as they look over real scenes.
 PRESET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     "haze": {"classic": ("thin", "moderate", "thick"), "realistic": REALISTIC_HAZE},
-    "dust": {"classic": ("light", "moderate", "heavy")},
+    "dust": {"classic": ("light", "moderate", "heavy"), "realistic": REALISTIC_DUST},
     "cloud": {"classic": ("thin", "thick")},
 }
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

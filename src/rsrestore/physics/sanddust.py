@@ -57,7 +57,27 @@ pale_yellow    (0.66, 0.61, 0.50)   light, washed-out dust haze
 orange         (0.70, 0.55, 0.38)   dense desert storm at low sun
 brown          (0.60, 0.50, 0.38)   dark, heavy dust
 reddish        (0.68, 0.50, 0.38)   red-clay dust (e.g. Australian storms)
+ochre          (0.72, 0.58, 0.36)   saturated yellow-orange (realistic presets only)
+beige          (0.64, 0.58, 0.48)   pale desert dust (realistic presets only)
+grey_yellow    (0.60, 0.57, 0.50)   greyish dust haze (realistic presets only)
+grey           (0.56, 0.54, 0.50)   grey dust over towns and loess (realistic presets only)
 =============  ===================  =========================================
+
+The light / moderate / heavy presets draw one of the first five (``CLASSIC_DUST_COLOURS``).
+
+The realistic presets (``REALISTIC_DUST``, named after WMO's stages of a dust event) keep the model and the Phi
+target and change what is drawn: the cast is a random blend of two casts of the whole library, greys included (a
+continuum from grey through beige and yellow to ochre and orange), and the dust load comes from a
+:class:`~rsrestore.physics.noise.PatchyField` (plumes and veils at scales from 24 px to twice the scene, streaks
+along a random wind direction), with ``depth_range`` the densest load d_s:
+
+==========  ===========  ===========================================================================
+preset      d_s max      field
+==========  ===========  ===========================================================================
+suspended   [0.3, 1.4]   a widespread veil, floor 0.3-0.8 of the peak
+blowing     [1.0, 3.2]   plumes (60 %) or veils, streaks 1.5-5x longer than wide, floor 0-0.4
+storm       [2.4, 4.5]   a dense load over 60-95 % of the scene or a veil, streaks up to 3x, floor 0.55-0.9
+==========  ===========  ===========================================================================
 
 More than three bands: A_s(lambda) is interpolated piecewise-linearly through the casts' B (490 nm), G (560 nm) and R
 (665 nm) values; below 490 nm it continues the B-G slope (clipped to >= 0.05); above 665 nm it is held at the R value,
@@ -75,11 +95,13 @@ import torch
 from torch import Tensor
 
 from .haze import check_image, resolve_wavelengths
-from .noise import fractal_noise, randint, uniform
+from .noise import PatchyField, fractal_noise, randint, uniform
 from .scattering import as_airlight
 
 __all__ = [
     "DUST_COLOURS",
+    "CLASSIC_DUST_COLOURS",
+    "REALISTIC_DUST",
     "DustPreset",
     "DUST_PRESETS",
     "PHI_ALPHA",
@@ -101,7 +123,13 @@ DUST_COLOURS: dict[str, tuple[float, float, float]] = {
     "orange": (0.70, 0.55, 0.38),
     "brown": (0.60, 0.50, 0.38),
     "reddish": (0.68, 0.50, 0.38),
+    "ochre": (0.72, 0.58, 0.36),
+    "beige": (0.64, 0.58, 0.48),
+    "grey_yellow": (0.60, 0.57, 0.50),
+    "grey": (0.56, 0.54, 0.50),
 }
+#: The casts the light / moderate / heavy presets draw from (one per sample, as first published here).
+CLASSIC_DUST_COLOURS: tuple[str, ...] = ("yellow", "pale_yellow", "orange", "brown", "reddish")
 
 _RGB_ANCHORS_NM = (490.0, 560.0, 665.0)  # B, G, R
 
@@ -117,16 +145,38 @@ class DustPreset:
     colour_jitter: float = 0.03
     octaves: int = 4
     persistence: float = 0.5
+    colours: tuple[str, ...] = CLASSIC_DUST_COLOURS  # library casts drawn from
+    mix_colours: bool = False  # cast = a random blend of two library casts (a continuum) rather than one of them
+    field: PatchyField | None = None  # None: one smooth field of mean ``depth_range``; else plumes, ``depth_range``
+    #                                   being the densest dust load
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+_ALL_CASTS = tuple(DUST_COLOURS)
+
 DUST_PRESETS: dict[str, DustPreset] = {
     "light": DustPreset(depth_range=(0.4, 1.0)),
     "moderate": DustPreset(depth_range=(1.0, 2.2)),
     "heavy": DustPreset(depth_range=(2.2, 4.0)),
+    # Realistic dust (WMO's names for the three stages): the whole yellow-orange-grey range of casts as blends of the
+    # library's, and non-uniform loads from a PatchyField.
+    # suspended dust haze: a thin, widespread veil, often greyish
+    "suspended": DustPreset(depth_range=(0.3, 1.4), colours=_ALL_CASTS, mix_colours=True,
+                            field=PatchyField(bank_probability=0.0, floor_range=(0.3, 0.8))),
+    # blowing dust: plumes and streaks raised by the wind, sharp or soft, over clearer ground
+    "blowing": DustPreset(depth_range=(1.0, 3.2), colours=_ALL_CASTS, mix_colours=True,
+                          field=PatchyField(bank_probability=0.6, floor_range=(0.0, 0.4), stretch_range=(1.5, 5.0),
+                                            edge_range=(0.01, 0.12))),
+    # dust storm: a dense load over most of the scene
+    "storm": DustPreset(depth_range=(2.4, 4.5), colours=_ALL_CASTS, mix_colours=True,
+                        field=PatchyField(bank_probability=0.3, coverage_range=(0.6, 0.95), floor_range=(0.55, 0.9),
+                                          stretch_range=(1.0, 3.0))),
 }
+
+#: The presets of real-looking dust (``preset="realistic"`` in :mod:`rsrestore.synthesize` draws among them).
+REALISTIC_DUST: tuple[str, ...] = ("suspended", "blowing", "storm")
 
 
 def dust_colour_spectrum(rgb: Sequence[float] | Tensor, wavelengths_nm: Sequence[float]) -> Tensor:
@@ -221,8 +271,14 @@ def synthesize_dust(
     colour_names: list[str] = []
     casts = []
     for _ in range(b):
-        if colour is None:
-            cname = names[randint(generator, len(names))]
+        if colour is None and p.mix_colours:
+            first, second = (p.colours[randint(generator, len(p.colours))] for _ in range(2))
+            share = float(uniform(generator, 1)[0])
+            colour_names.append(f"{first}+{second}" if first != second else first)
+            casts.append(tuple(share * u + (1.0 - share) * v
+                               for u, v in zip(DUST_COLOURS[first], DUST_COLOURS[second])))
+        elif colour is None:
+            cname = p.colours[randint(generator, len(p.colours))]
             colour_names.append(cname)
             casts.append(DUST_COLOURS[cname])
         elif isinstance(colour, str):
@@ -241,7 +297,13 @@ def synthesize_dust(
     rgb = (torch.tensor(casts, dtype=torch.float64) * bright[:, None] + jit).clamp(0.0, 1.0)
     airlight = dust_colour_spectrum(rgb, wl)  # (B, C)
 
-    if depth is None:
+    if depth is None and p.field is not None:
+        dpeak = uniform(generator, b, *p.depth_range)
+        shape, drawn = p.field.draw(b, h, w, generator, device=dev, dtype=dt)
+        d = shape * dpeak.to(dev, dt).view(b, 1, 1, 1)
+        depth_info = {"depth_mean": d.flatten(1).mean(1).double().cpu().tolist(), "depth_peak": dpeak.tolist(),
+                      "spread": None, **drawn}
+    elif depth is None:
         dmean = uniform(generator, b, *p.depth_range)
         spread = uniform(generator, b, *p.spread_range)
         n = fractal_noise(b, h, w, generator, octaves=p.octaves, persistence=p.persistence,
