@@ -284,6 +284,19 @@ def test_tiled_sampling_matches_whole_image_sampling():
     assert np.abs(tiled(WithoutOrigins(model), image) - whole).max() > 20 * max(np.abs(out - whole).max(), 1e-4)
 
 
+def test_tiles_of_the_whole_network_agree_on_average():
+    torch.manual_seed(0)
+    model = ASPDiff(ASPDiffConfig(**TINY)).eval()
+    image = hazy_pair(size=96, batch=1, seed=2)[0][0]
+    whole = model(image[None], origins=[(0, 0)])[0].numpy()
+    diff = np.abs(tiled(model, image) - whole)
+    # Measured tolerance, not a bound: with untrained weights each tile's GroupNorm, linear attention and HARM
+    # channel attention see only that tile, which moves the mean by 0.007 (a few pixels flip to the other end of
+    # [0, 1]); tiles that draw their own noise move it by 0.46
+    assert diff.mean() < 0.02
+    assert np.abs(tiled(WithoutOrigins(model), image) - whole).mean() > 10 * diff.mean()
+
+
 def test_restore_command_with_steps_and_seed(tmp_path, geotiff_factory):
     torch.manual_seed(0)
     config = {**TINY, "dim_mults": [1, 2]}
