@@ -158,7 +158,7 @@ def restore(
     batch_size: int = typer.Option(4, help="Tiles per forward pass."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ... or auto."),
     amp: bool = typer.Option(False, help="bf16 autocast for learned models (about 2x faster on recent CPUs)."),
-    steps: Optional[int] = typer.Option(None, help="Sampling steps of a diffusion method (dsrdmpd: 5)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps of a diffusion method (dsrdmpd: 5, aspdiff: 10)."),
     seed: Optional[int] = typer.Option(None, help="Seed of a diffusion method's sampling noise (default 0); the "
                                        "same seed gives the same output."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
@@ -185,7 +185,7 @@ def restore(
     sampling = tuple((k, v) for k, v in (("steps", steps), ("seed", seed)) if v is not None)
     if sampling:  # options of the model's config, which only diffusion methods have
         if spec is None or not {k for k, _ in sampling} <= set(getattr(spec.classes()[1], "__dataclass_fields__", {})):
-            _fail(f"--steps and --seed apply to diffusion methods (dsrdmpd), not to {name}; drop them")
+            _fail(f"--steps and --seed apply to diffusion methods (dsrdmpd, aspdiff), not to {name}; drop them")
         if steps is not None and steps < 1:
             _fail(f"--steps must be 1 or more, got {steps}")
         if seed is not None and seed < 0:
