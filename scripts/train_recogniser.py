@@ -57,7 +57,6 @@ from rsrestore.recognise import (
     classify,
     features,
     inspect_scene,
-    load_recogniser,
     weights_path,
 )
 from rsrestore.tiling import RasterSource
@@ -242,12 +241,11 @@ def recognise_scene_array(rgb, mask, net):
     return classify(features(x, m), net)[0]
 
 
-def real_checks(net_path: Path) -> dict:
+def real_checks(net: RecogniserNet) -> dict:
     """Real degraded and clean scenes the recogniser never trained on, through `inspect_scene` (the shipped path)."""
-    load_recogniser.cache_clear()
     out = {}
     ls7 = DATA / "landsat7" / "RGB.byte.tif"
-    report, rgb, mask = inspect_scene(ls7)
+    report, rgb, mask = inspect_scene(ls7, net=net)
     # Reference for "cloudy tiles": tiles of the decimated read where at least 10 % of the valid pixels are bright
     # and grey (min band > 0.6, saturation < 0.2) -- the cumulus; tiles with none of them are cloud-free ground.
     labels, cloudy_ok, cloudy_n, clear_clean, clear_n = report.map_labels, 0, 0, 0, 0
@@ -275,10 +273,10 @@ def real_checks(net_path: Path) -> dict:
         "expected": "cloud (scene and cloudy tiles)",
     }
     for p in sorted(glob.glob(str(DATA / "sen12mscr" / "*_s2_cloudy" / "*" / "*.tif"))):
-        r, _, _ = inspect_scene(p, with_map=False)
+        r, _, _ = inspect_scene(p, with_map=False, net=net)
         out[Path(p).stem] = {"scene": r.scene.as_dict(), "expected": "cloud"}
     for p in sorted(glob.glob(str(DATA / "sen12mscr" / "*_s2" / "*" / "*.tif"))):
-        r, _, _ = inspect_scene(p, with_map=False)
+        r, _, _ = inspect_scene(p, with_map=False, net=net)
         out[Path(p).stem] = {"scene": r.scene.as_dict(), "expected": "clean"}
     for name, r in out.items():
         label = r["scene"]["label"]
@@ -344,8 +342,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--severity-weight", type=float, default=1.0, help="weight of the severity loss")
     ap.add_argument("--export", action="store_true", help="write the weights even for a non-default --crops")
-    ap.add_argument("--trial", action="store_true", help="never write the shipped weights (results go to "
-                    "benchmarks/results/recogniser_trial.*, which git ignores)")
+    ap.add_argument("--trial", action="store_true", help="never write the shipped weights (weights and results go "
+                    "to runs/recogniser_trial/)")
     ap.add_argument("--cache", type=Path, help="features of the samples: read from this .npz if it exists, else "
                     "written there (to try classifier settings without synthesising again)")
     args = ap.parse_args(argv)
@@ -420,7 +418,9 @@ def main(argv=None) -> int:
         "features_from_cache": cached is not None,  # then "samples" seconds exclude the synthesis
     }
     export = not args.trial and (args.export or args.crops == 40)
-    target = weights_path() if export else RESULTS / "recogniser_trial.safetensors"
+    trial = ROOT / "runs" / "recogniser_trial"
+    trial.mkdir(parents=True, exist_ok=True)
+    target = weights_path() if export else trial / "recogniser.safetensors"
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(target))
@@ -429,13 +429,13 @@ def main(argv=None) -> int:
                 seconds={"samples": round(t_samples, 1), "loso": round(t_loso, 1), "fit": round(t_fit, 1)})
     target.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
-    real = real_checks(target) if export else {}
+    real = real_checks(net)
     results = dict(description, loso=loso, real=real,
                    seconds={"samples": t_samples, "loso": t_loso, "fit": t_fit, "total": time.perf_counter() - t0})
-    if export:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "recogniser.json").write_text(json.dumps(results, indent=2) + "\n")
-        (RESULTS / "recogniser.md").write_text(markdown(results))
+    results_dir = RESULTS if export else trial / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "recogniser.json").write_text(json.dumps(results, indent=2) + "\n")
+    (results_dir / "recogniser.md").write_text(markdown(results))
     print(markdown(results))
     return 0
 

@@ -389,11 +389,13 @@ def _read_scene(path: str | Path, bands, scale) -> tuple:
     return info, rgb, mask
 
 
-def recognise_read(rgb: np.ndarray, mask: np.ndarray, with_map: bool = True, where: str = "the scene"):
+def recognise_read(rgb: np.ndarray, mask: np.ndarray, with_map: bool = True, where: str = "the scene",
+                   net: RecogniserNet | None = None):
     """The whole-scene recognition of a decimated read (3, h, w) of a scene's R, G, B and its valid mask, with the
     class and severity of each ``MAP_TILE`` tile when `with_map` (None where a tile is mostly invalid), and the thick
-    cloud rule of the module docstring applied. Returns (recognition, tile labels, tile severities)."""
-    net = load_recogniser()
+    cloud rule of the module docstring applied. Returns (recognition, tile labels, tile severities). `net`: the
+    shipped recogniser unless given."""
+    net = net or load_recogniser()
     if not mask.any():
         raise RecogniserError(f"{where}: every pixel is nodata; nothing to recognise")
     scene = recognise_array(rgb, mask, net)
@@ -435,11 +437,11 @@ def cloud_share(labels: list[list[str | None]]) -> float:
 
 
 def inspect_scene(path: str | Path, bands: str | list[int] | None = None, scale: float | None = None,
-                  with_map: bool = True) -> tuple[SceneInspection, np.ndarray, np.ndarray]:
+                  with_map: bool = True, net: RecogniserNet | None = None) -> tuple[SceneInspection, np.ndarray, np.ndarray]:
     """Recognise a scene on disk: the whole scene and, with `with_map`, each ``MAP_TILE`` tile of its decimated read.
     Returns the inspection, the decimated R, G, B read (3, h, w) and its valid mask (for pictures)."""
     info, rgb, mask = _read_scene(path, bands, scale)
-    scene, labels, sev = recognise_read(rgb, mask, with_map, where=str(path))
+    scene, labels, sev = recognise_read(rgb, mask, with_map, where=str(path), net=net)
     if labels:
         rows, cols = len(labels), len(labels[0])
         tile_pixels = round(max(info.height / rows, info.width / cols))
