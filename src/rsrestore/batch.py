@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import user_message
+from .memory import DEFAULT_MAX_MEMORY_MB
 from .raster import READABLE_EXTENSIONS, RasterError, open_raster
 
 LIST_SUFFIXES = (".txt", ".lst")  # an input with one of these suffixes is a list of paths, one per line
@@ -72,6 +73,7 @@ class RestoreOptions:
     tile: int = 512
     overlap: int = 32
     batch_size: int = 4
+    max_memory: float | None = DEFAULT_MAX_MEMORY_MB  # MB a worker process stays under (None: batch_size tiles)
     device: str = "auto"
     amp: bool = False
     overwrite: bool = False
@@ -294,7 +296,7 @@ def restore_scene(scene: Scene, options: RestoreOptions, *, resume: bool = True,
         restore_file(model, scene.input, scene.output, bands=options.bands, scale=options.scale, sar=options.sar,
                      align=options.align, tile=options.tile, overlap=options.overlap, batch_size=options.batch_size,
                      device=resolve_device(options.device), amp=options.amp, overwrite=options.overwrite,
-                     progress=progress, expected_bands=expected_bands)
+                     progress=progress, expected_bands=expected_bands, max_memory=options.max_memory)
     except Exception as e:  # any failure belongs to this scene alone; the batch goes on
         return result("failed", *failure_reason(e))
     return result("done")

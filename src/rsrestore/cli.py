@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperArgument, TyperGroup
 
 from .errors import user_message
+from .memory import DEFAULT_MAX_MEMORY_MB
 
 
 def _is_command_line_exit(e: BaseException) -> bool:
@@ -155,7 +156,10 @@ def restore(
     align: bool = typer.Option(False, help="Resample --sar onto the optical grid when the grids differ."),
     tile: int = typer.Option(512, help="Tile size in pixels (memory grows with it, not with the scene)."),
     overlap: int = typer.Option(32, help="Overlap between tiles, blended smoothly."),
-    batch_size: int = typer.Option(4, help="Tiles per forward pass."),
+    batch_size: int = typer.Option(4, help="Tiles per forward pass (at most; see --max-memory)."),
+    max_memory: float = typer.Option(DEFAULT_MAX_MEMORY_MB, help="Peak memory of the process in MB on the CPU: "
+                                     "fewer tiles per pass, and smaller tiles if need be, keep it under this. "
+                                     "0: no limit."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, ... or auto."),
     amp: bool = typer.Option(False, help="bf16 autocast for learned models (about 2x faster on recent CPUs)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps of a diffusion method (dsrdmpd: 5, aspdiff: 10)."),
@@ -192,8 +196,8 @@ def restore(
             _fail(f"--seed must be 0 or more, got {seed}")
     options = RestoreOptions(method=name, weights=weights, bands=bands, scale=scale,
                              sar=None if sar is None else str(sar), align=align, tile=tile, overlap=overlap,
-                             batch_size=batch_size, device=_device(device), amp=amp, overwrite=overwrite,
-                             model_options=sampling)
+                             batch_size=batch_size, max_memory=max_memory or None, device=_device(device), amp=amp,
+                             overwrite=overwrite, model_options=sampling)
     if not takes_many(inputs):  # one scene: any error ends the command with one line
         dst = output / inputs[0].name if output.is_dir() else output
         if name == "auto":  # the recogniser picks the method, or writes the scene unchanged (rsrestore.recognise)
@@ -206,7 +210,7 @@ def restore(
         model, expected_bands = _run(scene_model, options)
         _run(restore_file, model, inputs[0], dst, bands=bands, scale=scale, sar=sar, align=align, tile=tile,
              overlap=overlap, batch_size=batch_size, device=options.device, amp=amp, overwrite=overwrite,
-             progress=not quiet, expected_bands=expected_bands)
+             progress=not quiet, expected_bands=expected_bands, max_memory=options.max_memory)
         typer.echo(f"{inputs[0]} -> {dst}  [{name}]")
         return
     # Several scenes: the same driver as `rsrestore batch`, run in this process; a failing scene does not stop the rest.

@@ -10,14 +10,19 @@ the tile size (and, through that thin strip, weakly on the width), never on the 
 A dimension no longer than 1.25 tiles is covered by one tile (a 600-pixel side with 512-pixel tiles is one tile, not
 two): memory grows by at most 1.56x, and a learned model runs once instead of four times on a 600 x 600 scene.
 
-Invalid pixels (nodata, masked, or NaN/infinite in float scenes) are filled with the mean colour of the valid pixels
-before a tile is restored and before scene statistics are computed, so they never feed a filter or a statistic, and are
-written back exactly as they were. A scene smaller than a method's `min_size` (a model attribute; default 1) is refused.
+Invalid pixels (nodata, masked, or NaN/infinite in float scenes) never feed a filter or a statistic and are written
+back exactly as they were. Before a tile is restored each takes the value of the nearest valid pixel of its read box
+(`fill_invalid`): a constant there would draw a hard edge along the valid-data boundary, which a network answers with
+artefacts in the valid pixels beside it. Scene statistics see the mean colour of the valid pixels instead. A scene
+smaller than a method's `min_size` (a model attribute; default 1) is refused.
 
 Restorers that need scene-wide statistics (the dark channel prior's atmospheric light, a colour cast) expose
 `scene_statistics(x, mask)`: it runs once on a decimated read of the whole scene and the result goes to every tile.
 Restorers whose forward takes `origins` (diffusion models) are told where each tile's read box sits in the scene, so
 that they draw their noise by scene position and overlapping tiles sample the same image.
+
+With `max_memory`, the tiles per batch (and, when one tile alone is too big, the tile side) are chosen so that the
+process stays under that many MB: the model's memory is measured once on two small probe tiles (`rsrestore.memory`).
 
 The same engine serves files (`restore_file`) and in-memory arrays (`restore_array`) through small source/sink
 classes.
@@ -37,7 +42,10 @@ import rasterio
 import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
+from scipy import ndimage
 from torch import Tensor, nn
+
+from .memory import MiB, PROBE_SIDE, measure_forward_memory, release_free_memory, resident_bytes, tiles_per_batch
 
 from .raster import (
     SAR_DB_RANGES,
@@ -61,9 +69,12 @@ STATS_MAX_SIDE = 1024  # scene statistics are estimated on a read decimated to a
 MIN_TILE = 16  # smaller tiles are mostly halo and overlap
 SMALL_TILE_WARNING = 64  # below this, a warning: many times slower than the default for the same result
 ONE_TILE_SLACK = 1.25  # a side up to this many tiles long is covered by one tile
+MIN_MEMORY_TILE = 128  # a memory budget shrinks the tile side down to this, not below (halo and overlap would dominate)
+MEMORY_TILE_STEP = 32  # ... in steps of this many pixels
+MEMORY_RESERVE_MB = GDAL_CACHE_MB + 32  # beside the tiles' work: GDAL's block cache and the carried overlap strips
 
 
-def check_tiling(tile: int, overlap: int, batch_size: int) -> None:
+def check_tiling(tile: int, overlap: int, batch_size: int, max_memory: float | None = None) -> None:
     """Validate the tiling options (library-level, so the Python API and every command get the same one-line errors);
     warn when a tile is so small that the run is much slower than it needs to be."""
     if tile < MIN_TILE:
@@ -74,6 +85,8 @@ def check_tiling(tile: int, overlap: int, batch_size: int) -> None:
         raise RasterError(f"overlap (--overlap {overlap}) must be smaller than the tile size (--tile {tile})")
     if batch_size < 1:
         raise RasterError(f"batch size (--batch-size) must be at least 1; got {batch_size}")
+    if max_memory is not None and not max_memory > 0:
+        raise RasterError(f"memory limit (--max-memory) must be a positive number of MB; got {max_memory}")
     if tile < SMALL_TILE_WARNING:
         warnings.warn(
             f"tile size {tile} is very small: most of each tile is context and overlap, so the run is many times "
@@ -375,15 +388,20 @@ def iter_tiles(
     amp: bool = False,
     progress: bool | Callable = True,
     out_channels: int | None = None,
+    max_memory: float | None = None,
 ) -> None:
     """Restore `source` into `sink` tile by tile (the core loop shared by files and arrays; options are validated by
-    `check_tiling` in `restore_file` and `restore_array`)."""
+    `check_tiling` in `restore_file` and `restore_array`). With `max_memory` (MB), `batch_size` is the most tiles per
+    batch and `tile` the largest side: both shrink as `fit_memory` finds they must."""
     device = torch.device(device)
     height, width = source.height, source.width
     check_scene_size(model, source)
     halo = model_halo(model)
     stats = compute_scene_statistics(model, source, device)
     fill = stats["_fill"]
+    if max_memory is not None:
+        tile, batch_size = fit_memory(model, source, stats, tile=tile, overlap=overlap, batch_size=batch_size,
+                                      device=device, amp=amp, max_memory=max_memory)
     grid = tile_grid(height, width, tile, overlap)
     n_tiles = sum(len(r) for r in grid)
     bar = _progress(progress, n_tiles)
@@ -452,25 +470,97 @@ def _read_box(spec: TileSpec, halo: int, height: int, width: int) -> tuple[int, 
 
 def _restore_chunk(model, source, chunk, halo, height, width, device, stats, fill, amp) -> list[np.ndarray]:
     images, sars, boxes, origins = [], [], [], []
+    fallback = fill.cpu().numpy()
     for spec in chunk:
         y0, y1, x0, x1 = _read_box(spec, halo, height, width)
         img, mask, sar = source.read(y0, y1, x0, x1)
-        if fill is not None and not mask.all():
-            img = np.where(mask[None], img, fill.cpu().numpy()[:, None, None])
-        images.append(img)
+        images.append(fill_invalid(img, mask, fallback))
         sars.append(sar)
         boxes.append((spec.y0 - y0, spec.x0 - x0))
         origins.append((y0, x0))  # where the read box sits in the scene
-    x = torch.from_numpy(np.stack(images)).to(device)
+    x = _model_input(torch.from_numpy(np.stack(images)).to(device))
     sar = None if sars[0] is None else torch.from_numpy(np.stack(sars)).to(device)
-    if x.shape[-1] >= 8 and x.shape[-2] >= 8:
-        x = x.contiguous(memory_format=torch.channels_last)
     y = run_model(model, x, sar, stats, amp, origins).cpu().numpy()
     outs = []
     for k, spec in enumerate(chunk):
         oy, ox = boxes[k]
         outs.append(y[k, :, oy : oy + spec.y1 - spec.y0, ox : ox + spec.x1 - spec.x0])
     return outs
+
+
+def _model_input(x: Tensor) -> Tensor:
+    """A batch as the models take it: channels_last, which the CPU's convolutions run fastest on."""
+    if x.shape[-1] >= 8 and x.shape[-2] >= 8:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def fill_invalid(image: np.ndarray, mask: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """`image` (C, H, W) with every pixel outside `mask` (H, W) given the value of the nearest valid pixel; valid
+    pixels are untouched. A network answers a constant fill's hard edge along the valid-data boundary with artefacts
+    in the valid pixels beside it; a nearest-valid fill continues the scene's colours across the boundary instead.
+    A read holding no valid pixel takes `fallback` (C,), the scene's mean valid colour."""
+    if mask.all():
+        return image
+    if not mask.any():
+        return np.broadcast_to(fallback.astype(np.float32)[:, None, None], image.shape).copy()
+    # The Euclidean distance transform of the invalid pixels, with indices: where each one's nearest valid pixel is.
+    nearest = ndimage.distance_transform_edt(~mask, return_distances=False, return_indices=True)
+    return image[:, nearest[0], nearest[1]]
+
+
+def largest_read(height: int, width: int, tile: int, halo: int) -> int:
+    """Pixels of the largest halo-extended read of a scene tiled with `tile` (see `tile_grid`): the most one tile of
+    a batch costs."""
+
+    def side(length: int) -> int:
+        return length if length <= tile * ONE_TILE_SLACK else min(length, tile + 2 * halo)
+
+    return side(height) * side(width)
+
+
+def fit_memory(model: nn.Module, source, stats: dict, *, tile: int, overlap: int, batch_size: int,
+               device: torch.device, amp: bool, max_memory: float) -> tuple[int, int]:
+    """The tile side (at most `tile`) and tiles per batch (at most `batch_size`) that keep the process under
+    `max_memory` MB while restoring `source`, from the model's memory measured on two small probe tiles.
+
+    On a GPU the batch's memory is the device's, not the process's: `tile` and `batch_size` are kept."""
+    if device.type != "cpu":
+        return tile, batch_size
+    halo = model_halo(model)
+    if batch_size * largest_read(source.height, source.width, tile, halo) <= (2 * PROBE_SIDE) ** 2:
+        return tile, batch_size  # no batch is larger than the probe itself
+    image, _, sar = source.read(0, 1, 0, 1)
+    bands, sar_bands = image.shape[0], 0 if sar is None else sar.shape[0]
+
+    def forward(side: int) -> None:
+        x = _model_input(torch.full((1, bands, side, side), 0.5, device=device))
+        s = None if sar is None else torch.zeros((1, sar_bands, side, side), device=device)
+        run_model(model, x, s, stats, amp, [(0, 0)])
+
+    # float32 arrays around the model, per pixel: the read, the stacked batch, the output and the weighted sum.
+    buffers = 4 * (bands + sar_bands + 3 * (bands + 1))
+    cost = measure_forward_memory(forward, side=max(PROBE_SIDE, model_min_size(model)), buffer_bytes_per_pixel=buffers)
+    if cost is None:
+        warnings.warn("this platform cannot measure peak memory; --max-memory is ignored and batches hold "
+                      f"{batch_size} tile(s)", stacklevel=3)
+        return tile, batch_size
+    release_free_memory()  # what the probes freed is not the process's to keep
+    held = resident_bytes()
+    budget = max_memory * MiB - held - MEMORY_RESERVE_MB * MiB
+
+    def read(side: int) -> int:
+        return largest_read(source.height, source.width, side, halo)
+
+    smallest = min(tile, max(MIN_MEMORY_TILE, 2 * overlap))
+    fitted = tile
+    while fitted > smallest and cost.bytes(read(fitted)) > budget:
+        fitted = max(smallest, (fitted - 1) // MEMORY_TILE_STEP * MEMORY_TILE_STEP)
+    if cost.bytes(read(fitted)) > budget:
+        warnings.warn(f"--max-memory {max_memory:g} MB is too little: the process holds {held / MiB:.0f} MB and one "
+                      f"{fitted}-pixel tile needs {cost.bytes(read(fitted)) / MiB:.0f} MB more; restoring one tile at "
+                      f"a time", stacklevel=3)
+    return fitted, tiles_per_batch(cost, budget, read(fitted), batch_size)
 
 
 def _progress(progress, total: int):
@@ -500,11 +590,13 @@ def restore_array(
     device: str | torch.device = "cpu",
     amp: bool = False,
     progress: bool = False,
+    max_memory: float | None = None,
 ) -> np.ndarray:
     """Restore an in-memory (C, H, W) float image in [0, 1] tile by tile; returns (C, H, W) float32.
 
-    Pixels outside `mask` and pixels holding NaN or infinity are returned as they were."""
-    check_tiling(tile, overlap, batch_size)
+    Pixels outside `mask` and pixels holding NaN or infinity are returned as they were. `max_memory` (MB): see
+    `iter_tiles`."""
+    check_tiling(tile, overlap, batch_size, max_memory)
     if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(sar, Tensor):
@@ -514,7 +606,7 @@ def restore_array(
     source = ArraySource(image, mask, sar)
     sink = ArraySink(image.shape[0], *image.shape[1:])
     iter_tiles(model, source, sink, tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp,
-               progress=progress)
+               progress=progress, max_memory=max_memory)
     warn_non_finite(source.name, int((~finite_mask(source.image)).sum()))
     return np.where(source.mask[None], sink.out, source.image)
 
@@ -542,11 +634,13 @@ def restore_file(
     overwrite: bool = False,
     progress: bool | Callable = True,
     expected_bands: tuple[int, ...] | None = None,
+    max_memory: float | None = None,
 ) -> Path:
     """Restore a raster file into `dst` (same format unless the extension says otherwise), window by window.
 
-    Everything a user can get wrong is checked before the first tile: options, output path and format, bands, SAR."""
-    check_tiling(tile, overlap, batch_size)
+    Everything a user can get wrong is checked before the first tile: options, output path and format, bands, SAR.
+    With `max_memory` (MB) the process stays under it: tiles per batch and, if need be, the tile side shrink."""
+    check_tiling(tile, overlap, batch_size, max_memory)
     dst = check_output_path(src, dst, overwrite)
     info = inspect_raster(src, bands, scale)
     if expected_bands is not None and len(info.bands) not in expected_bands:
@@ -561,17 +655,17 @@ def restore_file(
     # cap keeps peak memory set by the tile size rather than by the scene size.
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):  # bytes: rasterio passes it to GDALSetCacheMax
         return _restore_file(model, info, dst, sar, align, sar_bands, tile, overlap, batch_size, device, amp,
-                             progress, overwrite)
+                             progress, overwrite, max_memory)
 
 
 def _restore_file(model, info, dst, sar, align, sar_bands, tile, overlap, batch_size, device, amp, progress,
-                  overwrite) -> Path:
+                  overwrite, max_memory) -> Path:
     source = RasterSource(info, sar_path=sar, align=align, sar_bands=sar_bands)
     try:
         with RasterWriter(info, dst, overwrite=overwrite) as writer:
             sink = RasterSink(info, writer)
             iter_tiles(model, source, sink, tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp,
-                       progress=progress)
+                       progress=progress, max_memory=max_memory)
             writer.commit()
     finally:
         source.close()
