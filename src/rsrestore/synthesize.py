@@ -205,10 +205,13 @@ def read_crop(
     size: int | None = None,
     scale: float | None = None,
     bands: Sequence[int] | None = None,
-) -> tuple[np.ndarray, list[list[int]]]:
+    with_mask: bool = False,
+) -> tuple[np.ndarray, list[list[int]]] | tuple[np.ndarray, list[list[int]], np.ndarray]:
     """Read `window` (row, col, h, w) of `path` as float32 (C, h, w) in [0, 1], reflect-padded to `size` if smaller.
 
-    `bands` are 0-based band indices. Returns the array and the padding [[top, bottom], [left, right]].
+    `bands` are 0-based band indices. Returns the array and the padding [[top, bottom], [left, right]]; with
+    `with_mask` also a boolean (h, w) map of valid pixels (padded alike): not nodata, alpha or NaN, and not black in
+    every band, which is how the no-data borders of many PNG and JPEG scenes are stored.
     """
     from .raster import read_raster
 
@@ -216,11 +219,17 @@ def read_crop(
     sel = None if bands is None else [int(b) + 1 for b in bands]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        a, _, _ = read_raster(path, bands=sel, scale=scale, window=Window(col, row, w, h))
+        a, valid, _ = read_raster(path, bands=sel, scale=scale, window=Window(col, row, w, h))
     a = np.clip(a, 0.0, 1.0).astype(np.float32)
-    if size is None:
-        return a, [[0, 0], [0, 0]]
-    return _reflect_pad(a, size)
+    pad = [[0, 0], [0, 0]]
+    if size is not None:
+        a, pad = _reflect_pad(a, size)
+    if not with_mask:
+        return a, pad
+    valid = valid & (a[:, pad[0][0]:pad[0][0] + h, pad[1][0]:pad[1][0] + w] > 0).any(axis=0)
+    if size is not None:
+        valid = _reflect_pad(valid[None].astype(np.uint8), size)[0][0].astype(bool)
+    return a, pad, valid
 
 
 # ---------------------------------------------------------------------------------------------------------------------

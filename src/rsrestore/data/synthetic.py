@@ -30,14 +30,12 @@ from torch.utils.data import Dataset
 from ..physics.noise import randint, uniform
 from ..physics.sanddust import PHI_ALPHA, PHI_BETA, phi_from_clean
 from ..physics.sensor import degrade_sensor
+from .clean_crops import CleanCrops
 from .common import check_bands
 from ..synthesize import (
     KINDS,
     draw_preset,
-    draw_window,
     find_images,
-    image_shape,
-    read_crop,
     resolve_presets,
     sample_params,
     sample_seed,
@@ -63,7 +61,8 @@ class SyntheticDataset(Dataset):
         seed: base seed.
         flip: random horizontal mirror and quarter turns (the 8 dihedral moves) before degradation.
         bands: 1-based band numbers to keep, e.g. ``[1, 2, 3]`` or ``"1,2,3"`` (default all bands; all files must
-            then have the same count), as ``rsrestore restore --bands`` and the other datasets count them.
+            then have the same count), as ``rsrestore restore --bands`` and the other datasets count them; or
+            ``"rgb"``: each file's own red, green and blue (see :mod:`rsrestore.data.clean_crops`).
         scale: divisor mapping file values to [0, 1] (default by dtype and format, see :mod:`rsrestore.raster`).
         wavelengths_nm: band centres for band counts without a default (see :mod:`rsrestore.physics.haze`).
         shadow: cast shadows of thick clouds.
@@ -72,6 +71,14 @@ class SyntheticDataset(Dataset):
             'clean'), so a learned model also learns to leave clear content alone.
         sensor: chance (True = 1) that an item's degraded input also goes through the sensor and the file (blur,
             noise, JPEG, band misregistration; :func:`rsrestore.physics.sensor.degrade_sensor`); the target never.
+        more_sources: more folders or files of clean images, besides `sources` (a training config's ``root``).
+        balance: each item first draws one of the sources (`sources` and `more_sources`) in turn, then a file of it
+            at random, so a source of 10,000 tiles does not drown one of ten scenes; default: item i reads file
+            ``i % len(files)``.
+        band_map, stretch, max_invalid, scale_jitter, rotate, brightness_jitter, colour_jitter: how clean crops are
+            cut (:class:`rsrestore.data.clean_crops.CleanCrops`): bands by file-name pattern, a per-file stretch of
+            16-bit data ('none' | 'auto' | 'all'), the no-data share that makes a window be drawn again, a zoom range
+            such as [0.5, 2.0], any-angle rotation, and brightness / per-band gain jitter (0.1 = +-10 %).
     """
 
     def __init__(
@@ -91,6 +98,15 @@ class SyntheticDataset(Dataset):
         crop: int | None = None,
         clean_fraction: float = 0.0,
         sensor: bool | float = False,
+        more_sources: Sequence[str | Path] | None = None,
+        balance: bool = False,
+        band_map: dict[str, Sequence[int]] | None = None,
+        stretch: str = "none",
+        max_invalid: float = 0.05,
+        scale_jitter: Sequence[float] | None = None,
+        rotate: bool = False,
+        brightness_jitter: float = 0.0,
+        colour_jitter: float = 0.0,
     ) -> None:
         if crop is not None:
             size = crop
@@ -108,21 +124,30 @@ class SyntheticDataset(Dataset):
             raise ValueError(f"length must be a positive int or None; got {length!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int; got {seed!r}")
-        self.files = find_images(sources)
+        if more_sources is not None and (isinstance(more_sources, (str, Path)) or not all(
+                isinstance(m, (str, Path)) for m in more_sources)):
+            raise ValueError(f"more_sources must be a list of folders or files; got {more_sources!r}")
+        self.files = find_images(_as_list(sources) + list(more_sources or []))
         self.kind = kind
         self.preset = preset
         self.size = size
         self.length = len(self.files) if length is None else length
         self.seed = seed
         self.flip = bool(flip)
-        self.bands = check_bands(bands)
+        self.bands = "rgb" if bands == "rgb" else check_bands(bands)
         self.scale = scale
         self.wavelengths_nm = None if wavelengths_nm is None else [float(w) for w in wavelengths_nm]
         self.shadow = shadow
         self.clean_fraction = clean_fraction
         self.sensor = sensor
         self.epoch = 0
-        self._shapes: dict[int, tuple[int, int, int]] = {}
+        crop_options = {"band_map": band_map, "stretch": stretch, "scale_jitter": scale_jitter, "rotate": rotate,
+                        "brightness_jitter": brightness_jitter, "colour_jitter": colour_jitter}
+        self.crops = CleanCrops(self.files, size, self.bands, scale, max_invalid=max_invalid, **crop_options)
+        # the drawn zoom, angle, gains ... go into meta when any of these is on
+        self._crop_options = any(v not in (None, False, 0, 0.0, "none", {}) for v in crop_options.values())
+        self.balance = bool(balance)
+        self.groups = self._groups(sources, more_sources) if self.balance else []
 
     def __len__(self) -> int:
         return self.length
@@ -133,11 +158,6 @@ class SyntheticDataset(Dataset):
             raise ValueError(f"epoch must be a non-negative int; got {epoch!r}")
         self.epoch = epoch
 
-    def _shape(self, file_index: int) -> tuple[int, int, int]:
-        if file_index not in self._shapes:
-            self._shapes[file_index] = image_shape(self.files[file_index])
-        return self._shapes[file_index]
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(f"index must be an int, got {type(index).__name__}")
@@ -147,14 +167,12 @@ class SyntheticDataset(Dataset):
         seed = sample_seed(self.seed, self.epoch, index)
         g = torch.Generator().manual_seed(seed)
         fi = index % len(self.files)
+        if self.balance:
+            group = self.groups[index % len(self.groups)]
+            fi = group[randint(g, len(group))]
         path = self.files[fi]
-        _, h, w = self._shape(fi)
 
-        window = draw_window(g, h, w, self.size)
-        # read_crop (rsrestore.raster.read_raster on a window) takes 0-based indices.
-        indices = None if self.bands is None else [b - 1 for b in self.bands]
-        clean_np, pad = read_crop(path, window, self.size, self.scale, indices)
-        clean = torch.from_numpy(clean_np)
+        clean, cut = self.crops.crop(fi, g)
         rot, mirror = 0, False
         if self.flip:
             rot = randint(g, 4)
@@ -198,8 +216,8 @@ class SyntheticDataset(Dataset):
             "index": index,
             "kind": kind,
             "preset": preset,
-            "window": tuple(window),
-            "pad": pad,
+            "window": cut["window"],
+            "pad": cut["pad"],
             "rot90": rot,
             "hflip": mirror,
             "seed": seed,
@@ -207,7 +225,14 @@ class SyntheticDataset(Dataset):
         }
         if self.sensor > 0:
             item["meta"]["sensor"] = sensor_params
+        if self._crop_options:
+            item["meta"]["crop"] = {k: cut[k] for k in ("zoom", "angle", "gains", "stretch", "invalid", "bands")}
         return item
+
+    def _groups(self, sources: Any, more_sources: Any) -> list[list[int]]:
+        """Indices into ``self.files`` of each given source (a folder or a file), in the order given."""
+        where = {f: i for i, f in enumerate(self.files)}
+        return [sorted({where[f] for f in find_images(source)}) for source in _as_list(sources) + list(more_sources or [])]
 
     @staticmethod
     def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -227,3 +252,7 @@ def _probability(name: str, value: bool | float) -> float:
     if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1] (or true / false); got {value!r}")
     return float(value)
+
+
+def _as_list(sources: Any) -> list:
+    return [sources] if isinstance(sources, (str, Path)) else list(sources)
