@@ -55,9 +55,10 @@ def test_sixteen_bit_files_are_stretched_by_their_own_percentiles(tmp_path: Path
     plain, _ = CleanCrops([path], 32).crop(0, gen())
     assert plain.min() > 0.59  # / 10000 by default: a washed-out picture
     x, meta = CleanCrops([path], 32, stretch="auto").crop(0, gen())
-    lo, hi = meta["stretch"]
-    assert 0.6 < lo < hi <= 0.9
+    lo, hi = (torch.tensor(v)[:, None, None] for v in meta["stretch"])
+    assert (0.6 < lo).all() and (lo < hi).all() and (hi <= 0.9).all() and len(meta["stretch"][0]) == 3
     assert torch.allclose(x, ((plain - lo) / (hi - lo)).clamp(0, 1), atol=1e-6)
+    assert x.amax(dim=(1, 2)).min() > 0.8 and x.amin(dim=(1, 2)).max() < 0.2  # every band spans the range
     eight = make_geotiff(tmp_path / "eight.tif", (ramp(3, 40, 40) * 255).astype(np.uint8))
     assert CleanCrops([eight], 32, stretch="auto").stretch_of(0) is None
     with pytest.raises(ValueError, match="stretch"):
@@ -91,6 +92,9 @@ def test_zoom_changes_the_ground_per_pixel(tmp_path: Path):
     assert min(zooms) < 0.8 and max(zooms) > 1.25 and all(0.5 <= z <= 2.0 for z in zooms)
     with pytest.raises(ValueError, match="scale_jitter"):
         CleanCrops([path], 32, scale_jitter=(2.0, 0.5))
+    small = make_geotiff(tmp_path / "small.tif", (ramp(3, 20, 20) * 10000).astype(np.uint16))
+    x, meta = CleanCrops([small], 32, scale_jitter=(0.5, 2.0)).crop(0, gen(1))
+    assert meta["zoom"] >= 1.6 and meta["pad"] == [[0, 0], [0, 0]]  # enlarged to fit, not mirrored
 
 
 def test_rotation_turns_the_gradient(tmp_path: Path):

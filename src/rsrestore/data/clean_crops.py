@@ -9,11 +9,12 @@ plain crop it can:
   ``SR_B4`` ...), else from the colour interpretation (PNG, JPEG, RGB GeoTIFF), else from the usual layouts (3 or 4
   bands: 1, 2, 3; 13 bands: Sentinel-2's 4, 3, 2); ``band_map`` names them for the rest by file-name pattern;
 * stretch files whose values are not display-ready (16-bit DN or reflectance) to [0, 1] by their own 0.5-99.5 %
-  percentiles (``stretch="auto"``: files that are not 8-bit; ``"all"``);
+  percentiles, band by band (``stretch="auto"``: files that are not 8-bit; ``"all"``);
 * avoid no-data: a window with more than ``max_invalid`` of its pixels invalid (nodata, alpha, NaN, or black in every
   band, as the borders of many JPEG/PNG scenes are) is drawn again, up to 8 times;
-* zoom (``scale_jitter`` = (low, high), log-uniform: 2 reads a window half the size and enlarges it), rotate by any
-  angle (``rotate``), and jitter brightness and colour (per-band gains).
+* zoom (``scale_jitter`` = (low, high), log-uniform: 2 reads a window half the size and enlarges it; an image too
+  small for the window is enlarged to fit instead of being mirror-padded), rotate by any angle (``rotate``), and
+  jitter brightness and colour (per-band gains).
 
 Each option off draws nothing, so crops stay as they were without it.
 """
@@ -159,15 +160,15 @@ class CleanCrops:
             )
         return rgb
 
-    def stretch_of(self, fi: int) -> tuple[float, float] | None:
-        """(low, high) of file `fi`'s own stretch, or None when it is used as read."""
+    def stretch_of(self, fi: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-band (low, high) of file `fi`'s own stretch, or None when it is used as read."""
         if fi not in self._stretch:
             info = self.info(fi)
             wanted = self.stretch == "all" or (self.stretch == "auto" and info.dtype != "uint8")
             self._stretch[fi] = self._percentiles(fi) if wanted else None
         return self._stretch[fi]
 
-    def _percentiles(self, fi: int) -> tuple[float, float]:
+    def _percentiles(self, fi: int) -> tuple[np.ndarray, np.ndarray]:
         from ..raster import read_raster
 
         with warnings.catch_warnings():
@@ -176,9 +177,11 @@ class CleanCrops:
         step = max(1, int(math.sqrt(valid.size / 250_000)))  # a quarter-million pixels are plenty for percentiles
         sample = values[:, ::step, ::step][:, valid[::step, ::step]]
         if sample.size == 0:
-            return 0.0, 1.0
-        lo, hi = np.percentile(sample, [0.5, 99.5])
-        return float(lo), float(max(hi, lo + 1e-6))
+            return np.zeros(len(values), np.float32), np.ones(len(values), np.float32)
+        # per band: top-of-atmosphere data (Landsat L1 DN, Sentinel-2 L1C) carry the atmosphere's blue offset, which a
+        # joint stretch would keep as a cyan cast
+        lo, hi = np.percentile(sample, [0.5, 99.5], axis=1)
+        return lo.astype(np.float32), np.maximum(hi, lo + 1e-6).astype(np.float32)
 
     # -- per crop --------------------------------------------------------------------------------------------------
 
@@ -192,8 +195,11 @@ class CleanCrops:
         angle = float(uniform(g, 1, 0.0, 360.0)[0]) if self.rotate else 0.0
         # the window that, zoomed and turned, still covers the crop
         cover = abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle)))
-        side = max(2, math.ceil(self.size / zoom * cover - 1e-9))
         info = self.info(fi)
+        if self.scale_jitter is not None:
+            # an image smaller than the window is enlarged rather than mirrored into a kaleidoscope
+            zoom = max(zoom, self.size * cover / min(info.height, info.width))
+        side = max(2, math.ceil(self.size / zoom * cover - 1e-9))
         indices = None if (b := self.bands_of(fi)) is None else [x - 1 for x in b]
 
         best = None
@@ -209,7 +215,8 @@ class CleanCrops:
         x = torch.from_numpy(array)
         limits = self.stretch_of(fi)
         if limits is not None:
-            x = ((x - limits[0]) / (limits[1] - limits[0])).clamp(0.0, 1.0)
+            lo, hi = (torch.from_numpy(v)[:, None, None] for v in limits)
+            x = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
         if zoom != 1.0 or angle:
             x = self._zoom_and_turn(x, zoom, angle)
         gains = None
@@ -219,7 +226,7 @@ class CleanCrops:
             gains = (bright * colour).float()
             x = (x * gains[:, None, None]).clamp(0.0, 1.0)
         meta = {"window": tuple(window), "pad": pad, "invalid": round(invalid, 4), "zoom": zoom, "angle": angle,
-                "stretch": limits, "gains": None if gains is None else gains.tolist(), "bands": indices}
+                "stretch": None if limits is None else [v.tolist() for v in limits], "gains": None if gains is None else gains.tolist(), "bands": indices}
         return x.contiguous(), meta
 
     def _zoom_and_turn(self, x: Tensor, zoom: float, angle: float) -> Tensor:

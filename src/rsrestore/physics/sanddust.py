@@ -66,17 +66,17 @@ grey           (0.56, 0.54, 0.50)   grey dust over towns and loess (realistic pr
 The light / moderate / heavy presets draw one of the first five (``CLASSIC_DUST_COLOURS``).
 
 The realistic presets (``REALISTIC_DUST``, named after WMO's stages of a dust event) keep the model and the Phi
-target and change what is drawn: the cast is a random blend of two casts of the whole library, greys included (a
-continuum from grey through beige and yellow to ochre and orange), and the dust load comes from a
+target and change what is drawn: the cast is a random blend of two casts of the preset's casts (a continuum: greys,
+beige and pale yellow for suspended dust, the whole library for blowing dust, yellow to orange and brown for storms), and the dust load comes from a
 :class:`~rsrestore.physics.noise.PatchyField` (plumes and veils at scales from 24 px to twice the scene, streaks
 along a random wind direction), with ``depth_range`` the densest load d_s:
 
 ==========  ===========  ===========================================================================
 preset      d_s max      field
 ==========  ===========  ===========================================================================
-suspended   [0.3, 1.4]   a widespread veil, floor 0.3-0.8 of the peak
-blowing     [1.0, 3.2]   plumes (60 %) or veils, streaks 1.5-5x longer than wide, floor 0-0.4
-storm       [2.4, 4.5]   a dense load over 60-95 % of the scene or a veil, streaks up to 3x, floor 0.55-0.9
+suspended   [0.3, 1.4]   a widespread veil, floor 0.3-0.8 of the peak; pale, beige and grey casts
+blowing     [1.0, 3.2]   plumes (60 %) or veils, streaks 1.5-5x longer than wide, floor 0-0.4; any cast
+storm       [2.4, 4.5]   dense over 60-95 % of the scene or a veil, streaks up to 3x, floor 0.55-0.9; no greys
 ==========  ===========  ===========================================================================
 
 More than three bands: A_s(lambda) is interpolated piecewise-linearly through the casts' B (490 nm), G (560 nm) and R
@@ -162,15 +162,17 @@ DUST_PRESETS: dict[str, DustPreset] = {
     "heavy": DustPreset(depth_range=(2.2, 4.0)),
     # Realistic dust (WMO's names for the three stages): the whole yellow-orange-grey range of casts as blends of the
     # library's, and non-uniform loads from a PatchyField.
-    # suspended dust haze: a thin, widespread veil, often greyish
-    "suspended": DustPreset(depth_range=(0.3, 1.4), colours=_ALL_CASTS, mix_colours=True,
+    # suspended dust haze: a thin, widespread veil, pale or greyish (saturated casts turn dark ground olive-brown)
+    "suspended": DustPreset(depth_range=(0.3, 1.4), colours=("pale_yellow", "beige", "grey_yellow", "grey", "yellow"),
+                            mix_colours=True,
                             field=PatchyField(bank_probability=0.0, floor_range=(0.3, 0.8))),
     # blowing dust: plumes and streaks raised by the wind, sharp or soft, over clearer ground
     "blowing": DustPreset(depth_range=(1.0, 3.2), colours=_ALL_CASTS, mix_colours=True,
                           field=PatchyField(bank_probability=0.6, floor_range=(0.0, 0.4), stretch_range=(1.5, 5.0),
                                             edge_range=(0.01, 0.12))),
-    # dust storm: a dense load over most of the scene
-    "storm": DustPreset(depth_range=(2.4, 4.5), colours=_ALL_CASTS, mix_colours=True,
+    # dust storm: a dense load over most of the scene, yellow to orange-brown
+    "storm": DustPreset(depth_range=(2.4, 4.5), mix_colours=True,
+                        colours=("yellow", "orange", "ochre", "brown", "reddish", "beige", "pale_yellow"),
                         field=PatchyField(bank_probability=0.3, coverage_range=(0.6, 0.95), floor_range=(0.55, 0.9),
                                           stretch_range=(1.0, 3.0))),
 }
