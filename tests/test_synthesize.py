@@ -14,6 +14,7 @@ from PIL import Image
 
 from rsrestore.physics.sanddust import restore_from_phi
 from rsrestore.synthesize import (
+    PRESET_GROUPS,
     find_images,
     load_manifest,
     read_crop,
@@ -209,3 +210,18 @@ def test_real_scenes(tmp_path: Path):
     assert change[2] > change[3]
     again = regenerate_sample(out, 0)
     assert all(np.array_equal(again[k], s[k]) for k in s)
+
+
+@pytest.mark.parametrize("kind", ["haze", "dust"])
+def test_realistic_group_writes_and_regenerates(rgb_folder: Path, tmp_path: Path, kind: str):
+    out = synthesize_dataset(rgb_folder, tmp_path / kind, kind, preset="realistic", n=6, size=32, seed=1,
+                             progress=False)
+    m = load_manifest(out)
+    assert m["preset"] == "realistic"
+    assert {rec["preset"] for rec in m["samples"]} <= set(PRESET_GROUPS[kind]["realistic"])
+    for rec in m["samples"][:2]:
+        stored = read_sample(out, rec["index"])
+        again = regenerate_sample(out, rec["index"])
+        assert all(np.array_equal(again[k], stored[k]) for k in stored)
+    with pytest.raises(ValueError, match="realistic"):
+        synthesize_dataset(rgb_folder, tmp_path / "bad", "cloud", preset="realistic", n=1, progress=False)
