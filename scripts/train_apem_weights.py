@@ -9,9 +9,11 @@ Stages (``all`` runs them in order; each can be rerun alone, and ``train`` resum
 
     python scripts/train_apem_weights.py prepare    # training folder, held-out-source test sets
     python scripts/train_apem_weights.py train      # configs/apem_haze_cpu.yaml through rsrestore.train
-    python scripts/train_apem_weights.py evaluate   # input / dcp / rsdehamba / apem on every held-out set -> table
+    python scripts/train_apem_weights.py baselines  # input / dcp / rsdehamba on every held-out set (cached)
+    python scripts/train_apem_weights.py evaluate   # + apem on every held-out set -> table
     python scripts/train_apem_weights.py export     # evaluate, then the weights into src/rsrestore/weights if they win
     python scripts/train_apem_weights.py picture    # the real Landsat-7 crop restored by each method, for the eye
+    python scripts/train_apem_weights.py clean      # do no harm: PSNR of apem and dcp against real clean crops
     python scripts/train_apem_weights.py table      # rewrite the table from its JSON
 
 Data (clean imagery of ``../shared/data``):
@@ -210,20 +212,40 @@ def scored_weights(weights: Path | None) -> Path:
     return copy
 
 
-def evaluate(weights: Path | None = None, limit: int | None = None) -> dict:
+BASELINES = tuple(m for m in METHODS if m != "apem")
+
+
+def baseline_scores(name: str, root: Path, limit: int | None) -> dict:
+    """{method: mean scores and n} of the baselines (input, dcp, rsdehamba) on one held-out set, computed once and kept
+    in ``eval/baselines/`` (they do not change with the APEM weights; RSDehamba takes most of the time)."""
+    from rsrestore.evaluate import evaluate as run_eval
+
+    cache = EVAL / "baselines" / f"{name}_{limit or 'all'}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    results = run_eval(list(BASELINES), "paired", _rel(root), EVAL / "baselines" / name, progress=False, pictures=6,
+                       limit=limit)
+    scores = {m: r.mean | {"n": len(r.per_image)} for m, r in results.items()}
+    cache.write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def evaluate(weights: Path | None = None, limit: int | None = None, baselines_only: bool = False) -> dict:
     """Score ``METHODS`` on every held-out set; {set: {method: mean scores and n}}."""
     from rsrestore.evaluate import evaluate as run_eval
 
-    weights = scored_weights(weights)
+    weights = None if baselines_only else scored_weights(weights)
     os.chdir(ROOT)
     scores: dict = {}
     for name, root in test_sets().items():
         if not (root / "manifest.json").exists():
             raise SystemExit(f"{_rel(root)} not found: run the `prepare` stage first")
         t = time.perf_counter()
-        results = run_eval(list(METHODS), "paired", _rel(root), EVAL / name, weights={"apem": str(weights)},
-                           progress=False, pictures=6, limit=limit)
-        scores[name] = {m: r.mean | {"n": len(r.per_image)} for m, r in results.items()}
+        scores[name] = baseline_scores(name, root, limit)
+        if not baselines_only:
+            results = run_eval(["apem"], "paired", _rel(root), EVAL / name, weights={"apem": str(weights)},
+                               progress=False, pictures=6, limit=limit)
+            scores[name]["apem"] = results["apem"].mean | {"n": len(results["apem"].per_image)}
         print(f"evaluate {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return scores
 
@@ -241,12 +263,15 @@ def verdict(scores: dict) -> dict:
 
 def _run_meta(weights: Path | None = None) -> dict:
     """The run's ``final.json``; for a run still going (or stopped), the same fields from its latest checkpoint."""
-    from rsrestore.train.checkpoint import resume_point
+    from rsrestore.train.checkpoint import read_checkpoint, resume_point
 
     run = weights.parent if weights is not None and (weights.parent / "final.json").exists() else RUN
-    if (run / "final.json").exists():
+    if weights is not None and (weights.parent / "state.pt").exists():  # a checkpoint's weights
+        ckpt = read_checkpoint(weights.parent)
+    elif (run / "final.json").exists():
         return json.loads((run / "final.json").read_text())
-    ckpt, _ = resume_point(run / "checkpoints")
+    else:
+        ckpt, _ = resume_point(run / "checkpoints")
     if ckpt is None:
         raise SystemExit(f"{_rel(run)} has neither final weights nor a checkpoint: run the `train` stage first")
     tc = ckpt.state["config"]
@@ -368,9 +393,36 @@ def picture(weights: Path | None = None) -> list[Path]:
     return out
 
 
+def clean_scenes(weights: Path | None = None, per_source: int = 4) -> dict:
+    """Do no harm: the PSNR of each method's output against its own input on real clean 256 x 256 crops, the crops
+    of ``benchmarks/bench_clean_scenes.py`` (same sources, reader and seed 0; ``per_source`` crops of each)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_clean_scenes import BENCH_SOURCES, crops_of, score
+
+    from rsrestore.models.registry import load_model
+    from rsrestore.tiling import restore_array
+
+    models = {"dcp": load_model("dcp"), "apem": load_model("apem", weights=str(scored_weights(weights)))}
+    rng = np.random.default_rng(0)
+    per: dict = {m: {} for m in models}
+    for source in BENCH_SOURCES:
+        crops = crops_of(source, per_source, rng)
+        for m, model in models.items():
+            per[m][source] = [score(restore_array(model, img, mask=mask), img, mask) for img, mask in crops]
+    out = {"per_source": per_source, "crop": 256, "sources": list(BENCH_SOURCES),
+           "mean_psnr_db": {m: float(np.mean([v for vals in rows.values() for v in vals])) for m, rows in per.items()},
+           "per_source_mean_psnr_db": {m: {s: float(np.mean(v)) for s, v in rows.items() if v}
+                                       for m, rows in per.items()}}
+    (RESULTS / "apem_clean_scenes.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("all", "prepare", "train", "evaluate", "export", "picture", "table"),
+    parser.add_argument("stage", choices=("all", "prepare", "train", "baselines", "evaluate", "export", "picture", "clean",
+                                          "table"),
                         nargs="?", default="all")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -386,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.stage in ("all", "prepare"):
         prepare(args.force)
+    if args.stage == "baselines":  # the baselines' scores alone (cached), e.g. while the model trains
+        evaluate(limit=args.limit, baselines_only=True)
     if args.stage in ("all", "train"):
         train(args.threads, args.overrides)
     if args.stage == "table":
@@ -405,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("all", "picture"):
         for p in picture(args.weights):
             print(f"picture: {_rel(p)}", file=sys.stderr)
+    if args.stage in ("all", "clean"):
+        print("clean:", json.dumps(clean_scenes(args.weights)["mean_psnr_db"]), file=sys.stderr)
     return 0
 
 

@@ -25,6 +25,15 @@ from rsrestore.train.objectives import OBJECTIVES, ObjectiveContext
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: more threads only add synchronisation, which costs seconds on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _randomised(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
     """The zero-initialised output layers given random values, so the refinement actually changes the priors."""
     g = torch.Generator().manual_seed(seed)
@@ -113,7 +122,7 @@ def test_tiny_overfit_with_the_apem_objective():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     ctx = ObjectiveContext(loss=torch.nn.Identity(), model_kwargs={}, needs_sar=False)
     losses = []
-    for _ in range(40):
+    for _ in range(30):
         out = OBJECTIVES["apem"](model, batch, ctx)
         opt.zero_grad()
         out.loss.backward()
