@@ -1,6 +1,7 @@
 """Seamless tiled sampling: the tiling engine tells a diffusion model where each tile sits in the scene, DS-RDMPD draws
-its noise by scene position, so a tiled restore matches a whole-image one; the seed changes the result, and the same
-seed repeats it; `rsrestore restore --steps/--seed` set them for diffusion methods only."""
+its noise by scene position and replays the scene's statistics on every tile, so a tiled restore matches a whole-image
+one; the seed changes the result, and the same seed repeats it; `rsrestore restore --steps/--seed` set them for
+diffusion methods only."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from typer.testing import CliRunner
 from _one_line_errors import user_error
 
 from rsrestore.cli import app
-from rsrestore.models.dsrdmpd import DSRDMPD, DSRDMPDConfig
+from rsrestore.models.dsrdmpd import DSRDMPD, DSRDMPDConfig, MCESSUNet, MCESSUNetConfig, UNetRes, UNetResConfig
+from rsrestore.models.dsrdmpd import restorer
+from rsrestore.models.dsrdmpd.shared_statistics import recording, replaying
 from rsrestore.tiling import restore_array, run_model
 
 TINY = dict(stage1_dim=8, stage2_dim=8, stage2_dim_mults=(1, 2), stage2_dim_head=8)
@@ -82,6 +85,98 @@ def test_tiled_sampling_matches_whole_image_sampling(model):
     assert np.abs(out - whole).max() < 2e-3
     # without the scene origins each tile draws its own noise, and the tiles disagree
     assert np.abs(tiled(WithoutOrigins(model), image) - whole).max() > 20 * np.abs(out - whole).max()
+
+
+class WithoutSceneStatistics(nn.Module):
+    """The same restorer without ``scene_statistics``: every tile computes its layers' statistics over itself."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.halo = model, model.halo
+
+    def forward(self, x: Tensor, origins=None) -> Tensor:
+        return self.model(x, origins=origins)
+
+
+@pytest.fixture(scope="module")
+def full_model() -> DSRDMPD:
+    """Both tiny networks as they are: channel attentions, GroupNorm and attentions over whatever they are given."""
+    torch.manual_seed(0)
+    model = DSRDMPD(DSRDMPDConfig(**TINY)).eval()
+    # the tiny tiles here need more context than the default 16 pixels to see what the whole image shows a pixel
+    model.halo = 32
+    return model
+
+
+def textured_scene() -> Tensor:
+    return (scene() + 0.1 * torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+
+
+@pytest.mark.parametrize("stats_side", [512, 40], ids=["own-statistics", "downsampled-statistics"])
+def test_tiles_replay_the_scene_statistics_so_tiled_matches_whole(full_model, stats_side, monkeypatch):
+    # 96 > 40: the whole image, like its tiles, then takes its statistics from a copy downsampled to 40 x 40
+    monkeypatch.setattr(restorer, "STATS_SIDE", stats_side)
+    image = textured_scene()
+    whole = full_model(image[None], origins=[(0, 0)])[0].numpy()
+    records = []
+    real_recording = restorer.recording
+
+    def counted_recording(*args):
+        records.append(args)
+        return real_recording(*args)
+
+    monkeypatch.setattr(restorer, "recording", counted_recording)
+    out = tiled(full_model, image)
+    assert len(records) == 1  # once per scene, not per tile
+    assert np.abs(out - whole).max() < 3 / 255
+    # each tile on its own statistics: 128 levels off (what the engine did before scene statistics)
+    assert np.abs(tiled(WithoutSceneStatistics(full_model), image) - whole).max() > 30 / 255
+
+
+def test_a_scene_read_as_one_tile_uses_its_own_statistics_without_a_record(full_model, monkeypatch):
+    monkeypatch.setattr(restorer, "recording", None)  # any record would fail
+    image = textured_scene()
+    whole = full_model(image[None], origins=[(0, 0)])[0].numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = restore_array(full_model, image, tile=SIZE, overlap=OVERLAP)
+    np.testing.assert_allclose(out, whole, atol=1e-4)  # channels_last tiles: float rounding only
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_replayed_statistics_are_the_recorded_ones_whatever_the_input(stage):
+    torch.manual_seed(0)
+    if stage == 1:
+        net = MCESSUNet(MCESSUNetConfig(dim=8)).eval()
+        run = net
+        probe = net.neck.mlp_t  # reads ASFusion's global description
+    else:
+        net = UNetRes(UNetResConfig(dim=8, dim_mults=(1, 2), dim_head=8)).eval()
+        cond = torch.rand(1, 6, 64, 64) * 2 - 1
+        probe = net.mid_attn.fn.to_out  # reads what the middle attention gathered from all keys and values
+
+        def run(x: Tensor) -> Tensor:
+            return net(x * 2 - 1, torch.tensor([500]), cond[..., : x.shape[-2], : x.shape[-1]])
+
+    seen = []
+    probe.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = textured_scene()[None, :, :64, :64]
+    crop = x[..., :32, :32]
+    with torch.no_grad():
+        plain = run(x)
+        with recording() as record:
+            run(x)
+        with replaying(record):
+            replayed = run(x)
+        with replaying(record):
+            run(crop)
+        run(crop)
+    torch.testing.assert_close(replayed, plain, atol=1e-5, rtol=1e-5)
+    # the crop given the whole input's statistics is not what it computes on its own
+    assert (seen[3] - seen[4]).abs().max() > 1e-2 * seen[4].abs().max()
+    with replaying(record), pytest.raises(RuntimeError, match="same number of sampling steps"):
+        for _ in range(2):
+            run(x)
 
 
 def test_the_seed_changes_the_result_and_the_same_seed_repeats_it(model):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..blocks import pad_to_multiple
+from .shared_statistics import shared, spatial_mean
 
 __all__ = ["MCESSUNetConfig", "MCESSUNet", "MSCABlock", "ASFusion", "ESS"]
 
@@ -90,7 +91,7 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.mlp(x.mean(dim=(2, 3)))
+        w = self.mlp(spatial_mean(self, x))
         return x * w[:, :, None, None]
 
 
@@ -152,13 +153,18 @@ class ASFusion(nn.Module):
         return nn.Sequential(nn.Linear(c, 2 * c, bias=False), nn.ReLU(inplace=True), nn.Linear(2 * c, c, bias=False),
                              nn.ReLU(inplace=True))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def describe_globally(self, x: Tensor) -> Tensor:
+        """The (B, C) global average of the two dilated convolutions' description of x."""
         mid = x
         for conv in self.describe:
             # Reflect padding needs a side longer than the pad; a tiny bottleneck (a small tile) replicates instead.
             mode = "reflect" if min(mid.shape[-2:]) > self.PAD else "replicate"
             mid = conv(F.pad(mid, (self.PAD,) * 4, mode=mode))
-        g = mid.mean(dim=(2, 3))
+        return mid.mean(dim=(2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # shared across the tiles of a scene; replayed, the description is not computed at all
+        g = shared(self, "description", lambda: self.describe_globally(x), x.shape[0])
         t = self.mlp_t(g)[:, :, None, None]
         a = self.mlp_a(g)[:, :, None, None]
         return x * t + a * (1 - t)
@@ -194,7 +200,7 @@ class EfficientChannelAttention(nn.Module):
         self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.conv(x.mean(dim=(2, 3))[:, None, :])  # (B, 1, C)
+        w = self.conv(spatial_mean(self, x)[:, None, :])  # (B, 1, C)
         return x * torch.sigmoid(w)[:, 0, :, None, None]
 
 
@@ -221,7 +227,7 @@ class SCSE(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         res = self.residual(x)
-        c = x * self.channel_squeeze(x.mean(dim=(2, 3), keepdim=True)) + self.channel_residual(x)
+        c = x * self.channel_squeeze(spatial_mean(self, x)[:, :, None, None]) + self.channel_residual(x)
         s = x * self.spatial_squeeze(x) + self.spatial_residual(x)
         return torch.maximum(c + res, s + res)
 

@@ -17,13 +17,23 @@ which ``pred_res`` does not use, is never evaluated.
 Training follows the authors' code: stage 1 alone with ``511 L1 + MSE`` (an L1, an MSE and twice the L1 on the
 0-255 scale, :meth:`DSRDMPD.stage1_loss`); then stage 2 with stage 1 frozen, L1 on the predicted residual at a
 uniformly drawn timestep (:meth:`DSRDMPD.stage2_loss`).
+
+Whole scenes, tile by tile. Many layers compute a quantity over their whole input (channel attentions' global
+pooling, GroupNorm's moments, the attentions' contexts; :mod:`.shared_statistics`); on tiles those would differ from
+tile to tile and show as seams. So a scene's statistics are recorded once, by a restore of the scene downsampled to
+at most :data:`STATS_SIDE` pixels a side (:meth:`DSRDMPD.scene_statistics`, which the tiling engine calls on its
+decimated read), and every tile replays them, the denoiser's per sampling step. The same rule holds without tiling:
+an image larger than :data:`STATS_SIDE` restored in one piece uses the statistics of its downsampled copy too, so a
+tiled restore matches a whole-image one up to what the tiles' borders cut from the convolutions' view. An image no
+larger than :data:`STATS_SIDE` is its own downsampled copy: restored in one piece it uses its own statistics (the
+network exactly as trained, at no extra cost), and so does a scene that the tiling engine reads as one tile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +51,14 @@ from ...diffusion import (
 )
 from ..blocks import pad_to_multiple
 from .mcess_unet import MCESSUNet, MCESSUNetConfig
+from .shared_statistics import StatisticsRecord, recording, replaying
 from .unetres import UNetRes, UNetResConfig
 
-__all__ = ["DSRDMPDConfig", "DSRDMPD"]
+__all__ = ["DSRDMPDConfig", "DSRDMPD", "SceneStatistics", "STATS_SIDE", "statistics_image"]
+
+#: Scene statistics are recorded on the scene downsampled to at most this many pixels a side: the record costs at
+#: most one restore of 512 x 512 per scene, and the layers' averages change little from 1x to 2x downsampling.
+STATS_SIDE = 512
 
 
 @dataclass
@@ -102,6 +117,37 @@ class DSRDMPDConfig:
                              dim_head=self.stage2_dim_head)
 
 
+def statistics_image(x: Tensor, side: int | None = None) -> Tensor:
+    """``x`` downsampled by area averaging so that its longer side is at most ``side`` (default :data:`STATS_SIDE`;
+    ``x`` itself if it is)."""
+    side = side or STATS_SIDE
+    h, w = x.shape[-2:]
+    factor = max(h, w) / side
+    if factor <= 1:
+        return x
+    size = (max(1, round(h / factor)), max(1, round(w / factor)))
+    return F.interpolate(x.float(), size=size, mode="area")
+
+
+@dataclass
+class SceneStatistics:
+    """A scene as DS-RDMPD's statistics see it: its downsampled copy and its full size.
+
+    The layers' statistics are recorded from a restore of ``image`` the first time a tile needs them, once per number
+    of sampling steps; a scene that is its own downsampled copy and comes as one tile never needs them.
+    """
+
+    image: Tensor  # (B, C, h, w), at most STATS_SIDE a side
+    scene_shape: tuple[int, int]  # (H, W) of the scene at full resolution
+    records: dict[int, StatisticsRecord] = field(default_factory=dict, repr=False)
+
+    def is_image(self, x: Tensor, origins: Sequence[tuple[int, int]] | None) -> bool:
+        """Whether ``x`` is the scene itself at the resolution it was recorded at: its own statistics are the scene's."""
+        shape = tuple(x.shape[-2:])
+        return (shape == tuple(self.image.shape[-2:]) == tuple(self.scene_shape)
+                and (origins is None or all(tuple(o) == (0, 0) for o in origins)))
+
+
 class DSRDMPD(nn.Module):
     """The two-stage restorer: ``forward(x)`` maps a hazy (B, C, H, W) image in [0, 1] to the dehazed one in [0, 1].
 
@@ -123,10 +169,14 @@ class DSRDMPD(nn.Module):
     def forward(self, x: Tensor, sar: Tensor | None = None, *, steps: int | None = None,
                 generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
                 train_stage: int | None = None, target: Tensor | None = None,
-                origins: Sequence[tuple[int, int]] | None = None) -> Tensor:
+                origins: Sequence[tuple[int, int]] | None = None,
+                stats: dict[str, SceneStatistics] | None = None) -> Tensor:
         """The restored image; or, with ``train_stage`` (1 or 2) and the clean ``target``, that stage's training loss
         (:meth:`stage1_loss`, :meth:`stage2_loss` with ``generator``). The losses are reached through ``forward`` so
-        that a DistributedDataParallel wrapper sees the call and synchronises the gradients."""
+        that a DistributedDataParallel wrapper sees the call and synchronises the gradients.
+
+        ``stats``: what :meth:`scene_statistics` returned for the scene ``x`` is a tile of (the tiling engine passes
+        it); without it, an image larger than :data:`STATS_SIDE` gets the statistics of its own downsampled copy."""
         del sar  # optical only; accepted for the common restorer interface
         if train_stage is not None:
             if target is None:
@@ -138,7 +188,35 @@ class DSRDMPD(nn.Module):
             raise ValueError(f"train_stage must be 1 or 2, got {train_stage}")
         if origins is not None and noise_fn is None and generator is None:
             noise_fn = position_noise_fn(self.cfg.seed, origins)
-        return self.restore(x, steps=steps, generator=generator, noise_fn=noise_fn)
+        scene = (stats or {}).get("scene")
+        if scene is None and max(x.shape[-2:]) > STATS_SIDE:
+            scene = self.scene_statistics(x)["scene"]
+        if scene is None or scene.is_image(x, origins):
+            return self.restore(x, steps=steps, generator=generator, noise_fn=noise_fn)
+        with replaying(self.record_statistics(scene, steps or self.cfg.steps)):
+            return self.restore(x, steps=steps, generator=generator, noise_fn=noise_fn)
+
+    def scene_statistics(self, x: Tensor, mask: Tensor | None = None, decimation: float = 1.0
+                         ) -> dict[str, SceneStatistics]:
+        """The scene's statistics, for every tile (``stats=`` of :meth:`forward`): ``x`` is a read of the whole scene,
+        ``decimation`` times smaller than the scene (the tiling engine's). Cheap: the record is made lazily, by
+        :meth:`record_statistics` at the first tile."""
+        del mask  # the tiling engine fills invalid pixels with the mean colour of the valid ones before this call
+        self._check(x)
+        scene_shape = (round(x.shape[-2] * decimation), round(x.shape[-1] * decimation))
+        return {"scene": SceneStatistics(statistics_image(x), scene_shape)}
+
+    def record_statistics(self, scene: SceneStatistics, steps: int) -> StatisticsRecord:
+        """Every layer's scene-wide quantities (per sampling step for the denoiser), recorded by restoring the scene's
+        downsampled copy with ``steps`` steps and noise drawn by position; kept in ``scene`` for the next tiles."""
+        if steps not in scene.records:
+            image = scene.image
+            positions_ratio = scene.scene_shape[0] * scene.scene_shape[1] / (image.shape[-2] * image.shape[-1])
+            noise_fn = position_noise_fn(self.cfg.seed, [(0, 0)] * image.shape[0])
+            with recording(positions_ratio) as record:
+                self.restore(image, steps=steps, noise_fn=noise_fn)
+            scene.records[steps] = record
+        return scene.records[steps]
 
     def _check(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..blocks import LayerNorm2d, pad_to_multiple
+from .shared_statistics import SharedGroupNorm, positions_ratio, shared
 
 __all__ = ["UNetResConfig", "UNetRes", "ResnetBlock", "LinearAttention", "SinusoidalTimeEmbedding"]
 
@@ -124,7 +125,7 @@ class ConvNormAct(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int) -> None:
         super().__init__()
         self.proj = WSConv2d(cin, cout, 3, padding=1)
-        self.norm = nn.GroupNorm(groups, cout)
+        self.norm = SharedGroupNorm(groups, cout)
 
     def forward(self, x: Tensor, scale_shift: tuple[Tensor, Tensor] | None = None) -> Tensor:
         x = self.norm(self.proj(x))
@@ -163,8 +164,13 @@ class LinearAttention(nn.Module):
         b, _, h, w = x.shape
         q, k, v = (t.reshape(b, self.heads, -1, h * w) for t in self.to_qkv(x).chunk(3, dim=1))
         q = q.softmax(dim=-2) * self.scale
-        k = k.softmax(dim=-1)
-        context = k @ (v / (h * w)).transpose(-1, -2)  # (b, heads, d, e)
+
+        def context() -> Tensor:  # (b, heads, d, e)
+            # divided by the positions of the whole image, which a downsampled scene has fewer of
+            positions = h * w * positions_ratio()
+            return k.softmax(dim=-1) @ (v / positions).transpose(-1, -2)
+
+        context = shared(self, "context", context, b)
         out = context.transpose(-1, -2) @ q  # (b, heads, e, n)
         return self.to_out(out.reshape(b, -1, h, w))
 
@@ -182,6 +188,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
         q, k, v = (t.reshape(b, self.heads, -1, h * w).transpose(-1, -2) for t in self.to_qkv(x).chunk(3, dim=1))
+        k, v = shared(self, "keys_values", lambda: (k, v), b)  # a tile's positions attend to the whole scene's
         out = F.scaled_dot_product_attention(q, k, v)  # (b, heads, n, d); scale 1/sqrt(d) as in the paper's code
         return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
 
