@@ -191,10 +191,12 @@ HAZE_PRESETS: dict[str, HazePreset] = {
                        field=PatchyField(bank_probability=0.0, floor_range=(0.3, 0.8)), **_REALISTIC),
     # patches of haze of every size, soft or sharp, over a thinner veil
     "patchy": HazePreset(tau_range=(0.30, 1.40), k_range=(0.5, 1.5), mean_t_range=(0.30, 0.95),
-                         field=PatchyField(bank_probability=0.6, floor_range=(0.0, 0.4)), **_REALISTIC),
+                         field=PatchyField(bank_probability=0.6, floor_range=(0.0, 0.4), interior_range=(0.0, 0.5)),
+                         **_REALISTIC),
     # dense banks with sharp edges, like thin cloud
-    "bank": HazePreset(tau_range=(0.80, 2.00), k_range=(0.2, 1.0), mean_t_range=(0.20, 0.92),
-                       field=PatchyField(bank_probability=1.0, edge_range=(0.005, 0.05), floor_range=(0.0, 0.2)),
+    "bank": HazePreset(tau_range=(0.60, 1.80), k_range=(0.2, 1.0), mean_t_range=(0.20, 0.95),
+                       field=PatchyField(bank_probability=1.0, edge_range=(0.005, 0.05), floor_range=(0.0, 0.2),
+                                         interior_range=(0.2, 0.6)),
                        **_REALISTIC),
     # thick haze over most of the scene: the degraded input scores about 8-14 dB PSNR
     "dense": HazePreset(tau_range=(1.20, 2.40), k_range=(0.2, 0.8), t_floor=0.08, mean_t_range=(0.08, 0.48),

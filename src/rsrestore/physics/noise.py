@@ -147,7 +147,8 @@ class PatchyField:
     streaks). With probability ``bank_probability`` it is cut into banks covering ``coverage`` of the scene, m =
     sigmoid((n - q) / edge) with q the (1 - coverage) quantile of n (a small edge gives the sharp rim of thin cloud);
     otherwise m = n (a veil). The result is d = floor + (1 - floor) m in [floor, 1]: ``floor`` is the density outside
-    the banks (or in the thinnest part of a veil) as a share of the densest.
+    the banks (or in the thinnest part of a veil) as a share of the densest. Inside a bank the density follows the
+    field by ``interior`` (0: a flat sheet; 0.5: half as dense where the field is lowest).
     """
 
     scale_px_range: tuple[float, float] = (24.0, 1024.0)
@@ -159,6 +160,7 @@ class PatchyField:
     edge_range: tuple[float, float] = (0.01, 0.15)  # in units of the [0, 1] field
     floor_range: tuple[float, float] = (0.0, 0.5)
     stretch_range: tuple[float, float] = (1.0, 1.0)  # 1 = isotropic
+    interior_range: tuple[float, float] = (0.0, 0.0)  # how much a bank's density follows the field inside it
 
     def draw(
         self, batch: int, height: int, width: int, generator: torch.Generator,
@@ -170,9 +172,9 @@ class PatchyField:
         lo = max(2.0, min(self.scale_px_range[0], hi))
         fields = []
         info: dict[str, list] = {"scale_px": [], "banks": [], "coverage": [], "edge": [], "floor": [], "stretch": [],
-                                 "streak_angle": []}
+                                 "streak_direction": [], "interior": []}
         for _ in range(batch):
-            u = uniform(generator, 8)  # every value drawn whether used or not, so options never shift other draws
+            u = uniform(generator, 9)  # every value drawn whether used or not, so options never shift other draws
             scale = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(u[0]))
             persistence = _between(self.persistence_range, u[1])
             banks = bool(u[2] < self.bank_probability)
@@ -181,6 +183,7 @@ class PatchyField:
             floor = _between(self.floor_range, u[5])
             stretch = _between(self.stretch_range, u[6])
             angle = 180.0 * float(u[7])
+            interior = _between(self.interior_range, u[8])
             if stretch > 1.0:
                 n = _streaked_noise(height, width, generator, self.octaves, persistence, scale, stretch, angle,
                                     device, dtype)
@@ -191,11 +194,16 @@ class PatchyField:
                 flat = n.flatten()
                 # the (1 - coverage) quantile; kthvalue, as torch.quantile refuses tensors over 2^24 values
                 q = flat.kthvalue(max(1, min(flat.numel(), round((1.0 - coverage) * flat.numel())))).values
-                m = torch.sigmoid((n - q) / edge)
+                # textured inside (thin cloud is not a flat sheet): the density falls by up to `interior` where the
+                # field sits at the bank's rim level
+                m = torch.sigmoid((n - q) / edge) * (1.0 - interior * (1.0 - n))
             else:
                 m = n
             fields.append(floor + (1.0 - floor) * m)
-            for key, value in zip(info, (scale, banks, coverage, edge, floor, stretch, angle)):
+            # streaks are drawn upright and turned anticlockwise on screen: their direction in degrees from the x axis
+            # (x right, y down, as rows and columns run)
+            direction = (90.0 - angle) % 180.0
+            for key, value in zip(info, (scale, banks, coverage, edge, floor, stretch, direction, interior)):
                 info[key].append(value)
         return torch.cat(fields), info
 
@@ -216,7 +224,8 @@ def _streaked_noise(
     long_side = math.ceil(side * stretch)
     n = fractal_noise(1, side, long_side, generator, octaves=octaves, persistence=persistence,
                       base_scale=max(2.0, scale * stretch), device=device, dtype=dtype)
-    # Squeezing the long axis back to `side` keeps structures `scale` across and scale * stretch along the streaks.
+    # Squeezing the long (x) axis back to `side` leaves structures `scale` wide and scale * stretch tall: upright
+    # streaks, then turned by `angle`.
     n = torch.nn.functional.interpolate(n, size=(side, side), mode="bilinear", align_corners=False)
     n = rotate(n, torch.tensor([angle], dtype=n.dtype, device=n.device), mode="bilinear", padding_mode="border")
     top, left = (side - height) // 2, (side - width) // 2
