@@ -5,13 +5,14 @@ the first convolution computed once per image); a step of DS-RDMPD is one call o
 restorer runs it. Both at the paper-sized configurations (ASPDiff: the ``ASPDiffConfig`` defaults; DS-RDMPD: its
 paper's) and at the CPU-sized ones (``cpu_small()`` of each), on one 3 x ``--size`` x ``--size`` image with random
 weights (the speed does not depend on their values), float32. Also the once-per-image work of each (ASPDiff: APEM
-and HARM; DS-RDMPD: stage 1) and a whole restore at each method's default step count.
+and HARM; DS-RDMPD: stage 1), and with ``--restores`` a whole restore at each method's default step count (slow at
+the paper's size on a shared CPU).
 
 Each timing is the median of ``--repeats`` after one warm-up, the variants taking turns within a repeat so that a
 change in the machine's load falls on all alike (see bench_dsrdmpd.py). The quality-versus-steps curve of the
 CPU-trained weights (``scripts/train_aspdiff_weights.py curve``) is copied in when it exists.
 
-Usage: nice -n 10 python benchmarks/bench_aspdiff.py [--threads 2] [--repeats 3] [--size 256]
+Usage: nice -n 10 python benchmarks/bench_aspdiff.py [--threads 2] [--repeats 3] [--size 256] [--restores]
        [--out benchmarks/results/aspdiff.json]
 """
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--restores", action="store_true", help="also time whole restores")
     parser.add_argument("--out", type=Path, default=RESULTS / "aspdiff.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,8 +86,9 @@ def main() -> None:
         for label, (a, d) in models.items():
             cases[f"aspdiff_once_per_image_{label}"] = lambda a=a: a.refine(hazy, hazy, a.priors(hazy))
             cases[f"dsrdmpd_once_per_image_{label}"] = lambda d=d: d.stage1(hazy)
-            cases[f"aspdiff_restore_{label}_{a.cfg.steps}_steps"] = lambda a=a: a(hazy)
-            cases[f"dsrdmpd_restore_{label}_{d.cfg.steps}_steps"] = lambda d=d: d(hazy)
+            if args.restores:
+                cases[f"aspdiff_restore_{label}_{a.cfg.steps}_steps"] = lambda a=a: a(hazy)
+                cases[f"dsrdmpd_restore_{label}_{d.cfg.steps}_steps"] = lambda d=d: d(hazy)
         result["per_image"] = run_interleaved(cases, args.warmup, args.repeats)
     curve = RESULTS / "aspdiff_steps.json"
     if curve.exists():
