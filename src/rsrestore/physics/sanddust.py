@@ -163,7 +163,7 @@ DUST_PRESETS: dict[str, DustPreset] = {
     # Realistic dust (WMO's names for the three stages): the whole yellow-orange-grey range of casts as blends of the
     # library's, and non-uniform loads from a PatchyField.
     # suspended dust haze: a thin, widespread veil, pale or greyish (saturated casts turn dark ground olive-brown)
-    "suspended": DustPreset(depth_range=(0.3, 1.4), colours=("pale_yellow", "beige", "grey_yellow", "grey", "yellow"),
+    "suspended": DustPreset(depth_range=(0.3, 1.4), colours=("pale_yellow", "beige", "grey_yellow", "grey"),
                             mix_colours=True,
                             field=PatchyField(bank_probability=0.0, floor_range=(0.3, 0.8))),
     # blowing dust: plumes and streaks raised by the wind, sharp or soft, over clearer ground
