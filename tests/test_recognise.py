@@ -80,8 +80,7 @@ def test_shipped_recogniser_reads_real_scenes(shared_data):
     assert recognise_array(clean).label == "clean"
     hazy = synthesize_haze(torch.from_numpy(clean)[None], torch.Generator().manual_seed(1), preset="thick")["input"]
     assert recognise_array(hazy[0].numpy()).label == "haze"
-    # The Landsat-7 scene's real cumulus (never trained on): its cloudiest tile reads as cloud. (The whole scene, about
-    # a tenth cloud, reads clean: see benchmarks/results/recogniser.md.)
+    # The Landsat-7 scene's real cumulus (never trained on): its cloudiest tile reads as cloud.
     report, rgb, mask = inspect_scene(shared_data / "landsat7" / "RGB.byte.tif")
     white = ((rgb.min(0) > 0.6) & mask).astype(float)
     rows, cols = len(report.map_labels), len(report.map_labels[0])
@@ -95,9 +94,11 @@ def test_shipped_recogniser_reads_real_scenes(shared_data):
     target = next((shared_data / "sen12mscr").glob("ROIs1970_fall_s2/*/*.tif"))
     assert inspect_scene(cloudy, with_map=False)[0].scene.label in ("thin_cloud", "thick_cloud")
     assert inspect_scene(target, with_map=False)[0].scene.label == "clean"
-    # The Landsat-7 scene is partly cloudy: whatever --task auto does with it, it reports the cloudy tiles.
+    # The Landsat-7 scene is partly cloudy: --task auto reads it as thick cloud (enough of its tiles are) or, at the
+    # least, reports the cloudy tiles.
     decision = report.decision()
-    assert decision.cloud_tiles > 0 and "read as thick cloud" in decision.reason
+    assert decision.cloud_tiles > 0
+    assert decision.label == "thick_cloud" or "read as thick cloud" in decision.reason
 
 
 def _rec(label: str, severity: float = 0.5, **probs) -> Recognition:

@@ -533,8 +533,8 @@ def decide(rec: Recognition, cloud_tiles: float = 0.0) -> Decision:
     routed by what the rest of it needs, and the decision says how much of it is cloud: no method here restores
     opaque cloud without SAR, and leaving a hazy or dusty scene as it is for a few cumulus would help nobody."""
     decision = _decide(rec)
+    decision.cloud_tiles = round(cloud_tiles, 3)
     if cloud_tiles > 0 and decision.label != "thick_cloud":
-        decision.cloud_tiles = round(cloud_tiles, 3)
         decision.reason += f"; {100 * cloud_tiles:.0f} % of its tiles read as thick cloud (not restored without SAR)"
     return decision
 
