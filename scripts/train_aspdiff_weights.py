@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=("train", "evaluate", "curve", "export"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N images of each set")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score only the first N images of each set (curve: of NEON; default 12)")
     args = parser.parse_args(argv)
     import torch
 
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "train":
         train(args.threads)
     elif args.stage == "curve":
-        curve()
+        curve(limit_neon=args.limit or 12)
     else:
         scores = evaluate(args.limit)
         decision = verdict(scores)
