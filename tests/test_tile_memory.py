@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+import rsrestore
 from _one_line_errors import user_error
 from rsrestore.cli import app
 from rsrestore.memory import MiB, ForwardMemory, measure_forward_memory, resident_bytes, tiles_per_batch
@@ -100,6 +101,8 @@ def test_restored_scene_does_not_depend_on_tiles_per_batch():
 def test_max_memory_must_be_positive(geotiff_factory, tmp_path):
     with pytest.raises(RasterError, match="--max-memory"):
         restore_array(SmallConvNet(), np.zeros((3, 16, 16), np.float32), max_memory=0)
+    with pytest.raises(RasterError, match="--max-memory"):  # the public API passes it on
+        rsrestore.restore(np.zeros((3, 16, 16), np.float32), "dcp", max_memory=-1)
     src, _ = geotiff_factory()
     r = CliRunner().invoke(app, ["restore", str(src), "-o", str(tmp_path / "o.tif"), "--method", "dcp", "-q",
                                  "--max-memory", "-1"])

@@ -51,6 +51,7 @@ def restore(
     overwrite: bool = False,
     progress: bool = False,
     model_options: dict | None = None,
+    max_memory: float | None = None,
 ):
     """Restore a raster file (written to `output`; returns its path) or a (C, H, W) array (returns an array).
 
@@ -58,7 +59,9 @@ def restore(
     values in [0, 1]; integer arrays (uint8, uint16, int16) are file values, divided by `scale` (default: the dtype's,
     as for files: 255, 10000, 10000) and returned in the same dtype. NaN and infinite pixels are left as they were.
     `method` defaults to the default method of `task` (`registry.DEFAULT_METHODS`; `rsrestore models` marks it).
-    `model_options` override fields of the method's config (e.g. ``{"omega": 0.8}`` for dcp).
+    `model_options` override fields of the method's config (e.g. ``{"omega": 0.8}`` for dcp). With `max_memory` (MB),
+    the process stays under it: fewer than `batch_size` tiles per batch, and smaller tiles, as a probe of the model's
+    memory finds they must be (``rsrestore restore --max-memory``).
 
     ``task="auto"`` (without `method`) decides as ``rsrestore restore --task auto`` does (`rsrestore.recognise`): a
     scene recognised as clean, or as thick cloud (with a warning), comes back unchanged (a file is copied to `output`,
@@ -96,10 +99,10 @@ def restore(
     if is_file:
         return restore_file(model, path_or_array, output, bands=bands, scale=scale, sar=sar, align=align, tile=tile,
                             overlap=overlap, batch_size=batch_size, device=device, amp=amp, overwrite=overwrite,
-                            progress=progress, expected_bands=accepted_bands(spec, model))
+                            progress=progress, expected_bands=accepted_bands(spec, model), max_memory=max_memory)
     bands = accepted_bands(spec, model)
     return _restore_in_memory(model, name, bands, path_or_array, scale, sar=sar, tile=tile, overlap=overlap,
-                              batch_size=batch_size, device=device, amp=amp, progress=progress)
+                              batch_size=batch_size, device=device, amp=amp, progress=progress, max_memory=max_memory)
 
 
 def _route_array(array, bands, scale):
