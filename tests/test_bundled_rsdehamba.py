@@ -23,7 +23,8 @@ import torch
 import rsrestore
 from rsrestore.metrics.full_reference import compute_metrics
 from rsrestore.models.registry import MODELS, default_method
-from rsrestore.physics.haze import HAZE_PRESETS, synthesize_haze
+from rsrestore.physics.haze import synthesize_haze
+from rsrestore.synthesize import PRESET_GROUPS
 
 WEIGHTS = Path(rsrestore.__file__).resolve().parent / "weights" / "rsdehamba_haze_rgb.safetensors"
 META = WEIGHTS.with_suffix(".json")
@@ -112,7 +113,7 @@ def heldout_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
         tiles.append(_read_rgb(files[-1]))  # position 999: held out
     pairs = []
     for k, clean in enumerate((torch.stack(neon), torch.stack(tiles))):
-        for j, preset in enumerate(HAZE_PRESETS):
+        for j, preset in enumerate(PRESET_GROUPS["haze"]["classic"]):  # thin, moderate, thick: what it trained on
             g = torch.Generator().manual_seed(7000 + 10 * k + j)
             pairs.append((preset, synthesize_haze(clean, g, preset=preset)["input"], clean))
     return pairs
