@@ -86,3 +86,15 @@ def test_options_come_from_a_training_config(folder: Path):
                           clean_fraction=0.25, sensor=0.5, seed=3)
     for i in range(8):
         assert torch.equal(ds[i]["input"], again[i]["input"]) and ds[i]["meta"] == again[i]["meta"]
+
+
+def test_sensor_mapping_sets_the_effects(folder: Path):
+    ds = SyntheticDataset(folder, kind="haze", size=32, length=6, seed=4,
+                          sensor={"probability": 1, "jpeg_probability": 1, "noise_probability": 0,
+                                  "blur_probability": 0, "misregistration_probability": 0,
+                                  "jpeg_quality_range": [61, 62]})
+    for i in range(6):
+        effects = ds[i]["meta"]["sensor"]
+        assert effects["jpeg_quality"] in (61, 62) and effects["read_noise"] == 0 and effects["blur_sigma"] == 0
+    with pytest.raises(ValueError, match="accepted"):
+        SyntheticDataset(folder, sensor={"probability": 0.5, "gamma": 2})

@@ -225,3 +225,23 @@ def test_realistic_group_writes_and_regenerates(rgb_folder: Path, tmp_path: Path
         assert all(np.array_equal(again[k], stored[k]) for k in stored)
     with pytest.raises(ValueError, match="realistic"):
         synthesize_dataset(rgb_folder, tmp_path / "bad", "cloud", preset="realistic", n=1, progress=False)
+
+
+def test_sensor_effects_in_written_datasets(rgb_folder: Path, tmp_path: Path):
+    setting = {"probability": 1.0, "jpeg_probability": 1.0, "jpeg_quality_range": [70, 80]}
+    out = synthesize_dataset(rgb_folder, tmp_path / "s", "dust", n=3, size=32, seed=2, progress=False, sensor=setting)
+    plain = synthesize_dataset(rgb_folder, tmp_path / "p", "dust", n=3, size=32, seed=2, progress=False)
+    m = load_manifest(out)
+    assert m["sensor"] == setting and "sensor" not in load_manifest(plain)["samples"][0]
+    for rec in m["samples"]:
+        assert 70 <= rec["sensor"]["jpeg_quality"] <= 80
+        stored, before = read_sample(out, rec["index"]), read_sample(plain, rec["index"])
+        assert np.array_equal(stored["target"], before["target"])
+        assert not np.array_equal(stored["input"], before["input"])
+        again = regenerate_sample(out, rec["index"])
+        assert all(np.array_equal(again[k], stored[k]) for k in stored)
+        i_u = torch.from_numpy(stored["input"].astype(np.float32) / 255)  # Eq. 5 holds for the input as stored
+        j_u = torch.from_numpy(stored["target"].astype(np.float32) / 255)
+        assert (restore_from_phi(i_u, torch.from_numpy(stored["phi"])) - j_u).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="jpeg_strength"):
+        synthesize_dataset(rgb_folder, tmp_path / "bad", "haze", n=1, progress=False, sensor={"jpeg_strength": 1})

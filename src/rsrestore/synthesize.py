@@ -37,7 +37,8 @@ from torch import Tensor
 
 from .physics.clouds import CLOUD_PRESETS, synthesize_clouds
 from .physics.haze import HAZE_PRESETS, REALISTIC_HAZE, synthesize_haze
-from .physics.noise import randint
+from .physics.noise import randint, uniform
+from .physics.sensor import degrade_sensor, sensor_setting
 from .physics.sanddust import DUST_PRESETS, REALISTIC_DUST, PHI_ALPHA, PHI_BETA, phi_from_clean, synthesize_dust
 
 __all__ = [
@@ -297,6 +298,7 @@ def _make_sample(
     bands: Sequence[int] | None,
     wavelengths_nm: Sequence[float] | None,
     shadow: bool,
+    sensor: bool | float | dict = 0.0,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Generate one sample (arrays exactly as stored, plus its manifest record) from its seed."""
     g = torch.Generator().manual_seed(sample_seed_)
@@ -308,8 +310,13 @@ def _make_sample(
     if kind == "cloud":
         kw["shadow"] = shadow
     out = synthesize(torch.from_numpy(clean)[None], kind, g, preset=chosen, **kw)
+    degraded, sensor_params = out["input"], None
+    chance, effects = sensor_setting(sensor)
+    if chance > 0 and bool(uniform(g, 1)[0] < chance):  # no draw when off: older datasets regenerate as they were
+        degraded, drawn = degrade_sensor(degraded, g, effects)
+        sensor_params = sample_params(drawn, 0)
 
-    stored = {"input": _stored(out["input"][0].numpy()), "target": _stored(clean)}
+    stored = {"input": _stored(degraded[0].numpy()), "target": _stored(clean)}
     if kind == "dust":
         # Phi for the stored, quantised pair, so Eq. 5 maps the file `input` to the file `target`.
         i_q = torch.from_numpy(_as_unit(stored["input"]))
@@ -324,6 +331,8 @@ def _make_sample(
         "preset": chosen,
         "params": sample_params(out["params"], 0),
     }
+    if chance > 0:
+        record["sensor"] = sensor_params
     return stored, record
 
 
@@ -342,6 +351,7 @@ def synthesize_dataset(
     wavelengths_nm: Sequence[float] | None = None,
     shadow: bool = True,
     overwrite: bool = False,
+    sensor: bool | float | dict = 0.0,
 ) -> Path:
     """Write a synthetic paired dataset of `n` crops of `size` x `size` degraded by `kind` (see the module docstring).
 
@@ -355,12 +365,16 @@ def synthesize_dataset(
         bands: 0-based band indices to keep (default all); every source must then have the same band count.
         wavelengths_nm: band centres for images that are not 1, 3 (RGB), 4 (RGB+NIR) or 13 (Sentinel-2) bands.
         shadow: cast shadows of thick clouds.
+        sensor: chance that a sample's degraded input also gets blur, noise, JPEG and band misregistration (or a
+            mapping of :class:`~rsrestore.physics.sensor.SensorPreset` fields plus ``probability``), as the
+            ``synthetic`` dataset's option of the same name; the drawn effects go into the manifest.
 
     Returns the output folder.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown degradation kind {kind!r}; choose one of {', '.join(KINDS)}")
     resolve_presets(kind, preset)
+    sensor_setting(sensor)  # a bad setting fails before anything is written
     if n < 1 or size < 8:
         raise ValueError(f"n must be >= 1 and size >= 8; got n={n}, size={size}")
     files = find_images(clean)
@@ -394,7 +408,7 @@ def synthesize_dataset(
         for i in it:
             path = files[order[i % len(files)]]
             stored, record = _make_sample(kind, path, sample_seed(seed, i), size, preset, scale, bands,
-                                          wavelengths_nm, shadow)
+                                          wavelengths_nm, shadow, sensor)
             bands_seen.add(stored["target"].shape[0])
             if len(bands_seen) > 1:
                 raise ValueError(f"sources have different band counts ({sorted(bands_seen)}); pass bands= to pick some")
@@ -418,6 +432,7 @@ def synthesize_dataset(
             "bands": None if bands is None else [int(b) for b in bands],
             "wavelengths_nm": None if wavelengths_nm is None else [float(w) for w in wavelengths_nm],
             "shadow": shadow,
+            "sensor": sensor,
             "clean_root": str(root),
             "num_sources": len(files),
             "phi": {"alpha": PHI_ALPHA, "beta": PHI_BETA} if kind == "dust" else None,
@@ -498,7 +513,7 @@ def regenerate_sample(dataset: str | Path | dict, index: int, clean_root: str | 
     if not path.is_file():
         raise FileNotFoundError(f"clean source {path} not found; pass clean_root= to say where the images are")
     stored, again = _make_sample(m["kind"], path, rec["seed"], m["size"], m["preset"], m["scale"], m["bands"],
-                                 m["wavelengths_nm"], m["shadow"])
+                                 m["wavelengths_nm"], m["shadow"], m.get("sensor", 0.0))
     if again["window"] != rec["window"] or again["preset"] != rec["preset"]:
         raise RuntimeError(f"sample {index}: the regenerated crop/preset differ from the manifest "
                            f"({again['window']}, {again['preset']} vs {rec['window']}, {rec['preset']})")

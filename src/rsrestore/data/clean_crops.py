@@ -226,7 +226,8 @@ class CleanCrops:
             gains = (bright * colour).float()
             x = (x * gains[:, None, None]).clamp(0.0, 1.0)
         meta = {"window": tuple(window), "pad": pad, "invalid": round(invalid, 4), "zoom": zoom, "angle": angle,
-                "stretch": None if limits is None else [v.tolist() for v in limits], "gains": None if gains is None else gains.tolist(), "bands": indices}
+                "stretch": None if limits is None else [v.tolist() for v in limits],
+                "gains": None if gains is None else gains.tolist(), "bands": indices}
         return x.contiguous(), meta
 
     def _zoom_and_turn(self, x: Tensor, zoom: float, angle: float) -> Tensor:

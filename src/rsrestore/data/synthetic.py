@@ -12,7 +12,9 @@ Items are dicts of (C, H, W) float32 tensors in [0, 1]:
 * ``mask`` (1, H, W), 0/1, for clouds;
 * ``meta``: ``name``, ``path``, ``index``, ``kind``, ``preset``, ``window`` (row, col, h, w in file pixels, before
   padding), ``pad``, ``rot90``, ``hflip``, ``seed``, the drawn ``params`` and ``sensor`` (the sensor and file effects
-  drawn, or None; only when ``sensor`` is on). An item kept clean (``clean_fraction``) has ``input`` equal to ``target`` and preset ``"clean"``.
+  drawn, or None; only when ``sensor`` is on) and ``crop`` (the zoom, angle, gains, stretch, no-data share and bands
+  of the clean crop; only when a crop option is on). An item kept clean (``clean_fraction``) has ``input`` equal to
+  ``target`` and preset ``"clean"``.
 
 With ``kind="mixed"``, ``clean_fraction`` or ``sensor``, items of one batch may carry different keys or parameters;
 use ``collate_fn=SyntheticDataset.collate``, which stacks the tensors every item has and keeps ``meta`` as a list (the
@@ -29,7 +31,7 @@ from torch.utils.data import Dataset
 
 from ..physics.noise import randint, uniform
 from ..physics.sanddust import PHI_ALPHA, PHI_BETA, phi_from_clean
-from ..physics.sensor import degrade_sensor
+from ..physics.sensor import degrade_sensor, sensor_setting
 from .clean_crops import CleanCrops
 from .common import check_bands
 from ..synthesize import (
@@ -71,6 +73,8 @@ class SyntheticDataset(Dataset):
             'clean'), so a learned model also learns to leave clear content alone.
         sensor: chance (True = 1) that an item's degraded input also goes through the sensor and the file (blur,
             noise, JPEG, band misregistration; :func:`rsrestore.physics.sensor.degrade_sensor`); the target never.
+            A mapping sets the effects too: ``{probability: 0.5, jpeg_probability: 0.8}`` (any
+            :class:`~rsrestore.physics.sensor.SensorPreset` field).
         more_sources: more folders or files of clean images, besides `sources` (a training config's ``root``).
         balance: each item first draws one of the sources (`sources` and `more_sources`) in turn, then a file of it
             at random, so a source of 10,000 tiles does not drown one of ten scenes; default: item i reads file
@@ -97,7 +101,7 @@ class SyntheticDataset(Dataset):
         shadow: bool = True,
         crop: int | None = None,
         clean_fraction: float = 0.0,
-        sensor: bool | float = False,
+        sensor: bool | float | dict = False,
         more_sources: Sequence[str | Path] | None = None,
         balance: bool = False,
         band_map: dict[str, Sequence[int]] | None = None,
@@ -117,7 +121,7 @@ class SyntheticDataset(Dataset):
                 raise ValueError("preset must be None with kind='mixed' (each kind draws among its own presets)")
         self.presets = {k: resolve_presets(k, preset if k == kind else None) for k in KINDS}
         clean_fraction = _probability("clean_fraction", clean_fraction)
-        sensor = _probability("sensor", sensor)
+        sensor, self.sensor_preset = sensor_setting(sensor)
         if isinstance(size, bool) or not isinstance(size, int) or size < 8:
             raise ValueError(f"size must be an int >= 8; got {size!r}")
         if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
@@ -202,7 +206,7 @@ class SyntheticDataset(Dataset):
             params = sample_params(out["params"], 0)
             degraded = out["input"]
             if self.sensor > 0 and bool(uniform(g, 1)[0] < self.sensor):
-                degraded, drawn = degrade_sensor(degraded, g)
+                degraded, drawn = degrade_sensor(degraded, g, self.sensor_preset)
                 sensor_params = sample_params(drawn, 0)
             item["input"] = degraded[0].contiguous()
             if kind == "cloud":
@@ -232,7 +236,8 @@ class SyntheticDataset(Dataset):
     def _groups(self, sources: Any, more_sources: Any) -> list[list[int]]:
         """Indices into ``self.files`` of each given source (a folder or a file), in the order given."""
         where = {f: i for i, f in enumerate(self.files)}
-        return [sorted({where[f] for f in find_images(source)}) for source in _as_list(sources) + list(more_sources or [])]
+        given = _as_list(sources) + list(more_sources or [])
+        return [sorted({where[f] for f in find_images(source)}) for source in given]
 
     @staticmethod
     def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -65,11 +65,11 @@ grey           (0.56, 0.54, 0.50)   grey dust over towns and loess (realistic pr
 
 The light / moderate / heavy presets draw one of the first five (``CLASSIC_DUST_COLOURS``).
 
-The realistic presets (``REALISTIC_DUST``, named after WMO's stages of a dust event) keep the model and the Phi
-target and change what is drawn: the cast is a random blend of two casts of the preset's casts (a continuum: greys,
-beige and pale yellow for suspended dust, the whole library for blowing dust, yellow to orange and brown for storms), and the dust load comes from a
-:class:`~rsrestore.physics.noise.PatchyField` (plumes and veils at scales from 24 px to twice the scene, streaks
-along a random wind direction), with ``depth_range`` the densest load d_s:
+The realistic presets (``REALISTIC_DUST``, named after WMO's stages of a dust event) keep the model and the Phi target
+and change what is drawn: the cast is a random blend of two casts of the preset's casts (a continuum: greys, beige and
+pale yellow for suspended dust, the whole library for blowing dust, yellow to orange and brown for storms), and the
+dust load comes from a :class:`~rsrestore.physics.noise.PatchyField` (plumes and veils at scales from 24 px to twice
+the scene, streaks along a random wind direction), with ``depth_range`` the densest load d_s:
 
 ==========  ===========  ===========================================================================
 preset      d_s max      field

@@ -39,6 +39,7 @@ __all__ = [
     "jpeg_compress",
     "shift_bands",
     "degrade_sensor",
+    "sensor_setting",
 ]
 
 
@@ -178,3 +179,30 @@ def degrade_sensor(x: Tensor, generator: torch.Generator, preset: SensorPreset =
         for key, value in zip(params, (sigma, read, shot, quality, shifts)):
             params[key].append(value)
     return torch.cat(out), params
+
+
+def sensor_setting(value: bool | float | dict | None) -> tuple[float, SensorPreset]:
+    """The chance and the effects of a ``sensor`` option as a config gives it: ``true`` / ``false``, a chance in
+    [0, 1], or a mapping ``{probability: 0.5, <any SensorPreset field>: ...}`` (e.g. ``jpeg_probability: 0.8``)."""
+    if value is None:
+        return 0.0, SENSOR_DEFAULT
+    if isinstance(value, bool):
+        return float(value), SENSOR_DEFAULT
+    if isinstance(value, (int, float)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"sensor must be a chance in [0, 1], true / false, or a mapping; got {value!r}")
+        return float(value), SENSOR_DEFAULT
+    if isinstance(value, dict):
+        fields = dict(value)
+        chance = sensor_setting(fields.pop("probability", 1.0))[0]
+        known = set(SensorPreset.__dataclass_fields__)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown sensor setting(s) {', '.join(unknown)}; accepted: probability, "
+                             f"{', '.join(sorted(known))}")
+        try:
+            preset = SensorPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        except TypeError as e:
+            raise ValueError(f"bad sensor setting: {e}") from None
+        return chance, preset
+    raise ValueError(f"sensor must be a chance in [0, 1], true / false, or a mapping; got {value!r}")
