@@ -249,7 +249,7 @@ def _hazy(data: np.ndarray, preset: str, seed: int) -> np.ndarray:
 
 
 def test_a_faint_haze_gets_a_smaller_omega_than_a_thick_one(shared_data):
-    data = _naip_crop(shared_data, 192)
+    data = _naip_crop(shared_data, 128)
     moderate, thick = route_array(_hazy(data, "moderate", 1) / 255.0), route_array(_hazy(data, "thick", 1) / 255.0)
     assert moderate.method == thick.method == "dcp"
     assert moderate.severity < thick.severity and moderate.options["omega"] < thick.options["omega"]
@@ -258,7 +258,7 @@ def test_a_faint_haze_gets_a_smaller_omega_than_a_thick_one(shared_data):
 def test_an_explicit_omega_wins_over_the_auto_strength(tmp_path, shared_data):
     from rsrestore.batch import RestoreOptions, Scene, restore_scene
 
-    src = _write_scene(tmp_path / "hazy.tif", _hazy(_naip_crop(shared_data, 160), "moderate", 4))
+    src = _write_scene(tmp_path / "hazy.tif", _hazy(_naip_crop(shared_data, 128), "moderate", 4))
     auto = restore_scene(Scene(src, tmp_path / "auto.tif"), RestoreOptions(method="auto", device="cpu"), resume=False)
     mine = RestoreOptions(method="auto", device="cpu", model_options=(("omega", 0.5),))
     explicit = restore_scene(Scene(src, tmp_path / "explicit.tif"), mine, resume=False)
@@ -272,7 +272,7 @@ def test_an_explicit_omega_wins_over_the_auto_strength(tmp_path, shared_data):
 
 
 def test_python_restore_auto_leaves_a_clean_scene_and_restores_a_hazy_one(tmp_path, shared_data):
-    data = _naip_crop(shared_data, 192)
+    data = _naip_crop(shared_data, 128)
     out = rsrestore.restore(data, task="auto")
     assert out is not data and out.dtype == data.dtype and np.array_equal(out, data)
     tensor = torch.from_numpy(data.astype(np.float32) / 255)

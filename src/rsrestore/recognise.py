@@ -29,7 +29,8 @@ feature normalisation, the training data, the sources' licences and the leave-on
 Two rules sit on top of the network, both for doing no harm: a picture whose clean probability is at least
 ``CLEAN_FLOOR`` reads clean (restoring a clean scene harms it; leaving a faint veil costs little), and a scene with at
 least ``CLOUD_TILE_SHARE`` of its map tiles read as thick cloud is called thick cloud (a few cumulus barely move
-whole-scene statistics; the tiles see them).
+whole-scene statistics; the tiles see them). A partly cloudy scene, with fewer such tiles, is routed by what the rest
+of it needs, and its decision reports the share of cloudy tiles (:func:`decide`).
 
 Routing (:func:`route`): a clean scene is left unchanged; haze goes to the haze task's default method, dust to the dust
 task's; a thin cloud veil is an additive, nearly grey airlight term like haze, so it goes to the haze method too; thick
