@@ -147,7 +147,8 @@ def restore(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `rsrestore models`); "
                                          "default: the default method of --task (marked by `rsrestore models`)."),
     task: str = typer.Option("haze", help="haze | dust | cloud: picks the default method; auto: the recogniser "
-                             "picks it per scene (a clean scene is written unchanged; see `rsrestore inspect`)."),
+                             "picks it per scene, dcp's omega from the severity (a clean scene is written unchanged; "
+                             "see `rsrestore inspect`)."),
     weights: str = typer.Option("default", help="Weights file (.safetensors or .pth), or 'default' for bundled ones."),
     bands: Optional[str] = typer.Option(None, help="1-based bands to restore, e.g. 4,3,2; others pass through."),
     scale: Optional[float] = typer.Option(None, help="Divisor mapping file values to [0,1] (default by dtype: "
@@ -252,7 +253,8 @@ def batch(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `rsrestore models`); "
                                          "default: the default method of --task (marked by `rsrestore models`)."),
     task: str = typer.Option("haze", help="haze | dust | cloud: picks the default method; auto: the recogniser "
-                             "picks it per scene (a clean scene is written unchanged; see `rsrestore inspect`)."),
+                             "picks it per scene, dcp's omega from the severity (a clean scene is written unchanged; "
+                             "see `rsrestore inspect`)."),
     weights: str = typer.Option("default", help="Weights file (.safetensors or .pth), or 'default' for bundled ones."),
     bands: Optional[str] = typer.Option(None, help="1-based bands to restore, e.g. 4,3,2; others pass through."),
     scale: Optional[float] = typer.Option(None, help="Divisor mapping file values to [0,1] (default by dtype)."),
