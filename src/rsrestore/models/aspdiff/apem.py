@@ -217,7 +217,8 @@ class APEM(nn.Module):
         out = {"airlight0": airlight0, "airlight": airlight0}
         if c.refine_airlight:
             shift, log_exponent = self.f_a(x, t0, airlight0, mask)
-            out["airlight"] = (airlight0 + c.max_airlight_shift * torch.tanh(shift)).clamp_min(1e-3)
+            # Within the value range: an airlight above saturation would darken and tint saturated clouds.
+            out["airlight"] = (airlight0 + c.max_airlight_shift * torch.tanh(shift)).clamp(1e-3, 1.0)
             if c.band_exponents:
                 out["exponent"] = torch.exp(log_exponent.clamp(-2.0, 2.0))
         return out
