@@ -85,7 +85,7 @@ def test_dark_scene_with_nodata_zero_keeps_every_valid_pixel(tmp_path, bands, dt
         res = b.read()
     assert (res[:, :, :8] == 0).all() and (res[:, :, 8:] >= 1).all()
     # the restore does push valid pixels to the bottom of the range: without the nudge they would be holes
-    assert (res[:, :, 8:] == 1).sum() > 100
+    assert (res[:, :, 8:] == 1).sum() > 50
 
 
 # 1. non-finite values ---------------------------------------------------------------------------------------------
