@@ -142,6 +142,17 @@ def test_a_scene_read_as_one_tile_uses_its_own_statistics_without_a_record(full_
     np.testing.assert_allclose(out, whole, atol=1e-4)  # channels_last tiles: float rounding only
 
 
+def test_scene_statistics_know_the_scene_behind_a_decimated_read(full_model, monkeypatch):
+    monkeypatch.setattr(restorer, "STATS_SIDE", 40)
+    scene = full_model.scene_statistics(torch.rand(1, 3, 60, 80), decimation=4.0)["scene"]
+    assert scene.scene_shape == (240, 320)
+    assert tuple(scene.image.shape[-2:]) == (30, 40)  # downsampled further, to at most STATS_SIDE a side
+    # a tile as large as the scene still takes the scene's statistics: they were not its own
+    assert not scene.is_image(torch.rand(1, 3, 240, 320), [(0, 0)])
+    small = full_model.scene_statistics(torch.rand(1, 3, 30, 40))["scene"]
+    assert small.is_image(torch.rand(1, 3, 30, 40), [(0, 0)]) and not small.is_image(torch.rand(1, 3, 30, 40), [(0, 8)])
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_replayed_statistics_are_the_recorded_ones_whatever_the_input(stage):
     torch.manual_seed(0)
