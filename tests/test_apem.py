@@ -89,6 +89,7 @@ def test_priors_ranges_and_shapes_for_any_band_count(bands):
     assert bool((p.t > 0).all()) and bool((p.t <= 1).all())
     assert not torch.allclose(p.t, p.t0.clamp(1e-3, 1))  # f_t changed the map
     assert not torch.allclose(p.airlight, p.airlight0)  # f_A changed the airlight
+    assert bool((p.airlight > 0).all()) and bool((p.airlight <= 1).all())  # within the value range
     restored = APEMDehazer(model.cfg)(x)
     assert restored.shape == x.shape and restored.min() >= 0 and restored.max() <= 1
 
