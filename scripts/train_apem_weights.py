@@ -304,7 +304,10 @@ def _training_text(meta: dict) -> str:
 LIMITS = ("Trained for minutes on a shared CPU, on synthetic haze only (the atmospheric scattering model). It keeps "
           "the dark channel prior's physics: one transmission map (with per-band exponents) and one atmospheric "
           "light per scene, so it cannot remove what that model cannot describe (thick cloud, cloud shadows, "
-          "sensor noise).")
+          "sensor noise). On the real Landsat-7 crop (`picture` stage) it looks like DCP over land and water but tints "
+          "the inside of a large cumulus with lavender patches and darkens cloud rims. Landsat-8 L1 digital numbers "
+          "hold the scene's own path radiance; APEM, like DCP, removes part of it, which the clean reference counts "
+          "as error.")
 
 
 def write_table(scores: dict, meta: dict, decision: dict) -> tuple[Path, Path]:
