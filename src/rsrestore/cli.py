@@ -423,8 +423,10 @@ def synthesize(
     clean: List[Path] = typer.Argument(..., help="Clean images or folders of them (PNG, JPEG, GeoTIFF; any bands)."),
     out: Path = typer.Option(..., "-o", "--out", help="Dataset folder to write (paired layout + manifest.json)."),
     kind: str = typer.Option(..., help="haze | dust | cloud"),
-    preset: Optional[str] = typer.Option(None, help="haze: thin|moderate|thick; dust: light|moderate|heavy; "
-                                         "cloud: thin|thick; default: random per sample."),
+    preset: Optional[str] = typer.Option(None, help="A preset or a group, drawn per sample. haze: thin|moderate|thick "
+                                         "(group classic, the default), veil|patchy|bank|dense (group realistic); "
+                                         "dust: light|moderate|heavy (classic), suspended|blowing|storm "
+                                         "(realistic); cloud: thin|thick."),
     n: int = typer.Option(1000, help="Number of pairs."),
     size: int = typer.Option(256, help="Crop size in pixels."),
     seed: int = typer.Option(0, help="Seed: the same seed regenerates the dataset bit for bit."),
