@@ -190,10 +190,12 @@ MODELS: dict[str, ModelSpec] = {
     "aspdiff": ModelSpec(
         name="aspdiff",
         task="haze",
-        summary="ASPDiff: diffusion conditioned on refined atmospheric priors, then haze-aware refinement (10 seeded "
-        "DDIM steps; config steps, seed)",
+        summary="ASPDiff: diffusion conditioned on refined atmospheric priors, then haze-aware refinement (seeded DDIM "
+        "steps: 2 with the bundled weights; config steps, seed)",
         classes=_aspdiff,
         band_field="in_channels",
+        weights="aspdiff_haze_rgb.safetensors",
+        experimental=True,  # beats dcp on held-out synthetic haze only; not yet checked on real hazy scenes
         paper="Zhang et al. Atmospheric Scattering Prior embedded Diffusion Model for remote sensing image dehazing "
         "(ASPDiff). IEEE TGRS 2022",
     ),
