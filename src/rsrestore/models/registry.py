@@ -195,7 +195,7 @@ MODELS: dict[str, ModelSpec] = {
         classes=_aspdiff,
         band_field="in_channels",
         weights="aspdiff_haze_rgb.safetensors",
-        experimental=True,  # beats dcp on held-out synthetic haze only; not yet checked on real hazy scenes
+        experimental=True,  # beats dcp on held-out synthetic haze; on a real Landsat-7 crop it tints clouds yellow
         paper="Zhang et al. Atmospheric Scattering Prior embedded Diffusion Model for remote sensing image dehazing "
         "(ASPDiff). IEEE TGRS 2022",
     ),
