@@ -55,7 +55,9 @@ class ASPDiffConfig:
         apem_width: APEM's hidden width (16, APEM's default).
         apem_guided_radius, apem_band_exponents: APEM's guided filter on t0 and per-band exponents (APEM's defaults).
         timesteps, schedule: T and the DDPM variance schedule (1000, "linear": DDPM's; chosen).
-        steps: DDIM steps at restore time (10; chosen from the measured steps curve, range 1 to ``timesteps``).
+        steps: DDIM steps at restore time (10, chosen; any of 1 to ``timesteps``). The bundled CPU weights set 2, the
+            best on their validation crops (benchmarks/results/aspdiff_steps.json: 1 step is blurry, more than 2 add
+            little for weights trained briefly).
         eta: DDIM stochasticity (0: deterministic given the starting noise).
         seed: seed of the sampling noise, so the same input gives the same output.
         use_apem: False conditions DAPE on the hazy image alone (ablation "without APEM"; HARM keeps only its
