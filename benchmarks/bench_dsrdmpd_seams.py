@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from dataclasses import asdict
 
-    from rsrestore.models.dsrdmpd import DSRDMPDConfig, restorer
+    from rsrestore.models.dsrdmpd import DSRDMPDConfig, shared_statistics
     from rsrestore.models.registry import load_model
     from rsrestore.tiling import restore_array
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "scene": f"{SCENE.relative_to(ROOT.parent)} [0:{args.size}, 0:{args.size}], moderate synthetic haze (seed 0)",
         "model": args.weights or "untrained DSRDMPDConfig.cpu_small() (torch.manual_seed(0))",
         "steps": model.cfg.steps, "seed": model.cfg.seed,
-        "tile": args.tile, "overlap": args.overlap, "statistics_side": restorer.STATS_SIDE,
+        "tile": args.tile, "overlap": args.overlap, "statistics_side": shared_statistics.STATS_SIDE,
         "units": "8-bit levels (x 255)",
     }
     for halo in args.halo or [model.halo]:
@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.without_origins:
         result["without_origins"] = seam_scores(tiled_restore(_WithoutOrigins(model)), whole, args.tile, args.overlap)
     if args.exact:
-        restorer.STATS_SIDE = max(args.size, restorer.STATS_SIDE)  # the image is its own statistics' copy
+        # the image is its own statistics' copy
+        shared_statistics.STATS_SIDE = max(args.size, shared_statistics.STATS_SIDE)
         t = time.perf_counter()
         exact = model(torch.from_numpy(image)[None], origins=[(0, 0)])[0].numpy()
         wall["whole_exact_statistics"] = round(time.perf_counter() - t, 1)

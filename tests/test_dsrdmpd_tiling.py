@@ -18,10 +18,11 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from _one_line_errors import user_error
+from _statistics_records import count_records
 
 from rsrestore.cli import app
 from rsrestore.models.dsrdmpd import DSRDMPD, DSRDMPDConfig, MCESSUNet, MCESSUNetConfig, UNetRes, UNetResConfig
-from rsrestore.models.dsrdmpd import restorer
+from rsrestore.models.dsrdmpd import shared_statistics
 from rsrestore.models.dsrdmpd.shared_statistics import recording, replaying
 from rsrestore.tiling import restore_array, run_model
 
@@ -114,17 +115,10 @@ def textured_scene() -> Tensor:
 @pytest.mark.parametrize("stats_side", [512, 40], ids=["own-statistics", "downsampled-statistics"])
 def test_tiles_replay_the_scene_statistics_so_tiled_matches_whole(full_model, stats_side, monkeypatch):
     # 96 > 40: the whole image, like its tiles, then takes its statistics from a copy downsampled to 40 x 40
-    monkeypatch.setattr(restorer, "STATS_SIDE", stats_side)
+    monkeypatch.setattr(shared_statistics, "STATS_SIDE", stats_side)
     image = textured_scene()
     whole = full_model(image[None], origins=[(0, 0)])[0].numpy()
-    records = []
-    real_recording = restorer.recording
-
-    def counted_recording(*args):
-        records.append(args)
-        return real_recording(*args)
-
-    monkeypatch.setattr(restorer, "recording", counted_recording)
+    records = count_records(monkeypatch)
     out = tiled(full_model, image)
     assert len(records) == 1  # once per scene, not per tile
     assert np.abs(out - whole).max() < 3 / 255
@@ -133,7 +127,7 @@ def test_tiles_replay_the_scene_statistics_so_tiled_matches_whole(full_model, st
 
 
 def test_a_scene_read_as_one_tile_uses_its_own_statistics_without_a_record(full_model, monkeypatch):
-    monkeypatch.setattr(restorer, "recording", None)  # any record would fail
+    monkeypatch.setattr(shared_statistics, "recording", None)  # any record would fail
     image = textured_scene()
     whole = full_model(image[None], origins=[(0, 0)])[0].numpy()
     with warnings.catch_warnings():
@@ -143,7 +137,7 @@ def test_a_scene_read_as_one_tile_uses_its_own_statistics_without_a_record(full_
 
 
 def test_scene_statistics_know_the_scene_behind_a_decimated_read(full_model, monkeypatch):
-    monkeypatch.setattr(restorer, "STATS_SIDE", 40)
+    monkeypatch.setattr(shared_statistics, "STATS_SIDE", 40)
     scene = full_model.scene_statistics(torch.rand(1, 3, 60, 80), decimation=4.0)["scene"]
     assert scene.scene_shape == (240, 320)
     assert tuple(scene.image.shape[-2:]) == (30, 40)  # downsampled further, to at most STATS_SIDE a side

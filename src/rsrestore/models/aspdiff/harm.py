@@ -17,6 +17,10 @@ public form of its frequency attention.
   and shift (1x1 convolutions) of the frequency-enhanced features, and a last convolution adds a correction to the
   input estimate: ``J = J_in + conv(features (1 + scale) + shift)``.
 
+Tiling: the channel attention's pooled spectrum and SimAM's per-map mean and variance are whole-input quantities; they
+go through :func:`~rsrestore.models.dsrdmpd.shared_statistics.shared`, so every tile of a scene can replay the
+scene's (:meth:`~.restorer.ASPDiff.scene_statistics`).
+
 The 2-D DCT here is written out (a small matrix product) because torch has no DCT; it is checked against
 ``scipy.fft.dctn(norm="ortho")`` in the tests.
 """
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..dsrdmpd.shared_statistics import shared
 from .apem import Priors, band_transmission
 
 __all__ = ["TOP16_FREQUENCIES", "dct_matrix", "dct2", "simam", "FrequencyChannelAttention", "HARM"]
@@ -60,16 +65,22 @@ def dct2(x: Tensor) -> Tensor:
     return dh @ x @ dw.T
 
 
-def simam(x: Tensor, lam: float = 1e-4) -> Tensor:
+def simam(x: Tensor, lam: float = 1e-4, owner: nn.Module | None = None, name: str = "simam") -> Tensor:
     """SimAM, parameter-free attention: every value weighted by the sigmoid of its inverse energy within its map.
 
-    ``x`` (B, C, H, W); statistics per (batch, channel) over the H x W pixels (``n = H W``).
+    ``x`` (B, C, H, W); statistics per (batch, channel) over the H x W pixels (``n = H W``). Given an ``owner``
+    module, the mean and the variance ``sum d / (n - 1)`` are its shared quantity ``name``.
     """
     n = x.shape[-2] * x.shape[-1]
     if n < 2:
         raise ValueError(f"SimAM needs at least 2 pixels per map, got {tuple(x.shape[-2:])}")
-    d = (x - x.mean(dim=(-2, -1), keepdim=True)).pow(2)
-    y = d / (4 * (d.sum(dim=(-2, -1), keepdim=True) / (n - 1) + lam)) + 0.5
+
+    def moments() -> tuple[Tensor, Tensor]:
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        return mean, (x - mean).pow(2).sum(dim=(-2, -1), keepdim=True) / (n - 1)
+
+    mean, variance = moments() if owner is None else shared(owner, name, moments, x.shape[0])
+    y = (x - mean).pow(2) / (4 * (variance + lam)) + 0.5
     return x * torch.sigmoid(y)
 
 
@@ -95,7 +106,7 @@ class FrequencyChannelAttention(nn.Module):
         return (pooled * self.basis.to(pooled.dtype)).sum(dim=(-2, -1))
 
     def forward(self, x: Tensor) -> Tensor:
-        weights = torch.sigmoid(self.mlp(self.spectral_pool(x)))
+        weights = torch.sigmoid(self.mlp(shared(self, "spectrum", lambda: self.spectral_pool(x), x.shape[0])))
         return x * weights[:, :, None, None]
 
 
@@ -126,7 +137,8 @@ class HARM(nn.Module):
             if priors is None:
                 raise ValueError("HARM built with use_priors needs the refined priors")
             veil = priors.airlight[:, :, None, None] * (1 - band_transmission(priors))  # (B, C, H, W)
-            maps = torch.cat([simam(priors.t), simam(veil)], dim=1)
+            maps = torch.cat([simam(priors.t, owner=self, name="simam_t"), simam(veil, owner=self, name="simam_veil")],
+                             dim=1)
             scale, shift = self.modulation(maps).chunk(2, dim=1)
             x = x * (1 + scale) + shift
         return estimate + self.tail(x)

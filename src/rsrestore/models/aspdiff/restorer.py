@@ -19,9 +19,13 @@ chosen.
 
 Tiling: the atmospheric light is a scene statistic (:meth:`ASPDiff.scene_statistics`: A0 and APEM's refined A of
 the whole, decimated scene), so every tile uses the same; the sampling noise is drawn by scene position when the
-tiling engine passes ``origins``, so overlapping tiles sample the same image (as in DS-RDMPD). What still differs
-between a tile and the whole scene is what the networks pool over a whole input (the U-Net's GroupNorm and linear
-attention, HARM's channel attention).
+tiling engine passes ``origins``, so overlapping tiles sample the same image (as in DS-RDMPD). What the networks
+compute over a whole input (the U-Net's GroupNorm moments and linear-attention context, HARM's pooled spectrum and
+SimAM moments) goes through DS-RDMPD's :mod:`~rsrestore.models.dsrdmpd.shared_statistics`, by the same rule: it is
+recorded once per scene, by a restore of the scene downsampled to at most
+:data:`~rsrestore.models.dsrdmpd.shared_statistics.STATS_SIDE` pixels a side (with the scene's atmospheric light and
+noise drawn by position), and every tile replays it, the denoiser's per sampling step. An image larger than that
+restored in one piece uses its downsampled copy's statistics too; a smaller one uses its own.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ from torch import Tensor, nn
 
 from ...diffusion import NoiseFn, position_noise_fn
 from ..blocks import pad_to_multiple
+from ..dsrdmpd.shared_statistics import (
+    SceneStatistics,
+    StatisticsRecord,
+    exceeds_statistics_side,
+    restore_with_scene_statistics,
+)
 from .apem import APEM, APEMConfig, Priors, apem_loss, total_variation
 from .dape import DAPE
 from .harm import HARM, dct_matrix
@@ -148,7 +158,8 @@ class ASPDiff(nn.Module):
     Sampling noise comes from ``cfg.seed`` (or a ``generator``), or ``noise_fn(shape, step)``; given ``origins`` (the
     scene position of each image, as the tiling engine passes them) it is
     :func:`rsrestore.diffusion.position_noise_fn` of ``cfg.seed``. ``stats`` is :meth:`scene_statistics` of the whole
-    scene. With the clean ``target`` it returns the training losses instead (:meth:`losses`; ``vgg`` a
+    scene; without it, an image larger than ``STATS_SIDE`` gets the statistics of its own downsampled copy. With the
+    clean ``target`` it returns the training losses instead (:meth:`losses`; ``vgg`` a
     :class:`rsrestore.vgg.VGG19Features` for the perceptual term).
     """
 
@@ -171,11 +182,22 @@ class ASPDiff(nn.Module):
     def min_size(self) -> int:
         return self.cfg.apem_config.patch
 
-    def scene_statistics(self, x: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-        """APEM's scene-level A0, refined A (and per-band exponents) of the scene; empty without APEM."""
-        return self.apem.scene_airlight(x, mask) if self.apem is not None else {}
+    def scene_statistics(self, x: Tensor, mask: Tensor | None = None, decimation: float = 1.0) -> dict:
+        """The scene's statistics, for every tile (``stats=`` of :meth:`forward`), from ``x``, a read of the whole scene
+        ``decimation`` times smaller than it: APEM's A0, refined A (and per-band exponents) -- none without APEM --
+        and ``"scene"``, the layers' statistics, recorded lazily at the first tile (:meth:`record_statistics`)."""
+        self._check(x)
+        stats = dict(self.apem.scene_airlight(x, mask)) if self.apem is not None else {}
+        stats["scene"] = SceneStatistics.of(x, decimation)
+        return stats
 
-    def forward(self, x: Tensor, sar: Tensor | None = None, *, stats: dict[str, Tensor] | None = None,
+    def record_statistics(self, scene: SceneStatistics, airlight: dict[str, Tensor], steps: int) -> StatisticsRecord:
+        """Every layer's whole-input quantities (per sampling step for the denoiser), recorded by restoring the scene's
+        downsampled copy with the scene's ``airlight`` statistics, ``steps`` steps and noise drawn by position."""
+        noise_fn = position_noise_fn(self.cfg.seed, [(0, 0)] * scene.image.shape[0])
+        return scene.record(steps, lambda image: self.restore(image, stats=airlight, steps=steps, noise_fn=noise_fn))
+
+    def forward(self, x: Tensor, sar: Tensor | None = None, *, stats: dict | None = None,
                 steps: int | None = None, generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
                 origins: Sequence[tuple[int, int]] | None = None, target: Tensor | None = None,
                 vgg: nn.Module | None = None) -> Tensor | dict[str, Tensor]:
@@ -184,7 +206,14 @@ class ASPDiff(nn.Module):
             return self.losses(x, target, generator=generator, vgg=vgg)
         if origins is not None and noise_fn is None and generator is None:
             noise_fn = position_noise_fn(self.cfg.seed, origins)
-        return self.restore(x, stats=stats, steps=steps, generator=generator, noise_fn=noise_fn)
+        if stats is None and exceeds_statistics_side(x):
+            stats = self.scene_statistics(x)
+        airlight = dict(stats or {})
+        scene = airlight.pop("scene", None)
+        steps = steps or self.cfg.steps
+        return restore_with_scene_statistics(
+            x, origins, scene, lambda s: self.record_statistics(s, airlight, steps),
+            lambda: self.restore(x, stats=airlight, steps=steps, generator=generator, noise_fn=noise_fn))
 
     def _check(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -62,15 +62,17 @@ from ...diffusion import (
 )
 from ..blocks import pad_to_multiple
 from .mcess_unet import MCESSUNet, MCESSUNetConfig
-from .shared_statistics import StatisticsRecord, recording, replaying
+from .shared_statistics import (
+    STATS_SIDE,
+    SceneStatistics,
+    StatisticsRecord,
+    exceeds_statistics_side,
+    restore_with_scene_statistics,
+    statistics_image,
+)
 from .unetres import UNetRes, UNetResConfig
 
 __all__ = ["DSRDMPDConfig", "DSRDMPD", "SceneStatistics", "STATS_SIDE", "statistics_image"]
-
-#: Scene statistics are recorded on the scene downsampled to at most this many pixels a side: the record costs at
-#: most one restore of 512 x 512 per scene.
-STATS_SIDE = 512
-
 
 @dataclass
 class DSRDMPDConfig:
@@ -128,37 +130,6 @@ class DSRDMPDConfig:
                              dim_head=self.stage2_dim_head)
 
 
-def statistics_image(x: Tensor, side: int | None = None) -> Tensor:
-    """``x`` downsampled by area averaging so that its longer side is at most ``side`` (default :data:`STATS_SIDE`;
-    ``x`` itself if it is)."""
-    side = side or STATS_SIDE
-    h, w = x.shape[-2:]
-    factor = max(h, w) / side
-    if factor <= 1:
-        return x
-    size = (max(1, round(h / factor)), max(1, round(w / factor)))
-    return F.interpolate(x.float(), size=size, mode="area")
-
-
-@dataclass
-class SceneStatistics:
-    """A scene as DS-RDMPD's statistics see it: its downsampled copy and its full size.
-
-    The layers' statistics are recorded from a restore of ``image`` the first time a tile needs them, once per number
-    of sampling steps; a scene that is its own downsampled copy and comes as one tile never needs them.
-    """
-
-    image: Tensor  # (B, C, h, w), at most STATS_SIDE a side
-    scene_shape: tuple[int, int]  # (H, W) of the scene at full resolution
-    records: dict[int, StatisticsRecord] = field(default_factory=dict, repr=False)
-
-    def is_image(self, x: Tensor, origins: Sequence[tuple[int, int]] | None) -> bool:
-        """Whether ``x`` is the scene itself at the resolution it was recorded at: its own statistics are the scene's."""
-        shape = tuple(x.shape[-2:])
-        return (shape == tuple(self.image.shape[-2:]) == tuple(self.scene_shape)
-                and (origins is None or all(tuple(o) == (0, 0) for o in origins)))
-
-
 class DSRDMPD(nn.Module):
     """The two-stage restorer: ``forward(x)`` maps a hazy (B, C, H, W) image in [0, 1] to the dehazed one in [0, 1].
 
@@ -205,12 +176,11 @@ class DSRDMPD(nn.Module):
         if origins is not None and noise_fn is None and generator is None:
             noise_fn = position_noise_fn(self.cfg.seed, origins)
         scene = (stats or {}).get("scene")
-        if scene is None and max(x.shape[-2:]) > STATS_SIDE:
+        if scene is None and exceeds_statistics_side(x):
             scene = self.scene_statistics(x)["scene"]
-        if scene is None or scene.is_image(x, origins):
-            return self.restore(x, steps=steps, generator=generator, noise_fn=noise_fn)
-        with replaying(self.record_statistics(scene, steps or self.cfg.steps)):
-            return self.restore(x, steps=steps, generator=generator, noise_fn=noise_fn)
+        return restore_with_scene_statistics(
+            x, origins, scene, lambda s: self.record_statistics(s, steps or self.cfg.steps),
+            lambda: self.restore(x, steps=steps, generator=generator, noise_fn=noise_fn))
 
     def scene_statistics(self, x: Tensor, mask: Tensor | None = None, decimation: float = 1.0
                          ) -> dict[str, SceneStatistics]:
@@ -219,20 +189,13 @@ class DSRDMPD(nn.Module):
         :meth:`record_statistics` at the first tile."""
         del mask  # the tiling engine fills invalid pixels with the mean colour of the valid ones before this call
         self._check(x)
-        scene_shape = (round(x.shape[-2] * decimation), round(x.shape[-1] * decimation))
-        return {"scene": SceneStatistics(statistics_image(x), scene_shape)}
+        return {"scene": SceneStatistics.of(x, decimation)}
 
     def record_statistics(self, scene: SceneStatistics, steps: int) -> StatisticsRecord:
         """Every layer's scene-wide quantities (per sampling step for the denoiser), recorded by restoring the scene's
         downsampled copy with ``steps`` steps and noise drawn by position; kept in ``scene`` for the next tiles."""
-        if steps not in scene.records:
-            image = scene.image
-            positions_ratio = scene.scene_shape[0] * scene.scene_shape[1] / (image.shape[-2] * image.shape[-1])
-            noise_fn = position_noise_fn(self.cfg.seed, [(0, 0)] * image.shape[0])
-            with recording(positions_ratio) as record:
-                self.restore(image, steps=steps, noise_fn=noise_fn)
-            scene.records[steps] = record
-        return scene.records[steps]
+        noise_fn = position_noise_fn(self.cfg.seed, [(0, 0)] * scene.image.shape[0])
+        return scene.record(steps, lambda image: self.restore(image, steps=steps, noise_fn=noise_fn))
 
     def _check(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:

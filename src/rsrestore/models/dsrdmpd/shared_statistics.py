@@ -13,21 +13,28 @@ A layer computes such a quantity through :func:`shared` (or :func:`spatial_mean`
   sampling step, so its values are kept per step;
 * inside :func:`replaying`, the layer's next recorded value is used instead, whatever the input's size.
 
-:class:`~.restorer.DSRDMPD` records on the scene downsampled to a bounded size and replays on every tile.
+A restorer records on the scene downsampled to at most :data:`STATS_SIDE` a side and replays on every tile
+(:class:`SceneStatistics`, :func:`restore_with_scene_statistics`; :class:`~.restorer.DSRDMPD` and ASPDiff both do).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["StatisticsRecord", "recording", "replaying", "shared", "spatial_mean", "positions_ratio",
-           "SharedGroupNorm"]
+           "SharedGroupNorm", "STATS_SIDE", "statistics_image", "exceeds_statistics_side", "SceneStatistics",
+           "restore_with_scene_statistics"]
+
+#: Scene statistics are recorded on the scene downsampled to at most this many pixels a side: the record costs at
+#: most one restore of 512 x 512 per scene.
+STATS_SIDE = 512
 
 Value = Tensor | tuple[Tensor, ...]
 
@@ -128,3 +135,68 @@ class SharedGroupNorm(nn.GroupNorm):
             y = y * self.weight[:, None, None] + self.bias[:, None, None]
         return y.to(x.dtype)
 
+
+
+def statistics_image(x: Tensor, side: int | None = None) -> Tensor:
+    """``x`` downsampled by area averaging so that its longer side is at most ``side`` (default :data:`STATS_SIDE`;
+    ``x`` itself if it is)."""
+    side = side or STATS_SIDE
+    h, w = x.shape[-2:]
+    factor = max(h, w) / side
+    if factor <= 1:
+        return x
+    size = (max(1, round(h / factor)), max(1, round(w / factor)))
+    return F.interpolate(x.float(), size=size, mode="area")
+
+
+def exceeds_statistics_side(x: Tensor) -> bool:
+    """Whether ``x`` is larger than its statistics' copy: restored in one piece, it too replays that copy's."""
+    return max(x.shape[-2:]) > STATS_SIDE
+
+
+@dataclass
+class SceneStatistics:
+    """A scene as its statistics see it: its downsampled copy and its full size.
+
+    The layers' statistics are recorded from a restore of ``image`` the first time a tile needs them, once per
+    ``key`` (the number of sampling steps); a scene that is its own downsampled copy and comes as one tile never
+    needs them.
+    """
+
+    image: Tensor  # (B, C, h, w), at most STATS_SIDE a side
+    scene_shape: tuple[int, int]  # (H, W) of the scene at full resolution
+    records: dict[Hashable, StatisticsRecord] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, x: Tensor, decimation: float = 1.0) -> SceneStatistics:
+        """The statistics of the scene ``x`` is a read of, ``decimation`` times smaller than the scene."""
+        scene_shape = (round(x.shape[-2] * decimation), round(x.shape[-1] * decimation))
+        return cls(statistics_image(x), scene_shape)
+
+    def is_image(self, x: Tensor, origins: Sequence[tuple[int, int]] | None) -> bool:
+        """Whether ``x`` is the scene itself at the resolution it was recorded at: its own statistics are the
+        scene's."""
+        shape = tuple(x.shape[-2:])
+        return (shape == tuple(self.image.shape[-2:]) == tuple(self.scene_shape)
+                and (origins is None or all(tuple(o) == (0, 0) for o in origins)))
+
+    def record(self, key: Hashable, restore: Callable[[Tensor], object]) -> StatisticsRecord:
+        """What ``restore(image)`` computes through :func:`shared`, recorded the first time ``key`` is asked for
+        and kept for the next tiles."""
+        if key not in self.records:
+            h, w = self.image.shape[-2:]
+            with recording(self.scene_shape[0] * self.scene_shape[1] / (h * w)) as record:
+                restore(self.image)
+            self.records[key] = record
+        return self.records[key]
+
+
+def restore_with_scene_statistics(x: Tensor, origins: Sequence[tuple[int, int]] | None,
+                                  scene: SceneStatistics | None, record: Callable[[SceneStatistics], StatisticsRecord],
+                                  restore: Callable[[], Tensor]) -> Tensor:
+    """``restore()`` of ``x`` (at scene positions ``origins``), replaying ``record(scene)``: the statistics of the
+    scene ``x`` is part of; on its own statistics when there is no scene or ``x`` is the scene itself."""
+    if scene is None or scene.is_image(x, origins):
+        return restore()
+    with replaying(record(scene)):
+        return restore()
