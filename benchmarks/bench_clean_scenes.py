@@ -5,8 +5,8 @@ rsdehamba and aspdiff; the cloud models need a SAR scene and are skipped), the P
 real clean scenes: ``--per-source`` random 256 x 256 crops (default 8) of scenes from several sources, read as the
 recogniser's training reads them (decimated to at most 1024 px a side; see ``scripts/train_recogniser.py``). A method
 that leaves clear content alone scores high; the ideal, an unchanged scene, is infinite. ``rsdehamba`` (about
-0.003 MPix/s on this CPU) and ``aspdiff`` are slow, so they are scored on the first ``--slow-per-source`` crops of each source only (default 2; the
-count is recorded).
+0.003 MPix/s on this CPU) and ``aspdiff`` are slow, so they are scored on the first ``--slow-per-source`` crops of
+each source only (default 2; the count is recorded).
 
 ``auto`` is what ``--task auto`` does with each crop: the shipped recogniser decides, a crop read as clean is left
 unchanged (infinite PSNR), any other is restored by the method the routing picks at the strength the routing sets.
