@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..physics.dark_channel import atmospheric_light, dark_channel, transmission_estimate
-from ..physics.guided_filter import guided_filter
+from ..physics.dark_channel import atmospheric_light, dark_channel, refined_transmission
 from ..physics.scattering import haze_inverse
 
 
@@ -79,10 +78,8 @@ class DarkChannelPrior(nn.Module):
 
     def transmission(self, x: Tensor, airlight: Tensor) -> Tensor:
         c = self.cfg
-        t = transmission_estimate(x, airlight, omega=c.omega, patch=c.patch)
-        if c.refine:
-            t = guided_filter(x, t, radius=c.guided_radius, eps=c.guided_eps)
-        return t.clamp(0.0, 1.0)
+        return refined_transmission(x, airlight, omega=c.omega, patch=c.patch,
+                                    guided_radius=c.guided_radius if c.refine else 0, guided_eps=c.guided_eps)
 
     def forward(self, x: Tensor, sar: Tensor | None = None, stats: dict[str, Tensor] | None = None) -> Tensor:
         if x.ndim != 4:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .guided_filter import guided_filter
 from .scattering import as_airlight
 
 
@@ -72,3 +73,14 @@ def transmission_estimate(image: Tensor, airlight: Tensor | float, omega: float 
     """
     a = as_airlight(airlight, image).clamp_min(1e-6)
     return 1.0 - omega * dark_channel(image / a, patch)
+
+
+def refined_transmission(image: Tensor, airlight: Tensor | float, omega: float = 0.95, patch: int = 15,
+                         guided_radius: int = 60, guided_eps: float = 1e-4) -> Tensor:
+    """The dark channel prior's transmission: :func:`transmission_estimate`, refined by the guided filter with the
+    image as guide (He et al. replace soft matting by it, TPAMI 2013) unless ``guided_radius`` is 0, clamped to
+    [0, 1]. Returns (B, 1, H, W)."""
+    t = transmission_estimate(image, airlight, omega=omega, patch=patch)
+    if guided_radius:
+        t = guided_filter(image, t, radius=guided_radius, eps=guided_eps)
+    return t.clamp(0.0, 1.0)

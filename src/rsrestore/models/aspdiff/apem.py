@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...physics.dark_channel import atmospheric_light, dark_channel, transmission_estimate
-from ...physics.guided_filter import guided_filter
+from ...physics.dark_channel import atmospheric_light, dark_channel, refined_transmission
 from ...physics.scattering import as_airlight, haze_inverse
 
 __all__ = ["APEM", "APEMConfig", "Priors", "apem_loss", "band_transmission", "invert_priors", "total_variation"]
@@ -193,10 +192,8 @@ class APEM(nn.Module):
     def initial_transmission(self, x: Tensor, airlight0: Tensor) -> Tensor:
         """t0 = 1 - omega dark(I / A0), guided-filtered when ``guided_radius`` > 0, clamped to [0, 1]."""
         c = self.cfg
-        t0 = transmission_estimate(x, airlight0, omega=c.omega, patch=c.patch)
-        if c.guided_radius:
-            t0 = guided_filter(x, t0, radius=c.guided_radius, eps=c.guided_eps)
-        return t0.clamp(0.0, 1.0)
+        return refined_transmission(x, airlight0, omega=c.omega, patch=c.patch, guided_radius=c.guided_radius,
+                                    guided_eps=c.guided_eps)
 
     def initial_airlight(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         c = self.cfg
