@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .metrics.detail import DETAIL_CONVENTIONS, detail_scores
 from .metrics.full_reference import CONVENTIONS, compute_metrics, mean_metrics
 from .models.registry import ModelError, accepted_bands, get_spec, load_model
 from .tiling import restore_array
@@ -28,7 +29,10 @@ FULL_REFERENCE = ("psnr", "ssim", "ciede2000", "mae", "sam")
 NO_REFERENCE = ("niqe", "sseq")
 # Which way is better, for the table's header.
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "ciede2000": False, "mae": False, "sam": False, "niqe": False,
-                    "sseq": False}
+                    "sseq": False, "gradient_ratio_input": True}
+# Detail ratios (metrics.detail, all bands) whose ideal is 1, neither higher nor lower; gradient_ratio_input, the
+# output's detail over the degraded input's, is better higher (a restored scene is no blurrier than its input).
+IDEAL_ONE = {"gradient_ratio", "checkerboard_ratio", "checkerboard_ratio_input"}
 
 
 @dataclass
@@ -50,8 +54,10 @@ class MethodResult:
                 "n": len(self.per_image), "mean": self.mean, "per_image": self.per_image, "conventions": conventions}
 
 
-def score_image(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, no_reference: bool) -> dict:
-    """All scores of one image: over all bands, plus over RGB when there are more than 3 bands."""
+def score_image(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, no_reference: bool,
+                inp: torch.Tensor | None = None) -> dict:
+    """All scores of one image: over all bands, plus over RGB when there are more than 3 bands; then the detail
+    ratios (all bands) against the target and, given the degraded input `inp`, against it."""
     c = pred.shape[1]
     rgb = display_bands(c)
     names = FULL_REFERENCE if c == 3 else tuple(n for n in FULL_REFERENCE if n != "ciede2000")
@@ -62,6 +68,8 @@ def score_image(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
             scores[k if k == "ciede2000" else f"{k}_rgb"] = v[0]
     if no_reference:
         scores.update(no_reference_scores(pred[:, rgb] if c != 3 else pred))
+    if min(pred.shape[-2:]) >= 13:  # the checkerboard energy's window; smaller images get no detail ratios
+        scores.update({k: v[0] for k, v in detail_scores(pred, target, inp, mask).items()})
     return scores
 
 
@@ -105,7 +113,7 @@ def evaluate(
     n = len(ds) if limit is None else min(limit, len(ds))
     if n == 0:
         raise ModelError(f"the {dataset} dataset at {root} has no samples" + (f" in split {split!r}" if split else ""))
-    conventions = dict(CONVENTIONS)
+    conventions = {**CONVENTIONS, **DETAIL_CONVENTIONS}
     results: dict[str, MethodResult] = {}
     inputs, targets = [], []
     for method, model in models.items():
@@ -133,7 +141,8 @@ def evaluate(
             pred = pred.clamp(0.0, 1.0)  # the metrics take values in [0, 1]; a model may overshoot slightly
             valid = sample.get("valid")
             mask = None if valid is None else valid[None]
-            scores = score_image(pred[None].float(), y[None].float(), mask, no_reference)
+            scores = score_image(pred[None].float(), y[None].float(), mask, no_reference,
+                                 inp=x[None].float().clamp(0.0, 1.0))
             result.per_image.append({"name": sample["meta"].get("name", str(i)), **scores})
             if i < pictures:
                 result.pictures.append(pred.numpy())
@@ -252,7 +261,10 @@ def table_columns(results: dict[str, MethodResult]) -> list[str]:
 def format_table(results: dict[str, MethodResult]) -> str:
     """A Markdown table, a row per method, the way the papers lay theirs out."""
     cols = table_columns(results)
-    arrows = [c + (" ↑" if HIGHER_IS_BETTER.get(c.replace("_rgb", ""), False) else " ↓") for c in cols]
+    def arrow(c: str) -> str:
+        return " →1" if c in IDEAL_ONE else " ↑" if HIGHER_IS_BETTER.get(c.replace("_rgb", ""), False) else " ↓"
+
+    arrows = [c + arrow(c) for c in cols]
     lines = ["| method | n | " + " | ".join(arrows) + " |", "|---|---|" + "---|" * len(cols)]
     for m, r in results.items():
         mean = r.mean
