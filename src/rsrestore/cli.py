@@ -455,17 +455,46 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from the run's latest checkpoint."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="KEY=VALUE override, repeatable, e.g. "
                                                   "--set run.steps=1000 --set optim.lr=2e-4."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="With a config's pipeline section: run one stage "
+                                        "(prepare, train, evaluate, export) instead of all."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Clean imagery for the pipeline (default "
+                                             "$RSRESTORE_DATA, else ../shared/data)."),
+    force_export: bool = typer.Option(False, "--force-export", help="Export the weights even when they do not beat "
+                                      "the pipeline's baseline."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Train a model from a YAML config: checkpoints, exact --resume, EMA, validation, CSV log.
 
+    A config with a `pipeline:` section (the configs/*_cpu.yaml that made the bundled weights) runs the whole
+    pipeline: prepare the split and held-out sets from the clean imagery, train (resuming), evaluate against the
+    baseline, write benchmarks/results/<table>.md/.json, and export the weights when they win. Each stage is skipped
+    when its outputs are current.
+
     Examples:
+
+      rsrestore train configs/aosrnet_dust_cpu.yaml
+
+      rsrestore train configs/apem_haze_cpu.yaml --stage prepare --data-root /data/clean
 
       rsrestore train configs/aosrnet_sanddust.yaml --set loss.params.lambda2=0
 
       torchrun --nproc_per_node 2 -m rsrestore.train configs/rsdehamba_satehaze1k_thick.yaml
     """
     from .train import train_from_config
+    from .train.pipeline import STAGES, has_pipeline, run_pipeline
 
+    if stage is not None and stage not in STAGES:
+        _fail(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if _run(has_pipeline, config, overrides or []):
+        result = _run(run_pipeline, config, overrides or [], stage=stage, data=data_root, force_export=force_export,
+                      progress=not quiet, log=lambda message: typer.echo(message, err=True))
+        if result.exported is not None:
+            typer.echo(f"weights: {result.exported}")
+        if result.table is not None:
+            typer.echo(f"table: {result.table}")
+        return
+    if stage is not None or data_root is not None or force_export:
+        _fail(f"--stage, --data-root and --force-export need a config with a pipeline section; {config} has none")
     result = _run(train_from_config, config, overrides or [], resume=resume)
     typer.echo(f"trained {result.step} steps in {result.wall_time_s:.0f} s; outputs in {result.out_dir}")
 

@@ -157,6 +157,9 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # How the run's data are prepared and its weights scored and shipped (rsrestore.train.pipeline); the trainer
+    # itself never reads it, so a config trains the same with or without it.
+    pipeline: dict[str, Any] | None = None
 
 
 def _type_name(tp: Any) -> str:
@@ -346,6 +349,10 @@ def _validate(cfg: TrainConfig, check_model: bool) -> None:
     _choice("run.device", run.device, DEVICES)
     if not run.out_dir:
         raise ConfigError("run.out_dir: must be a folder path")
+    if cfg.pipeline is not None:
+        from .pipeline import parse_pipeline  # a typo in the pipeline section fails here, before any work
+
+        parse_pipeline(cfg.pipeline, cfg.model.name)
 
 
 def parse_config(data: Mapping[str, Any], *, check_model: bool = True) -> TrainConfig:

@@ -1,0 +1,208 @@
+"""Sentinel-2 13-band cloud-removal pairs with a SAR stand-in, in the SEN12MS-CR folder layout.
+
+The two cloud-free Sentinel-2 L1C scenes of ``sentinel2/`` in the data root (T33UUB, Europe; T49JGM, Australia) come
+as three files per scene: the 10 m bands B2, B3, B4, B8 (600 x 600), the 20 m bands B5, B6, B7, B8A, B11, B12
+(300 x 300) and the 60 m bands B1, B9 (100 x 100), uint16 reflectance x 10000. They are stacked into the 13-band
+SEN12MS-CR order B1..B12 at 10 m, the coarser bands upsampled bilinearly. B10 (1375 nm cirrus) is not in the files;
+over clear land it is nearly dark and tracks the water-vapour band B9, so it is filled as ``B10_FROM_B9 * B9``, the
+ratio of the median B10 to the median B9 in the cloud-free SEN12MS-CR patch ROIs1970_fall 139_p839 (31 / 1106).
+
+SAR. There is no Sentinel-1 acquisition co-registered with these scenes. The SAR-guided networks need one, so a
+stand-in is derived from the clean scene (:func:`sar_standin`). It carries the scene's structure under the clouds as
+real SAR does, but it is computed from the optical bands, so it tells a network more about the optical values than
+real backscatter would: scores on the held-out set overstate what weights do with real Sentinel-1.
+
+Split. Columns 0-433 of each scene are for training, columns 450-599 are held out (a 16-pixel gap, so upsampled
+60 m pixels are never shared). Training stores 128 x 128 windows at random places, each under its own cloud
+realisation (thin and thick alternating; thick clouds cast shadows), from which the loader takes random 64 x 64 crops
+with flips. The held-out set is 5 windows per scene under one thin and one thick realisation each (20 images).
+The folders use the official SEN12MS-CR layout, so the ``sen12mscr`` loader, trainer and evaluator read them as they
+read the real dataset. :func:`build_cloud_triplets` writes them; the training pipeline calls it as the ``prepare``
+stage of ``configs/{sarcr,dsen2cr}_synthetic_clouds_cpu.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import from_origin
+
+SCENES = {1: "S2A_MSIL1C_20170527_T33UUB", 2: "S2B_MSIL1C_20171022_T49JGM"}
+ROI = "ROIs9001_synthetic"
+
+B10_FROM_B9 = 31.0 / 1106.0
+TRAIN_COLS = (0, 434)
+TEST_COLS = (450, 600)
+PATCH = 128
+TEST_ROWS = (0, 118, 236, 354, 472)
+# Sentinel-1 GRD IW: ~20 m resolution on 10 m pixels, equivalent number of looks ~4.4 (ESA product specification).
+SAR_BLUR_SIGMA_PX = 1.0
+SAR_LOOKS = 4.4
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scenes
+
+
+def _read(path: Path) -> np.ndarray:
+    from rsrestore.raster import read_raster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the scenes are known to carry no georeferencing
+        # reflectance x 10000, read as restore reads a uint16 GeoTIFF (the scale stated, not left to the default)
+        return read_raster(path, scale=10000.0)[0]
+
+
+def _upsample(bands: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(bands)[None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0].numpy()
+
+
+def load_scene_13(stem: str, folder: Path) -> np.ndarray:
+    """The 13 Sentinel-2 bands B1..B12 (SEN12MS-CR order) at 10 m, reflectance in [0, 1], shape (13, 600, 600)."""
+    b10 = _read(folder / f"{stem}_im10.tif")  # B2 B3 B4 B8
+    b20 = _read(folder / f"{stem}_im20.tif")  # B5 B6 B7 B8A B11 B12
+    b60 = _read(folder / f"{stem}_im60.tif")  # B1 B9
+    size = b10.shape[1:]
+    b20 = _upsample(b20, size)
+    b60 = _upsample(b60, size)
+    out = np.stack([
+        b60[0], b10[0], b10[1], b10[2], b20[0], b20[1], b20[2], b10[3], b20[3], b60[1],
+        B10_FROM_B9 * b60[1], b20[4], b20[5],
+    ])
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(x, sigma, mode="reflect")
+
+
+def sar_standin(clean13: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A Sentinel-1-like (VV, VH) backscatter stand-in in dB, (2, H, W) float32, derived from a clean 13-band scene.
+
+    Mean backscatter follows typical C-band values per land cover (Ulaby & Long, Microwave Radar and Radiometric
+    Remote Sensing, 2014, ch. 11-13): bare soil around -14 dB VV, vegetation up to ~-9 dB VV with VH about 6 dB
+    below VV (volume scattering depolarises), open water near -22 dB VV / -29 dB VH (specular reflection away from
+    the sensor), and strong edges up to ~6 dB brighter (double bounce on built structures). Speckle is fully
+    developed: intensity times Gamma(L, 1/L).
+    """
+    green, red, nir, swir = clean13[2], clean13[3], clean13[7], clean13[11]
+    ndvi = np.clip((nir - red) / (nir + red + 1e-6), 0.0, 1.0)
+    mndwi = (green - swir) / (green + swir + 1e-6)
+    water = np.clip((mndwi - 0.1) / 0.2, 0.0, 1.0)
+    smooth = _gaussian(nir, 1.0)
+    gy, gx = np.gradient(smooth)
+    edge = np.hypot(gx, gy)
+    edge = np.clip(edge / (np.percentile(edge, 99) + 1e-6), 0.0, 1.0)
+    vv = -14.0 + 5.0 * ndvi + 6.0 * edge
+    vh = vv - 8.0 + 2.0 * ndvi
+    vv = (1 - water) * vv + water * -22.0
+    vh = (1 - water) * vh + water * -29.0
+    out = []
+    for db in (vv, vh):
+        power = _gaussian(10.0 ** (db / 10.0), SAR_BLUR_SIGMA_PX)
+        speckle = rng.gamma(SAR_LOOKS, 1.0 / SAR_LOOKS, size=power.shape)
+        out.append(10.0 * np.log10(np.maximum(power * speckle, 1e-6)))
+    return np.stack(out).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writing SEN12MS-CR-style triplets
+
+
+def _write_tif(path: Path, data: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    c, h, w = data.shape
+    # 10 m pixels on an arbitrary local origin and no CRS: the source scenes carry no georeferencing.
+    profile = dict(driver="GTiff", dtype=str(data.dtype), count=c, height=h, width=w, compress="deflate",
+                   transform=from_origin(0.0, 0.0, 10.0, 10.0))
+    if data.dtype == np.float32:
+        profile["predictor"] = 3
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+
+
+def write_triplet(
+    root: Path, scene: int, patch: int, cloudy: np.ndarray, clear: np.ndarray, sar_db: np.ndarray
+) -> None:
+    def dn(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(x * 10000.0), 0, 65535).astype(np.uint16)
+
+    _write_tif(root / f"{ROI}_s2_cloudy" / f"s2_cloudy_{scene}" / f"{ROI}_s2_cloudy_{scene}_p{patch}.tif", dn(cloudy))
+    _write_tif(root / f"{ROI}_s2" / f"s2_{scene}" / f"{ROI}_s2_{scene}_p{patch}.tif", dn(clear))
+    _write_tif(root / f"{ROI}_s1" / f"s1_{scene}" / f"{ROI}_s1_{scene}_p{patch}.tif", sar_db.astype(np.float32))
+
+
+def _clouds(clear: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, dict]:
+    from rsrestore.physics.clouds import synthesize_clouds
+
+    g = torch.Generator().manual_seed(seed)
+    out = synthesize_clouds(torch.from_numpy(clear)[None], g, kind=kind, shadow=True)
+    p = out["params"]
+    info = {"kind": kind, "seed": seed, "cloud_fraction": p["cloud_fraction"][0],
+            "shadow_fraction": p["shadow_fraction"][0], "coverage": p["coverage"][0], "opacity": p["opacity"][0]}
+    return out["input"][0].numpy(), info
+
+
+def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: int = 0, progress: bool = False) -> dict:
+    """Write the training and held-out sets of the scenes in ``folder`` under ``data/train`` and ``data/test`` and
+    their ``data/manifest.json``; returns the manifest."""
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(SCENES) * (per_scene + 2 * len(TEST_ROWS)), desc="cloud triplets", unit="pair")
+    manifest: dict = {
+        "format": "SEN12MS-CR layout (ROI, s1 / s2 / s2_cloudy folders)", "roi": ROI, "seed": seed,
+        "scenes": {str(k): v for k, v in SCENES.items()}, "source": str(folder.name), "per_scene": per_scene,
+        "bands": "B1,B2,B3,B4,B5,B6,B7,B8,B8A,B9,B10,B11,B12 at 10 m; 20 m and 60 m bands upsampled bilinearly",
+        "b10": f"not in the source files; filled as {B10_FROM_B9:.5f} * B9",
+        "sar": "stand-in derived from the clean scene (land-cover backscatter, 20 m blur, gamma speckle of "
+               f"{SAR_LOOKS} looks); not real Sentinel-1",
+        "train_columns": list(TRAIN_COLS), "test_columns": list(TEST_COLS), "patch": PATCH,
+        "clouds": "rsrestore.physics.clouds.synthesize_clouds, thin and thick alternating, shadows on",
+        "train": [], "test": [],
+    }
+    rng = np.random.default_rng(seed)
+    for scene, stem in SCENES.items():
+        clean = load_scene_13(stem, folder)
+        sar = sar_standin(clean, np.random.default_rng(seed * 1000 + scene))
+        h = clean.shape[1]
+        for k in range(per_scene):
+            y = int(rng.integers(0, h - PATCH + 1))
+            x = int(rng.integers(TRAIN_COLS[0], TRAIN_COLS[1] - PATCH + 1))
+            clear = clean[:, y : y + PATCH, x : x + PATCH]
+            kind = ("thin", "thick")[k % 2]
+            cloudy, info = _clouds(clear, kind, seed=10_000 * scene + k)
+            write_triplet(data / "train", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH])
+            manifest["train"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
+            if bar is not None:
+                bar.update()
+        x = TEST_COLS[0] + (TEST_COLS[1] - TEST_COLS[0] - PATCH) // 2
+        k = 0
+        for y in TEST_ROWS:
+            clear = clean[:, y : y + PATCH, x : x + PATCH]
+            for kind in ("thin", "thick"):
+                cloudy, info = _clouds(clear, kind, seed=900_000 + 1000 * scene + k)
+                write_triplet(data / "test", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH])
+                manifest["test"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
+                k += 1
+                if bar is not None:
+                    bar.update()
+    if bar is not None:
+        bar.close()
+    manifest["seconds"] = round(time.perf_counter() - t0, 1)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest

@@ -1,0 +1,224 @@
+"""The training pipeline (`rsrestore train CONFIG` with a `pipeline:` section) on a tiny fake data root: prepare splits
+by scene and keeps held-out sources out of training, a tiny model trains, evaluation writes the table, export follows
+the verdict, reruns skip what is current; a missing data root is one error line; the real CPU configs' plans resolve
+against ../shared/data and keep the held-out sets the shipped scores were measured on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from PIL import Image
+from rasterio.transform import from_origin
+from typer.testing import CliRunner
+
+from _one_line_errors import user_error
+
+from rsrestore.cli import app
+from rsrestore.train import ConfigError, load_config
+from rsrestore.train import pipeline as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+runner = CliRunner()
+
+
+def _scene(rng: np.random.Generator, h: int, w: int, bands: int = 3) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    planes = [0.45 + 0.35 * np.sin(2 * np.pi * rng.uniform(1, 3) * (xx + rng.uniform() * yy) + rng.uniform(0, 6))
+              for _ in range(bands)]
+    return (np.clip(np.stack(planes, -1) + rng.normal(0, 0.03, (h, w, bands)), 0, 1) * 255).astype(np.uint8)
+
+
+def fake_data_root(root: Path) -> Path:
+    """The real sources' layouts, small: EuroSAT-like classes of numbered JPEG tiles with an exclusion list, NEON-like
+    sites of PNG plots, NAIP-like 4-band GeoTIFFs, and a PNG source to hold out whole."""
+    rng = np.random.default_rng(0)
+    for cls in ("Forest", "River"):
+        (root / "eurosat" / cls).mkdir(parents=True)
+        for i in range(1, 11):
+            Image.fromarray(_scene(rng, 24, 24)).save(root / "eurosat" / cls / f"{cls}_{i}.jpg")
+    (root / "eurosat" / "low.txt").write_text("# near-uniform\nRiver/River_2.jpg\tstd=3\n")
+    for site, n, size in (("HARV", 3, 48), ("TEAK", 3, 48), ("SJER", 2, 48)):
+        (root / "neon" / site).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(_scene(rng, size, size)).save(root / "neon" / site / f"{site}_{i:03d}.png")
+    Image.fromarray(_scene(rng, 20, 20)).save(root / "neon" / "TEAK" / "TEAK_900.png")  # under test_min_size
+    (root / "naip").mkdir()
+    with rasterio.open(root / "naip" / "m_1.tif", "w", driver="GTiff", dtype="uint8", count=4, height=40, width=40,
+                       crs="EPSG:32614", transform=from_origin(500000, 4000000, 1, 1)) as ds:
+        ds.write(np.moveaxis(_scene(rng, 40, 40, 4), -1, 0))
+    (root / "more" / "planet").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(_scene(rng, 64, 64)).save(root / "more" / "planet" / f"port_{i}.png")
+    return root
+
+
+def tiny_config(tmp: Path, **pipeline) -> dict:
+    work = tmp / "runs" / "tiny"
+    return {
+        "model": {"name": "aosrnet", "config": {"width": 4, "num_res_blocks": 1}},
+        "data": {"train": {"kind": "synthetic", "root": str(work / "split" / "train"),
+                           "options": {"kind": "dust", "size": 16, "flip": True, "bands": [1, 2, 3]}},
+                 "batch_size": 2},
+        "loss": {"name": "l1"},
+        "optim": {"name": "adam", "lr": 3e-3},
+        "run": {"out_dir": str(work / "train"), "steps": 2, "log_every": 1, "val_every": 0, "ckpt_every": 0,
+                "device": "cpu", "progress": False},
+        "pipeline": {
+            "weights": "tiny_dust", "task": "dust", "baseline": "rop", "work": str(work),
+            "results_dir": str(tmp / "results"), "weights_dir": str(tmp / "weights"),
+            "title": "tiny", "limits": "a test", "paper": "none",
+            "evaluate": {"pictures": 1},
+            "sources": {
+                "eurosat": {"path": "eurosat", "split": "by_position", "train": [0, 6], "val": [6, 8],
+                            "test": [8, 10], "exclude_list": "low.txt", "licence": "MIT"},
+                "neon": {"path": "neon", "split": "by_folder", "train": ["HARV"], "test": ["TEAK"],
+                         "unused": ["SJER"], "test_min_size": 32, "repeats": 3, "licence": "CC0"},
+                "naip": {"path": "naip", "split": "whole", "use": "train", "repeats": 2, "licence": "public domain"},
+                "planet": {"path": "more/planet", "split": "whole", "use": "test", "tiles": 32,
+                           "licence": "CC BY-SA 4.0"},
+            },
+            "links": {"split/train": ["eurosat/train", "neon/train", "naip/train"], "split/val": ["eurosat/val"]},
+            "test_sets": {"neon": {"source": "neon", "n": 2, "size": 32, "seed": 1},
+                          "planet": {"source": "planet", "n": 2, "size": 32, "seed": 2}},
+            **pipeline,
+        },
+    }
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One full pipeline run (all stages) on the fake data root; returns (tmp, config path, result, log lines)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    data = fake_data_root(tmp / "data")
+    config = write_config(tmp / "tiny_cpu.yaml", tiny_config(tmp))
+    lines: list[str] = []
+    result = pl.run_pipeline(config, data=data, progress=False, log=lines.append)
+    return tmp, config, data, result, lines
+
+
+def test_prepare_keeps_held_out_scenes_and_sources_out_of_training(trained):
+    tmp, config, data, _, _ = trained
+    work = tmp / "runs" / "tiny"
+    targets = {Path(os.readlink(p)) for p in (work / "split" / "train").rglob("*") if p.is_symlink()}
+    names = {t.name for t in targets}
+    # Held out whole (planet), held-out site (TEAK), its copy flown again (SJER), EuroSAT positions 8-9, the excluded
+    # tile: none in the training folder. Trained: positions 0-5, HARV x3, NAIP x2.
+    assert not any(n.startswith(("port_", "TEAK", "SJER")) for n in names)
+    assert "River_2.jpg" not in names and "Forest_9.jpg" not in names and "Forest_6.jpg" in names
+    assert len(list((work / "split" / "train" / "neon").iterdir())) == 3 * 3
+    assert len(list((work / "split" / "train" / "naip").iterdir())) == 2
+    assert sorted(p.name for p in (work / "split" / "val" / "eurosat").iterdir()) == \
+        ["Forest_Forest_7.jpg", "Forest_Forest_8.jpg", "River_River_7.jpg", "River_River_8.jpg"]
+    assert (work / "split" / "test_neon.txt").read_text().split() == \
+        [f"{{data}}/neon/TEAK/TEAK_{i:03d}.png" for i in range(3)]  # the 20-px plot is too small for a 32 crop
+    assert "{data}/neon/TEAK/TEAK_900.png" in (work / "split" / "unused.txt").read_text().split()
+    planet = json.loads((work / "heldout" / "planet" / "manifest.json").read_text())
+    assert planet["n"] == 2 and planet["seed"] == 2 and planet["kind"] == "dust"
+    assert planet["num_sources"] == 8  # each 64 px scene cut into four 32 px tiles
+    assert all(s["source"].startswith("port_") for s in planet["samples"])
+
+
+def test_full_run_trains_evaluates_writes_the_table_and_exports_by_the_verdict(trained):
+    tmp, config, data, result, lines = trained
+    assert (tmp / "runs" / "tiny" / "train" / "final.safetensors").is_file()
+    table = json.loads((tmp / "results" / "tiny_dust_heldout.json").read_text())
+    assert set(table["scores"]) == {"neon", "planet"}
+    for name, rows in table["scores"].items():
+        assert list(rows) == ["input", "rop", "aosrnet"]
+        assert rows["aosrnet"]["n"] == 2 and rows["rop"]["psnr"] > 0
+    # The verdict is what the scores say: better than rop on PSNR, SSIM and CIEDE2000 on both sets.
+    wins = all(rows["aosrnet"]["psnr"] > rows["rop"]["psnr"] and rows["aosrnet"]["ssim"] > rows["rop"]["ssim"]
+               and rows["aosrnet"]["ciede2000"] < rows["rop"]["ciede2000"] for rows in table["scores"].values())
+    assert table["decision"]["wins"] is wins
+    assert (result.exported is not None) is wins
+    assert (tmp / "weights" / "tiny_dust.safetensors").exists() is wins
+    md = (tmp / "results" / "tiny_dust_heldout.md").read_text()
+    assert "| ROP (rank-one prior, classical) |" in md and "## planet: 2 crops of 32x32" in md
+
+
+def test_rerun_skips_current_stages(trained):
+    tmp, config, data, _, _ = trained
+    final = tmp / "runs" / "tiny" / "train" / "final.safetensors"
+    link = next((tmp / "runs" / "tiny" / "split" / "train" / "neon").iterdir())
+    before = (final.stat().st_mtime_ns, link.lstat().st_mtime_ns)
+    lines: list[str] = []
+    pl.run_pipeline(config, data=data, progress=False, log=lines.append)
+    text = "\n".join(lines)
+    assert "links split/train current" in text and "heldout planet current" in text
+    assert "up to date" in text and "evaluate neon: up to date" in text and "scored" not in text
+    assert (final.stat().st_mtime_ns, link.lstat().st_mtime_ns) == before
+
+
+def _scores_where_model(trained_scores: dict, better: bool) -> dict:
+    """The run's real scores with the model's row moved just above (or below) rop's on every deciding metric."""
+    out = json.loads(json.dumps(trained_scores))
+    step = 1 if better else -1
+    for rows in out.values():
+        rows["aosrnet"] = dict(rows["rop"], psnr=rows["rop"]["psnr"] + step, ssim=rows["rop"]["ssim"] + 0.01 * step,
+                               ciede2000=rows["rop"]["ciede2000"] - step)
+    return out
+
+
+@pytest.mark.parametrize("better, force, exported", [(True, False, True), (False, False, False), (False, True, True)])
+def test_export_only_when_the_verdict_wins_unless_forced(trained, tmp_path, monkeypatch, better, force, exported):
+    tmp, _, data, result, _ = trained
+    scores = _scores_where_model(result.scores, better)
+    monkeypatch.setattr(pl, "evaluate_sets", lambda plan, progress=True, log=None: scores)
+    config = write_config(tmp_path / "tiny_cpu.yaml",
+                          tiny_config(tmp) | {"pipeline": tiny_config(tmp)["pipeline"] |
+                                              {"weights_dir": str(tmp_path / "w"), "results_dir": str(tmp_path)}})
+    out = pl.run_pipeline(config, stage="export", data=data, force_export=force, progress=False, log=lambda m: None)
+    assert out.decision["wins"] is better
+    dst = tmp_path / "w" / "tiny_dust.safetensors"
+    assert dst.exists() is exported
+    if exported:
+        meta = json.loads(dst.with_suffix(".json").read_text())
+        assert meta["scores"]["neon"]["psnr"] == scores["neon"]["aosrnet"]["psnr"]
+        assert meta["heldout_decision"]["wins"] is better
+        assert meta["data"]["held_out_sources"] == ["planet"]
+        assert meta["data"]["licences"]["planet"] == "CC BY-SA 4.0"
+        assert meta["data"]["sources"]["eurosat"]["counts"] == {"train": 11, "val": 4, "test": 4, "unused": 1}
+
+
+def test_cli_missing_data_root_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    config = write_config(tmp_path / "tiny_cpu.yaml", tiny_config(tmp_path))
+    monkeypatch.setenv("RSRESTORE_DATA", str(tmp_path / "no_such_data"))
+    line = user_error(runner.invoke(app, ["train", str(config)]), "no_such_data", "not found", "--data-root")
+    assert "eurosat" in line
+    line = user_error(runner.invoke(app, ["train", str(config), "--data-root", str(tmp_path / "elsewhere")]),
+                      "elsewhere")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_stage_needs_a_pipeline_and_a_known_stage(tmp_path):
+    data = tiny_config(tmp_path)
+    plain = write_config(tmp_path / "plain.yaml", {k: v for k, v in data.items() if k != "pipeline"})
+    user_error(runner.invoke(app, ["train", str(plain), "--stage", "prepare"]), "pipeline section")
+    with_pipeline = write_config(tmp_path / "tiny.yaml", data)
+    user_error(runner.invoke(app, ["train", str(with_pipeline), "--stage", "bake"]), "--stage", "prepare")
+
+
+def test_pipeline_section_is_checked_and_ignored_by_the_trainer(tmp_path):
+    data = tiny_config(tmp_path)
+    cfg = load_config(write_config(tmp_path / "a.yaml", data))
+    assert cfg.pipeline["weights"] == "tiny_dust"
+    bad = json.loads(json.dumps(data))
+    bad["pipeline"]["test_sets"]["neon"]["seeed"] = 3
+    with pytest.raises(ConfigError, match="pipeline.test_sets.neon.seeed"):
+        load_config(write_config(tmp_path / "b.yaml", bad))
+    bad = json.loads(json.dumps(data))
+    bad["pipeline"]["links"]["split/train"].append("landsat/train")
+    with pytest.raises(ConfigError, match="landsat/train"):
+        load_config(write_config(tmp_path / "c.yaml", bad))
