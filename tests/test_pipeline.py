@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 import yaml
 from PIL import Image
 from rasterio.transform import from_origin
@@ -104,7 +105,12 @@ def trained(tmp_path_factory):
     data = fake_data_root(tmp / "data")
     config = write_config(tmp / "tiny_cpu.yaml", tiny_config(tmp))
     lines: list[str] = []
-    result = pl.run_pipeline(config, data=data, progress=False, log=lines.append)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads only wait on each other on a loaded machine
+    try:
+        result = pl.run_pipeline(config, data=data, progress=False, log=lines.append)
+    finally:
+        torch.set_num_threads(threads)
     return tmp, config, data, result, lines
 
 
@@ -122,8 +128,8 @@ def test_prepare_keeps_held_out_scenes_and_sources_out_of_training(trained):
     assert sorted(p.name for p in (work / "split" / "val" / "eurosat").iterdir()) == \
         ["Forest_Forest_7.jpg", "Forest_Forest_8.jpg", "River_River_7.jpg", "River_River_8.jpg"]
     assert (work / "split" / "test_neon.txt").read_text().split() == \
-        [f"{{data}}/neon/TEAK/TEAK_{i:03d}.png" for i in range(3)]  # the 20-px plot is too small for a 32 crop
-    assert "{data}/neon/TEAK/TEAK_900.png" in (work / "split" / "unused.txt").read_text().split()
+        [f"{data}/neon/TEAK/TEAK_{i:03d}.png" for i in range(3)]  # the 20-px plot is too small for a 32 crop
+    assert f"{data}/neon/TEAK/TEAK_900.png" in (work / "split" / "unused.txt").read_text().split()
     planet = json.loads((work / "heldout" / "planet" / "manifest.json").read_text())
     assert planet["n"] == 2 and planet["seed"] == 2 and planet["kind"] == "dust"
     assert planet["num_sources"] == 8  # each 64 px scene cut into four 32 px tiles
@@ -222,3 +228,53 @@ def test_pipeline_section_is_checked_and_ignored_by_the_trainer(tmp_path):
     bad["pipeline"]["links"]["split/train"].append("landsat/train")
     with pytest.raises(ConfigError, match="landsat/train"):
         load_config(write_config(tmp_path / "c.yaml", bad))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The project's CPU configs
+
+
+CPU_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*_cpu*.yaml") if load_config(p).pipeline is not None)
+
+
+def test_the_cpu_configs_that_made_bundled_weights_have_a_pipeline():
+    names = {p.name for p in CPU_CONFIGS}
+    for name in ("aosrnet_dust_cpu.yaml", "rsdehamba_haze_cpu.yaml", "apem_haze_cpu.yaml", "aspdiff_haze_cpu.yaml",
+                 "dsrdmpd_haze_cpu_stage2.yaml", "sarcr_synthetic_clouds_cpu.yaml",
+                 "dsen2cr_synthetic_clouds_cpu.yaml"):
+        assert name in names
+
+
+_CHECKED_LINKS: set[Path] = set()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (the clean imagery) is absent")
+@pytest.mark.parametrize("config", CPU_CONFIGS, ids=lambda p: p.name)
+def test_cpu_config_plan_resolves_and_keeps_the_held_out_sets(config, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    plan = pl.make_plan(config.relative_to(ROOT), data="../shared/data")
+    for name, t in plan.spec.test_specs.items():
+        if t.source is not None:
+            assert plan.test_files(name), name
+            # Held-out sets written before the pipeline existed match their definitions here (so they are reused).
+            if (plan.test_folder(name) / "manifest.json").is_file():
+                files = None if plan.spec.source_specs[t.source].tiles else plan.test_files(name)
+                assert pl._test_set_current(plan, name, files), name
+        elif plan.spec.build is not None and plan.work in plan.test_folder(name).parents:
+            assert name in pl.test_descriptions(plan)  # written by the build step of prepare
+        else:
+            assert plan.test_folder(name).is_dir(), name
+    # Link folders written before the pipeline existed hold exactly the planned links (so they are left alone).
+    from rsrestore.train.sources import existing_links, planned_links
+
+    for folder, items in plan.spec.links.items():
+        if (plan.work / folder).is_dir() and (plan.work / folder).resolve() not in _CHECKED_LINKS:
+            _CHECKED_LINKS.add((plan.work / folder).resolve())  # configs sharing a split share its folders
+            groups = [(src, plan.splits[src][part], plan.spec.source_specs[src].repeats if part == "train" else 1)
+                      for src, _, part in (item.partition("/") for item in items)]
+            assert existing_links(plan.work / folder) == planned_links(groups), folder
+    # Split lists written before the pipeline existed list the same files.
+    for path in (plan.work / "split").glob("*_*.txt"):
+        part, _, source = path.stem.partition("_")
+        if source in plan.splits:
+            assert path.read_text().split() == [plan.display(f) for f in plan.splits[source][part]], path.name

@@ -237,11 +237,12 @@ class Plan:
         return self.splits[self.spec.test_specs[name].source]["test"]
 
     def display(self, path: Path) -> str:
-        """A path as recorded in shipped files: relative to the project root, or to the data root."""
+        """A path as recorded in lists and tables: under the data root as the caller named it (``../shared/data/...``
+        by default), else relative to the project root."""
         p = Path(path).resolve()
-        for base, label in ((self.data.resolve(), "{data}/"), (Path.cwd().resolve(), "")):
+        for base, label in ((self.data.resolve(), f"{self.data.as_posix()}/"), (Path.cwd().resolve(), "")):
             try:
-                return label + str(p.relative_to(base))
+                return label + p.relative_to(base).as_posix()
             except ValueError:
                 continue
         return str(path)
