@@ -1,8 +1,8 @@
 """The bundled AOSR-Net weights (Si et al., ICTAI 2023): they load, match their metadata, and really remove dust.
 
 The quality check synthesises sand-dust (the AOSR-Net scattering model, Eqs. 3-4) over clean scenes that training
-never saw (NEON TEAK and SJER_2017 plots, EuroSAT tiles at positions >= 950 of their class, see
-``scripts/train_aosrnet_weights.py``) and requires the restored images to beat the dusty input on PSNR and CIEDE2000
+never saw (NEON TEAK and SJER_2017 plots, EuroSAT tiles at positions >= 950 of their class, see the ``pipeline:``
+section of ``configs/aosrnet_dust_cpu.yaml``) and requires the restored images to beat the dusty input on PSNR and CIEDE2000
 by clear margins on average and on most images; an untrained network of the same architecture fails the check.
 """
 

@@ -2,8 +2,8 @@
 metadata, and really remove haze.
 
 The quality check synthesises haze (atmospheric scattering model, :mod:`rsrestore.physics.haze`, every preset) over
-clean scenes that training never saw (NEON TEAK plots and EuroSAT tiles at position 999 of their class, see
-``scripts/train_rsdehamba_weights.py``) and requires the restored images to beat the hazy input on PSNR by a clear
+clean scenes that training never saw (NEON TEAK plots and EuroSAT tiles at position 999 of their class, see the
+``pipeline:`` section of ``configs/rsdehamba_haze_cpu.yaml``) and requires the restored images to beat the hazy input on PSNR by a clear
 margin on average and on every moderately or thickly hazed image; an untrained network of the same architecture fails
 the same check. Thin haze is left out of the per-image condition: the small CPU-trained network cannot tell thin haze
 from a bright scene, and on a bright plot (TEAK_043) it removes haze that is barely there and loses PSNR (recorded in

@@ -152,6 +152,10 @@ def test_full_run_trains_evaluates_writes_the_table_and_exports_by_the_verdict(t
     assert (tmp / "weights" / "tiny_dust.safetensors").exists() is wins
     md = (tmp / "results" / "tiny_dust_heldout.md").read_text()
     assert "| ROP (rank-one prior, classical) |" in md and "## planet: 2 crops of 32x32" in md
+    # Every score the evaluator gives all methods is a column, the newer ones (detail ratios) included.
+    header = next(line for line in md.splitlines() if line.startswith("| method |"))
+    for key in set.intersection(*(set(row) - {"n"} for row in table["scores"]["neon"].values())):
+        assert f" {key} " in header, key
 
 
 def test_rerun_skips_current_stages(trained):
@@ -278,3 +282,16 @@ def test_cpu_config_plan_resolves_and_keeps_the_held_out_sets(config, monkeypatc
         part, _, source = path.stem.partition("_")
         if source in plan.splits:
             assert path.read_text().split() == [plan.display(f) for f in plan.splits[source][part]], path.name
+
+
+def test_training_a_config_whose_init_weights_are_missing_names_the_config_that_makes_them(tmp_path):
+    first = tiny_config(tmp_path)
+    first.pop("pipeline")
+    first["run"]["out_dir"] = str(tmp_path / "stage1")
+    stage1 = write_config(tmp_path / "stage1_cpu.yaml", first)
+    second = tiny_config(tmp_path)
+    second["model"]["init_weights"] = str(tmp_path / "stage1" / "final.safetensors")
+    stage2 = write_config(tmp_path / "stage2_cpu.yaml", second)
+    with pytest.raises(FileNotFoundError, match=f"run `rsrestore train {stage1}` first"):
+        pl.train_one(stage2, load_config(stage2), log=lambda m: None)
+    assert not (tmp_path / "runs").exists()

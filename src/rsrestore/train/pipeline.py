@@ -81,7 +81,7 @@ TASKS = ("haze", "dust", "cloud")
 BUILDERS = ("cloud_triplets",)
 # Column order of the tables; any other score the evaluator returns (e.g. a newly added metric) follows these.
 COLUMN_ORDER = ("psnr", "ssim", "ciede2000", "mae", "sam", "psnr_rgb", "ssim_rgb", "mae_rgb", "sam_rgb", "niqe",
-                "sseq", "gradient_energy_ratio")
+                "sseq", "gradient_ratio", "gradient_ratio_input", "checkerboard_ratio", "checkerboard_ratio_input")
 LABELS = {"input": "degraded input", "dcp": "DCP (dark channel prior, classical)",
           "rop": "ROP (rank-one prior, classical)", "rsdehamba": "RSDehamba (bundled weights)"}
 
@@ -152,10 +152,21 @@ class PipelineSpec:
 
 
 def higher_is_better(metric: str) -> bool | None:
-    """The direction of a score of the evaluator (``*_rgb`` like its all-band twin); None when unknown."""
-    from ..evaluate import HIGHER_IS_BETTER
+    """The direction of a score of the evaluator (``*_rgb`` like its all-band twin); None when it has none (a ratio
+    whose ideal is 1) or is unknown."""
+    from .. import evaluate
 
-    return HIGHER_IS_BETTER.get(metric.removesuffix("_rgb"))
+    if metric in getattr(evaluate, "IDEAL_ONE", ()):
+        return None
+    return evaluate.HIGHER_IS_BETTER.get(metric.removesuffix("_rgb"))
+
+
+def _arrow(metric: str) -> str:
+    from .. import evaluate
+
+    if metric in getattr(evaluate, "IDEAL_ONE", ()):
+        return " →1"
+    return {True: " ↑", False: " ↓", None: ""}[higher_is_better(metric)]
 
 
 def parse_pipeline(data: Mapping[str, Any], model_name: str | None = None) -> PipelineSpec:
@@ -544,8 +555,7 @@ def _columns(table: Mapping[str, Mapping[str, Any]]) -> list[str]:
 def score_table(table: Mapping[str, Mapping[str, float]], labels: Mapping[str, str]) -> list[str]:
     """Markdown lines of one held-out set: a row per method, a column per score all rows have."""
     cols = _columns(table)
-    arrow = {True: " ↑", False: " ↓", None: ""}
-    lines = ["| method | " + " | ".join(c + arrow[higher_is_better(c)] for c in cols) + " |",
+    lines = ["| method | " + " | ".join(c + _arrow(c) for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for m, row in table.items():
         lines.append(f"| {labels.get(m, m)} | " + " | ".join(_fmt(row[c]) for c in cols) + " |")
