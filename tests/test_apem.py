@@ -134,14 +134,16 @@ def test_tiny_overfit_with_the_apem_objective():
     assert losses[-1] < 0.6 * losses[0], losses[::8]
 
 
-def test_tiled_restore_equals_whole_restore():
-    model = _randomised(APEMDehazer(APEMConfig(width=8, guided_radius=6))).eval()
+@pytest.mark.parametrize("ft_scale", [1, 2])
+def test_tiled_restore_equals_whole_restore(ft_scale):
+    model = _randomised(APEMDehazer(APEMConfig(width=8, guided_radius=6, ft_scale=ft_scale))).eval()
     g = torch.Generator().manual_seed(3)
     scene = (torch.rand(3, 150, 170, generator=g) * 0.5 + 0.3).numpy()
     with torch.inference_mode():
         whole = model(torch.from_numpy(scene)[None])[0].numpy()
     tiled = restore_array(model, scene, tile=64, overlap=8)
-    assert model.halo == 7 + 12 + model.apem.f_t.radius
+    radius = model.apem.f_t.radius
+    assert model.halo == 7 + 12 + (radius if ft_scale == 1 else ft_scale * (radius + 3))
     np.testing.assert_allclose(tiled, whole, atol=2e-5)
 
 
@@ -177,6 +179,8 @@ def test_rsrestore_train_runs_the_shipped_config(tmp_path):
     from _train_data import make_pairs, write_yaml
 
     cfg = yaml.safe_load(open(ROOT / "configs" / "apem_haze_cpu.yaml"))
+    cfg.pop("pipeline", None)  # the trainer alone, not the whole weights pipeline the section would run
+    assert cfg["model"]["config"]["ft_scale"] == 2  # the config states the architecture it trains
     pairs = make_pairs(tmp_path / "pairs", n=4, size=32)
     cfg["model"]["config"]["width"] = 4
     cfg["data"] = {"train": {"kind": "paired", "root": str(pairs)}, "batch_size": 4}

@@ -7,13 +7,23 @@ scene-wide statistic, as in ``dcp``: through the tiling engine, :meth:`APEMDehaz
 refined A and the per-band exponents once on a decimated read of the whole scene and every tile uses them, so tiles
 agree; the transmission is local and a tile read with :attr:`APEMDehazer.halo` pixels of context matches the
 whole-image one.
+
+Speed: f_t and f_A's pixel features run on block means of the image (``ft_scale``, default
+:data:`DEFAULT_FT_SCALE`) and the dark channel prior's one guided filter brings the corrected transmission back to
+full resolution (see :mod:`.apem`), so the method costs about what ``dcp`` does (benchmarks/bench_apem.py). Tiles are
+told their scene position (``origins``) so that their blocks fall on the scene's block grid. Weights trained before
+the option ran f_t at full resolution: load them with ``ft_scale: 1``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import Tensor, nn
 
 from .apem import APEM, APEMConfig, Priors, invert_priors
+
+DEFAULT_FT_SCALE = 2  # f_t at half resolution: see benchmarks/results/apem.json for speed and quality at 1, 2 and 4
 
 
 class APEMDehazer(nn.Module):
@@ -22,7 +32,8 @@ class APEMDehazer(nn.Module):
 
     def __init__(self, cfg: APEMConfig | None = None):
         super().__init__()
-        self.cfg = cfg or APEMConfig()
+        cfg = cfg or APEMConfig()
+        self.cfg = replace(cfg, ft_scale=DEFAULT_FT_SCALE) if cfg.ft_scale is None else cfg
         self.apem = APEM(self.cfg)
 
     @property
@@ -39,7 +50,10 @@ class APEMDehazer(nn.Module):
         return self.apem.scene_airlight(x, mask)
 
     def forward(self, x: Tensor, sar: Tensor | None = None, stats: dict[str, Tensor] | None = None,
-                return_priors: bool = False) -> Tensor | tuple[Tensor, Priors]:
-        priors = self.apem(x, stats=stats)
+                return_priors: bool = False, origins: list[tuple[int, int]] | None = None
+                ) -> Tensor | tuple[Tensor, Priors]:
+        """``origins``: the scene position (y0, x0) of each tile (the tiling engine passes them; see
+        :class:`.apem.APEM`)."""
+        priors = self.apem(x, stats=stats, origins=origins)
         restored = invert_priors(x, priors, t_min=self.cfg.t_min).clamp(0.0, 1.0)
         return (restored, priors) if return_priors else restored
