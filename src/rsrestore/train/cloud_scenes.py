@@ -8,9 +8,10 @@ over clear land it is nearly dark and tracks the water-vapour band B9, so it is 
 ratio of the median B10 to the median B9 in the cloud-free SEN12MS-CR patch ROIs1970_fall 139_p839 (31 / 1106).
 
 SAR. There is no Sentinel-1 acquisition co-registered with these scenes. The SAR-guided networks need one, so a
-stand-in is derived from the clean scene (:func:`sar_standin`). It carries the scene's structure under the clouds as
-real SAR does, but it is computed from the optical bands, so it tells a network more about the optical values than
-real backscatter would: scores on the held-out set overstate what weights do with real Sentinel-1.
+stand-in is derived from the clean scene (:func:`rsrestore.physics.sar_standin.sar_standin`). It carries the scene's
+structure under the clouds as real SAR does, but it is computed from the optical bands: scores on the held-out set
+overstate what weights do with real Sentinel-1. (The bundled cloud weights were trained on an earlier stand-in that
+read the optical bands more directly; the pipeline now builds its triplets with the library's.)
 
 Split. Columns 0-433 of each scene are for training, columns 450-599 are held out (a 16-pixel gap, so upsampled
 60 m pixels are never shared). Training stores 128 x 128 windows at random places, each under its own cloud
@@ -35,6 +36,8 @@ import torch.nn.functional as F
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
+from ..physics.sar_standin import sar_standin
+
 SCENES = {1: "S2A_MSIL1C_20170527_T33UUB", 2: "S2B_MSIL1C_20171022_T49JGM"}
 ROI = "ROIs9001_synthetic"
 
@@ -43,9 +46,9 @@ TRAIN_COLS = (0, 434)
 TEST_COLS = (450, 600)
 PATCH = 128
 TEST_ROWS = (0, 118, 236, 354, 472)
-# Sentinel-1 GRD IW: ~20 m resolution on 10 m pixels, equivalent number of looks ~4.4 (ESA product specification).
-SAR_BLUR_SIGMA_PX = 1.0
-SAR_LOOKS = 4.4
+# What the manifest records of the SAR; a build made with another stand-in is rebuilt by the pipeline.
+SAR_RECORD = ("stand-in from the clean scene's land cover (rsrestore.physics.sar_standin, its defaults); "
+              "not real Sentinel-1")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -79,41 +82,6 @@ def load_scene_13(stem: str, folder: Path) -> np.ndarray:
         B10_FROM_B9 * b60[1], b20[4], b20[5],
     ])
     return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
-    return gaussian_filter(x, sigma, mode="reflect")
-
-
-def sar_standin(clean13: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A Sentinel-1-like (VV, VH) backscatter stand-in in dB, (2, H, W) float32, derived from a clean 13-band scene.
-
-    Mean backscatter follows typical C-band values per land cover (Ulaby & Long, Microwave Radar and Radiometric
-    Remote Sensing, 2014, ch. 11-13): bare soil around -14 dB VV, vegetation up to ~-9 dB VV with VH about 6 dB
-    below VV (volume scattering depolarises), open water near -22 dB VV / -29 dB VH (specular reflection away from
-    the sensor), and strong edges up to ~6 dB brighter (double bounce on built structures). Speckle is fully
-    developed: intensity times Gamma(L, 1/L).
-    """
-    green, red, nir, swir = clean13[2], clean13[3], clean13[7], clean13[11]
-    ndvi = np.clip((nir - red) / (nir + red + 1e-6), 0.0, 1.0)
-    mndwi = (green - swir) / (green + swir + 1e-6)
-    water = np.clip((mndwi - 0.1) / 0.2, 0.0, 1.0)
-    smooth = _gaussian(nir, 1.0)
-    gy, gx = np.gradient(smooth)
-    edge = np.hypot(gx, gy)
-    edge = np.clip(edge / (np.percentile(edge, 99) + 1e-6), 0.0, 1.0)
-    vv = -14.0 + 5.0 * ndvi + 6.0 * edge
-    vh = vv - 8.0 + 2.0 * ndvi
-    vv = (1 - water) * vv + water * -22.0
-    vh = (1 - water) * vh + water * -29.0
-    out = []
-    for db in (vv, vh):
-        power = _gaussian(10.0 ** (db / 10.0), SAR_BLUR_SIGMA_PX)
-        speckle = rng.gamma(SAR_LOOKS, 1.0 / SAR_LOOKS, size=power.shape)
-        out.append(10.0 * np.log10(np.maximum(power * speckle, 1e-6)))
-    return np.stack(out).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -168,8 +136,7 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
         "scenes": {str(k): v for k, v in SCENES.items()}, "source": str(folder.name), "per_scene": per_scene,
         "bands": "B1,B2,B3,B4,B5,B6,B7,B8,B8A,B9,B10,B11,B12 at 10 m; 20 m and 60 m bands upsampled bilinearly",
         "b10": f"not in the source files; filled as {B10_FROM_B9:.5f} * B9",
-        "sar": "stand-in derived from the clean scene (land-cover backscatter, 20 m blur, gamma speckle of "
-               f"{SAR_LOOKS} looks); not real Sentinel-1",
+        "sar": SAR_RECORD,
         "train_columns": list(TRAIN_COLS), "test_columns": list(TEST_COLS), "patch": PATCH,
         "clouds": "rsrestore.physics.clouds.synthesize_clouds, thin and thick alternating, shadows on",
         "train": [], "test": [],

@@ -90,7 +90,8 @@ LABELS = {"input": "degraded input", "dcp": "DCP (dark channel prior, classical)
 class TestSetSpec:
     """A held-out set: ``n`` crops of ``size`` synthesised (``kind``, default the task's) from the test files of
     ``source`` into ``folder`` (default ``<work>/heldout/<name>``), or an existing dataset at ``root`` (``{data}``
-    is the data root) read as ``dataset``. ``verdict: false`` scores it without letting it decide."""
+    is the data root) read as ``dataset`` (its ``split``: default the evaluator's, the test split of a dataset that
+    has splits). ``verdict: false`` scores it without letting it decide."""
 
     source: str | None = None
     n: int | None = None
@@ -103,6 +104,7 @@ class TestSetSpec:
     folder: str | None = None
     root: str | None = None
     dataset: str = "paired"
+    split: str | None = None
     verdict: bool = True
     describe: str = ""
 
@@ -312,9 +314,11 @@ def _build_current(plan: Plan) -> bool:
     manifest = plan.work / "manifest.json"
     if b is None or not manifest.is_file():
         return False
+    from .cloud_scenes import SAR_RECORD
+
     m = json.loads(manifest.read_text())
     return m.get("seed") == b.seed and len(m.get("train", ())) == b.per_scene * len(m.get("scenes", {})) and \
-        m.get("source") == Path(plan.spec.source_specs[b.source].path).name
+        m.get("source") == Path(plan.spec.source_specs[b.source].path).name and m.get("sar") == SAR_RECORD
 
 
 def prepare(plan: Plan, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
@@ -495,12 +499,14 @@ def evaluate_sets(plan: Plan, progress: bool = True, log: Callable[[str], None] 
         out = plan.eval_dir / name
         cache_path = out / "scores.json"
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-        base = {"set": _set_fingerprint(folder), "options": {k: v for k, v in options.items() if k != "progress"}}
+        base = {"set": _set_fingerprint(folder), "split": spec.test_specs[name].split,
+                "options": {k: v for k, v in options.items() if k != "progress"}}
         fps = {m: base | ({"weights": weights_sha, "restore_config": spec.restore_config} if m == spec.method else {})
                for m in spec.methods}
         todo = [m for m in spec.methods if cache.get(m, {}).get("fingerprint") != fps[m]]
         if todo:
-            results = evaluate(todo, spec.test_specs[name].dataset, folder, out,
+            t = spec.test_specs[name]
+            results = evaluate(todo, t.dataset, folder, out, split=t.split,
                                weights={spec.method: str(weights)} if spec.method in todo else None, **options)
             for m, r in results.items():
                 cache[m] = {"fingerprint": fps[m], "scores": r.mean | {"n": len(r.per_image)}}
