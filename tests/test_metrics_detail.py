@@ -13,6 +13,7 @@ from rsrestore.metrics.detail import (
     gradient_energy,
     gradient_energy_ratio,
     nyquist_energy,
+    nyquist_energy_map,
 )
 
 
@@ -118,3 +119,13 @@ def test_bad_inputs_are_refused():
         gradient_energy_ratio(torch.zeros(1, 1, 20, 20), torch.zeros(1, 2, 20, 20))
     with pytest.raises(ValueError, match="NaN"):
         gradient_energy(torch.full((1, 1, 20, 20), float("nan")))
+
+
+def test_energy_map_locates_a_grid_and_averages_to_the_energy():
+    img = _smooth(64, 64)
+    img[..., 30:40, 20:44] += 0.02 * _checker(10, 24)
+    emap = nyquist_energy_map(img)[0]
+    assert emap.shape == (64, 64) and bool(emap[:6].isnan().all()) and bool(emap[6:-6, 6:-6].isfinite().all())
+    peak = divmod(int(emap.nan_to_num(-1).argmax()), 64)
+    assert 30 <= peak[0] < 40 and 20 <= peak[1] < 44
+    assert float(emap.nanmean()) == pytest.approx(float(nyquist_energy(img)[0]), rel=1e-12)

@@ -48,6 +48,7 @@ __all__ = [
     "NYQUIST_RADIUS",
     "gradient_energy",
     "nyquist_energy",
+    "nyquist_energy_map",
     "gradient_energy_ratio",
     "checkerboard_energy_ratio",
     "detail_scores",
@@ -119,8 +120,8 @@ def _binomial(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return g / 2.0**n
 
 
-def _nyquist_energy(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, 3) energy of the components (-1)^(x+y), (-1)^x, (-1)^y, each a mean over valid windows and bands."""
+def _nyquist_amplitudes(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, 3, H - 12, W - 12) local amplitudes of (-1)^(x+y), (-1)^x, (-1)^y at every full 13x13 window."""
     b, c, h, w = x.shape
     size = 2 * NYQUIST_RADIUS + 1
     if h < size or w < size:
@@ -133,15 +134,37 @@ def _nyquist_energy(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     g = _binomial(x.dtype, x.device)
     amp = F.conv2d(demod, g.view(1, 1, 1, -1).expand(c * 3, 1, 1, size), groups=c * 3)
     amp = F.conv2d(amp, g.view(1, 1, -1, 1).expand(c * 3, 1, size, 1), groups=c * 3)
-    energy = (amp**2).reshape(b, c, 3, h - size + 1, w - size + 1)
+    return amp.reshape(b, c, 3, h - size + 1, w - size + 1)
+
+
+def _fully_valid_windows(valid: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H - 12, W - 12): True where the whole 13x13 window is valid."""
+    size = 2 * NYQUIST_RADIUS + 1
+    return F.max_pool2d((~valid).to(torch.float32), kernel_size=size, stride=1) == 0
+
+
+def _nyquist_energy(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, 3) energy of the components (-1)^(x+y), (-1)^x, (-1)^y, each a mean over valid windows and bands."""
+    c = x.shape[1]
+    energy = _nyquist_amplitudes(x) ** 2
     if bool(valid.all()):
         return energy.mean(dim=(1, 3, 4), dtype=torch.float64)
     # A window counts only if all of its pixels are valid, so nodata (zeroed) never draws an edge into the energy.
-    any_invalid = F.max_pool2d((~valid).to(torch.float32), kernel_size=size, stride=1)  # (B, 1, h', w')
-    keep = (any_invalid == 0)[:, :, None]  # (B, 1, 1, h', w')
+    keep = _fully_valid_windows(valid)[:, :, None]  # (B, 1, 1, h', w')
     total = (energy * keep).sum(dim=(1, 3, 4), dtype=torch.float64)  # (B, 3)
     count = keep.sum(dim=(1, 2, 3, 4), dtype=torch.float64) * c
     return total / count[:, None]
+
+
+def nyquist_energy_map(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Local 2-pixel-period energy ``(B, H, W)`` (float64): the three components summed and averaged over bands at
+    the centre of each 13x13 window; NaN where the window leaves the image or holds an invalid pixel. Its mean over
+    the finite entries is :func:`nyquist_energy`. For finding where a grid is, e.g. the worst crop of an output."""
+    x, valid = _prepare_one(x, mask, "x")
+    r = NYQUIST_RADIUS
+    local = (_nyquist_amplitudes(x) ** 2).sum(dim=2).mean(dim=1, dtype=torch.float64)  # (B, h', w')
+    local = torch.where(_fully_valid_windows(valid)[:, 0], local, torch.nan)
+    return F.pad(local, (r, r, r, r), value=float("nan"))
 
 
 def gradient_energy(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
