@@ -89,6 +89,18 @@ def cloud_score(cloudy13: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, 1, H, W) score.
     """
+    score = pixel_cloud_score(cloudy13)
+    # Grey closing = dilation then erosion; max-pooling with implicit -inf padding matches a reflect-padded
+    # morphological filter here because, for a centred odd window, every reflected sample is already inside it.
+    score = F.max_pool2d(score, 5, stride=1, padding=2)
+    score = -F.max_pool2d(-score, 5, stride=1, padding=2)
+    score = F.avg_pool2d(score, 7, stride=1, padding=3, count_include_pad=True)
+    return score.clamp(1e-5, 1.0)
+
+
+def pixel_cloud_score(cloudy13: torch.Tensor) -> torch.Tensor:
+    """The minimum of :func:`cloud_score`'s tests at each pixel, (B, 1, H, W), before the closing and the box mean
+    (and unclipped: clear pixels go well below 0, which is why the box mean loses thin cloud edges next to them)."""
     x = _check_s2(cloudy13)
     score = torch.ones_like(x[:, :1])
     tests = (
@@ -100,49 +112,59 @@ def cloud_score(cloudy13: torch.Tensor) -> torch.Tensor:
     )
     for t in tests:
         score = torch.minimum(score, t)
-    # Grey closing = dilation then erosion; max-pooling with implicit -inf padding matches a reflect-padded
-    # morphological filter here because, for a centred odd window, every reflected sample is already inside it.
-    score = F.max_pool2d(score, 5, stride=1, padding=2)
-    score = -F.max_pool2d(-score, 5, stride=1, padding=2)
-    score = F.avg_pool2d(score, 7, stride=1, padding=3, count_include_pad=True)
-    return score.clamp(1e-5, 1.0)
+    return score
 
 
-def shadow_mask(cloudy13: torch.Tensor) -> torch.Tensor:
+def shadow_thresholds(cloudy13: torch.Tensor) -> torch.Tensor:
+    """The per-image thresholds of :func:`shadow_mask`, (B, 2) float64: T3 = min + 3/4 (mean - min) of the cloud-shadow
+    index CSI = (B8 + B11) / 2 and T4 = min + 5/6 (mean - min) of B2 (Zhai et al. 2018, as in DSen2-CR). A restorer
+    computes them once on the whole scene so that every tile of it applies the same test."""
+    x = _check_s2(cloudy13)
+
+    def _level(band: torch.Tensor, frac: float) -> torch.Tensor:
+        # Statistics in float64: a float32 mean of a flat scene can round above its minimum and flag every pixel.
+        band = band.double()
+        lo = band.amin(dim=(1, 2, 3))
+        return lo + frac * (band.mean(dim=(1, 2, 3)) - lo)
+
+    csi = 0.5 * (x[:, _B8 : _B8 + 1] + x[:, _B11 : _B11 + 1])
+    return torch.stack([_level(csi, 3 / 4), _level(x[:, _B2 : _B2 + 1], 5 / 6)], dim=1)
+
+
+def shadow_mask(cloudy13: torch.Tensor, thresholds: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cloud-shadow mask (B, 1, H, W) from 13-band Sentinel-2 reflectance in [0, 1].
 
     Cloud-shadow index CSI = (B8 + B11) / 2 (Zhai et al. 2018); a pixel is shadow when CSI < T3 and B2 < T4 with
-    per-image thresholds T3 = min + 3/4 (mean - min) of CSI and T4 = min + 5/6 (mean - min) of B2, followed by a
-    5x5 zero-padded median filter, as in DSen2-CR's ``get_shadow_mask``.
+    per-image thresholds T3 = min + 3/4 (mean - min) of CSI and T4 = min + 5/6 (mean - min) of B2
+    (:func:`shadow_thresholds`; pass ``thresholds`` (B or 1, 2) to use those of a whole scene on a part of it),
+    followed by a 5x5 zero-padded median filter, as in DSen2-CR's ``get_shadow_mask``.
     """
     x = _check_s2(cloudy13)
-    blue = x[:, _B2 : _B2 + 1]
-    csi = 0.5 * (x[:, _B8 : _B8 + 1] + x[:, _B11 : _B11 + 1])
-
-    def _below(band: torch.Tensor, frac: float) -> torch.Tensor:
-        # Statistics in float64: a float32 mean of a flat scene can round above its minimum and flag every pixel.
-        band = band.double()
-        lo = band.amin(dim=(2, 3), keepdim=True)
-        return band < lo + frac * (band.mean(dim=(2, 3), keepdim=True) - lo)
-
-    raw = (_below(csi, 3 / 4) & _below(blue, 5 / 6)).to(x.dtype)
+    t = shadow_thresholds(x) if thresholds is None else thresholds.to(x.device, torch.float64)
+    t = t.view(-1, 2, 1, 1)
+    blue = x[:, _B2 : _B2 + 1].double()
+    csi = 0.5 * (x[:, _B8 : _B8 + 1].double() + x[:, _B11 : _B11 + 1].double())
+    raw = ((csi < t[:, :1]) & (blue < t[:, 1:])).to(x.dtype)
     # The median of a 0/1 window of 25 samples (zeros outside the image) is 1 exactly when at least 13 are 1.
     count = F.avg_pool2d(raw, 5, stride=1, padding=2, count_include_pad=True) * 25.0
     return (count > 12.5).to(x.dtype)
 
 
-def cloud_shadow_mask(cloudy13: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
+def cloud_shadow_mask(cloudy13: torch.Tensor, threshold: float = 0.2,
+                      shadow_levels: torch.Tensor | None = None) -> torch.Tensor:
     """Cloud-or-shadow mask (B, 1, H, W) in {0, 1} for CARL when a dataset ships none.
 
     Args:
         cloudy13: cloudy Sentinel-2 L1C image (B, 13, H, W), reflectance in [0, 1] (digital number / 10000), band
             order B1..B12 with B8A and B10 as in SEN12MS-CR.
         threshold: cloud-score binarisation threshold; higher is more conservative (0.2 in DSen2-CR).
+        shadow_levels: the shadow test's thresholds (:func:`shadow_thresholds` of the whole scene); by default
+            those of each image.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     cloud = cloud_score(cloudy13) >= threshold
-    shadow = shadow_mask(cloudy13) > 0
+    shadow = shadow_mask(cloudy13, shadow_levels) > 0
     return (cloud | shadow).to(cloudy13.dtype)
 
 

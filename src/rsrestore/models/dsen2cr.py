@@ -11,6 +11,11 @@ Value ranges: this library feeds optical reflectance / 10000 and SAR scaled to [
 VH to [-32.5, 0] dB), as the ``sen12mscr`` loader does. The original code instead divides optical digital numbers
 by 2000 and maps SAR to [0, 2]; ``optical_gain`` and ``sar_gain`` reproduce those internal ranges so weights and
 learning rates carry over, and the output is mapped back to the library's [0, 1] scale.
+
+Clear pixels (``keep_clear``, on by default): the output is the network's only on cloud and cloud shadow and the input
+elsewhere, bit for bit (:mod:`rsrestore.models.clear_pixels`): with the ``mask`` passed to ``forward`` (known in
+training on synthetic clouds), else with the rule-based cloud/shadow mask the CARL loss uses, detected on the input.
+This is not in the paper, whose CARL loss only pulls clear pixels toward the input; it adds no parameter.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .clear_pixels import KeepsClearPixels, compose
 
 
 @dataclass
@@ -32,6 +39,9 @@ class DSen2CRConfig:
     optical_gain: float = 5.0
     # The paper's SAR range is [0, 2] (``max_val_sar = 2``).
     sar_gain: float = 2.0
+    # Output = input on pixels without cloud or shadow (module docstring); the detector's cloud-score threshold.
+    keep_clear: bool = True
+    clear_threshold: float = 0.1
 
 
 class ResBlock(nn.Module):
@@ -49,7 +59,7 @@ class ResBlock(nn.Module):
         return x + self.res_scale * self.conv2(self.act(self.conv1(x)))
 
 
-class DSen2CR(nn.Module):
+class DSen2CR(KeepsClearPixels, nn.Module):
     """DSen2-CR restorer: ``forward(x, sar)`` returns the cloud-free estimate with the shape of ``x``.
 
     Fully convolutional with stride 1, so any H, W works without padding.
@@ -79,7 +89,10 @@ class DSen2CR(nn.Module):
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, sar: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sar: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                stats: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Cloud-free estimate of ``x``; ``mask`` (B, 1, H, W), 1 = cloud or shadow, when known; ``stats`` from
+        :meth:`scene_statistics` of the whole scene when ``x`` is a tile of it."""
         cfg = self.cfg
         if x.ndim != 4 or x.shape[1] != cfg.optical_bands:
             raise ValueError(f"DSen2CR expects optical input (B, {cfg.optical_bands}, H, W), got {tuple(x.shape)}")
@@ -97,4 +110,5 @@ class DSen2CR(nn.Module):
                 raise ValueError("DSen2CR was built with sar_bands=0 but a SAR tensor was given")
             inp = opt
         y = self.tail(self.body(self.head(inp))) + opt
-        return y / cfg.optical_gain
+        return compose(y / cfg.optical_gain, x, enabled=cfg.keep_clear, mask=mask, stats=stats,
+                       threshold=cfg.clear_threshold)

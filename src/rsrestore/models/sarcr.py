@@ -21,6 +21,11 @@ SAR image (Sentinel-1 VV, VH) and predicts the cloud-free optical image. Stages,
    element-wise max selects one per element, the selection is concatenated again with both streams, and a final
    MBConv maps to the optical band count.
 
+Clear pixels (``keep_clear``, on by default): the output is the network's only on cloud and cloud shadow and the input
+elsewhere, bit for bit (:mod:`rsrestore.models.clear_pixels`): with the ``mask`` passed to ``forward`` (known in
+training on synthetic clouds), else with DSen2-CR's rule-based cloud/shadow mask detected on the input. It adds no
+parameter.
+
 Where the description leaves details open (widths, the form of the max selection, positional encoding) the
 choices are documented on the config and in the modules below. Inputs of any H, W are reflect-padded to a multiple
 of ``stride * patch`` (and of 4, for the pyramid) and cropped back.
@@ -37,6 +42,7 @@ from einops import rearrange
 from torch import nn
 
 from .blocks import pad_to_multiple
+from .clear_pixels import KeepsClearPixels, compose
 
 from rsrestore.models.mbconv import MBConv
 
@@ -71,6 +77,9 @@ class SARCRConfig:
     # Add the cloudy input to the output (the network then predicts a correction, as DSen2-CR does). Off by
     # default: the architecture described maps features straight to the optical bands.
     input_skip: bool = False
+    # Output = input on pixels without cloud or shadow (module docstring); the detector's cloud-score threshold.
+    keep_clear: bool = True
+    clear_threshold: float = 0.1
 
 
 def _check_pair(x: torch.Tensor, sar: torch.Tensor | None, optical_bands: int, sar_bands: int) -> None:
@@ -250,7 +259,7 @@ def _extractor(in_ch: int, width: int, stride: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class SARCloudRemoval(nn.Module):
+class SARCloudRemoval(KeepsClearPixels, nn.Module):
     """SAR-guided cloud removal restorer; ``forward(x, sar)`` returns the cloud-free image with the shape of ``x``."""
 
     def __init__(self, cfg: SARCRConfig | None = None):
@@ -295,7 +304,9 @@ class SARCloudRemoval(nn.Module):
         f = f_opt + self.attention(f_opt, f_sar)
         return self.dir_up(self.dir_mbconv(f))
 
-    def forward(self, x: torch.Tensor, sar: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sar: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                stats: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Cloud-free estimate of ``x`` (``mask``: known cloud/shadow, 1 = cloud; ``stats``: the scene's for a tile)."""
         cfg = self.cfg
         _check_pair(x, sar, cfg.optical_bands, cfg.sar_bands)
         h, w = x.shape[-2:]
@@ -312,4 +323,5 @@ class SARCloudRemoval(nn.Module):
         y = self.out(torch.cat([selected, a, b], dim=1))
         if cfg.input_skip:
             y = y + xp
-        return y[..., :h, :w]
+        return compose(y[..., :h, :w], x, enabled=cfg.keep_clear, mask=mask, stats=stats,
+                       threshold=cfg.clear_threshold)

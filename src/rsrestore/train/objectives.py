@@ -75,8 +75,15 @@ Objective = Callable[..., StepOutput]
 
 def call_model(model: nn.Module, x: Tensor, batch: Mapping[str, Any], ctx: ObjectiveContext) -> Any:
     """``model(x)``, with the batch's SAR image for a model that takes one and the keyword arguments the loss asks
-    for (AOSR-Net returns its Phi map for the ``aosr`` loss)."""
+    for (AOSR-Net returns its Phi map for the ``aosr`` loss).
+
+    The SAR-guided models are the cloud removers: when the batch carries the cloud/shadow ``mask`` (synthetic clouds
+    know theirs) it goes to the model, whose output keeps the input on the clear pixels (see
+    :mod:`rsrestore.models.clear_pixels`), so that training and the loss see what restoring does; without one the
+    model detects the mask itself, as it does when restoring."""
     if ctx.needs_sar:
+        if batch.get("mask") is not None:
+            return model(x, sar=batch.get("sar"), mask=batch["mask"], **ctx.model_kwargs)
         return model(x, sar=batch.get("sar"), **ctx.model_kwargs)
     return model(x, **ctx.model_kwargs)
 
