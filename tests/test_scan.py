@@ -173,9 +173,13 @@ def test_extreme_decay_is_finite(impl):
         assert rel_err(a, b) < 1e-5
 
 
-def saved_bytes(fn, bsz, g, dg, n, length) -> int:
-    """Bytes that fn(**float32 inputs, delta_softplus=True) keeps for backward, the inputs themselves excluded."""
-    args = {k: v.float().requires_grad_() for k, v in make(bsz, g, dg, n, length, z=False).items() if v is not None}
+def saved_bytes(fn, bsz, g, dg, n, length, time_major=False) -> int:
+    """Bytes that fn(**float32 inputs, delta_softplus=True) keeps for backward, the inputs themselves excluded.
+    time_major: u and delta as (batch, D, L) views of (batch, L, D) tensors, as RSDehamba passes them."""
+    args = {k: v.float() for k, v in make(bsz, g, dg, n, length, z=False).items() if v is not None}
+    if time_major:
+        args.update({k: args[k].transpose(1, 2).contiguous().transpose(1, 2) for k in ("u", "delta")})
+    args = {k: v.requires_grad_() for k, v in args.items()}
     inputs = {v.untyped_storage().data_ptr() for v in args.values()}
     saved: dict[int, int] = {}
 
@@ -199,14 +203,17 @@ def test_chunked_keeps_only_chunk_states():
     assert saved < length * state_bytes / 10
 
 
-def test_auto_picks_the_chunked_scan_on_cpu_and_cuda_kernel_is_lazy(monkeypatch):
-    # The numba kernels compile at first use and are no faster inside the whole model, so auto leaves them out.
+def test_auto_picks_numba_on_cpu_else_chunked_and_cuda_kernel_is_lazy(monkeypatch):
     assert "mamba_ssm" not in sys.modules or scan.cuda_kernel_available()
     args = make(length=10)
     calls = []
-    monkeypatch.setitem(scan.IMPLEMENTATIONS, "chunked", lambda *a, **k: calls.append(1) or a[0])
+    for name in ("chunked", "numba"):
+        monkeypatch.setitem(scan.IMPLEMENTATIONS, name, lambda *a, name=name, **k: calls.append(name) or a[0])
     scan.selective_scan(*args.values())
-    assert calls == [1]
+    assert calls == ["numba" if NUMBA else "chunked"]
+    monkeypatch.setattr(scan, "numba_kernel_available", lambda: False)  # the fallback without numba
+    scan.selective_scan(*args.values())
+    assert calls[-1] == "chunked"
     if not scan.cuda_kernel_available():
         with pytest.raises(RuntimeError):
             scan.selective_scan_cuda(*args.values())
@@ -247,11 +254,11 @@ def test_bad_shapes(change, message):
 
 
 @needs_numba
-@pytest.mark.parametrize("length", [1, 7, 33, 64, 129])
-@pytest.mark.parametrize("g, dg", [(1, 7), (3, 5), (2, 29)])
+@pytest.mark.parametrize("length", [1, 7, 31, 32, 33, 64, 129])
+@pytest.mark.parametrize("g, dg", [(1, 7), (3, 5), (2, 29), (1, 130)])
 def test_numba_float32_matches_reference(length, g, dg):
-    """1e-5 relative in float32, forward and every gradient: odd channel counts, a group wider than one block of
-    lanes (29), lengths below, at and across the checkpoint interval (64)."""
+    """1e-5 relative in float32, forward and every gradient: odd channel counts, a group split into blocks (130:
+    three blocks of 44 and 42 channels), lengths below, at and across the checkpoint interval (32)."""
     args = {k: (v.float() if v is not None else None) for k, v in make(g=g, dg=dg, n=16, length=length).items()}
     ref = run("ref", args, delta_softplus=True)
     got = run("numba", args, delta_softplus=True)
@@ -275,8 +282,9 @@ def test_numba_gradcheck():
 
 @needs_numba
 def test_numba_views_threads_and_half_precision(monkeypatch):
-    """Time-major views (what RSDehamba passes) give the contiguous result; 1 and 2 threads give the same bits; a
-    bfloat16 input is scanned in float32."""
+    """Time-major views (what RSDehamba passes) give the contiguous result (the kernels' part bit for bit; the gate's
+    gradient, by PyTorch, may round differently for another layout); 1 and 2 threads (also capped by the environment
+    variable) give the same bits; a bfloat16 input is scanned in float32."""
     from rsrestore.models import scan_numba
 
     monkeypatch.setattr(scan_numba, "PARALLEL_MIN_WORK", 0)  # run this small case on two threads too
@@ -287,12 +295,19 @@ def test_numba_views_threads_and_half_precision(monkeypatch):
     assert not views["u"].is_contiguous()
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(1)
+        one = run("numba", views, delta_softplus=True)
         torch.set_num_threads(2)
         two = run("numba", views, delta_softplus=True)
+        assert scan_numba.numba.get_num_threads() == min(2, scan_numba.numba.config.NUMBA_NUM_THREADS)
+        monkeypatch.setenv(scan_numba.THREADS_ENV, "1")
+        capped = run("numba", views, delta_softplus=True)
+        assert scan_numba.numba.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    for a, b in zip(two, base):
-        assert torch.equal(a, b)
+    for a, b, c, d in zip(one, two, capped, base):
+        assert torch.equal(a, b) and torch.equal(a, c)
+        assert rel_err(a, d) < 1e-6
     half = {k: (v.to(torch.bfloat16) if v is not None else None) for k, v in args.items()}
     y = scan.selective_scan_numba(**half, delta_softplus=True)
     ref = scan.selective_scan_ref(**{k: (v.float() if v is not None else None) for k, v in half.items()},
@@ -303,15 +318,18 @@ def test_numba_views_threads_and_half_precision(monkeypatch):
 
 @needs_numba
 def test_numba_saves_checkpoints_not_states():
-    """Saved for backward: the step sizes (one per input value) and a state every CHECKPOINT steps, not L states."""
+    """Saved for backward: the step sizes (one per input value), a state every CHECKPOINT steps, not L states, and
+    the order of the steps; plus time-major copies of u and delta when they do not come time-major."""
     from rsrestore.models import scan_numba
 
     bsz, g, dg, n, length = 1, 2, 8, 16, 512
-    saved = saved_bytes(scan.selective_scan_numba, bsz, g, dg, n, length)
     state_bytes = bsz * g * dg * n * 4
     step_bytes = bsz * g * dg * length * 4
-    assert saved <= step_bytes + -(-length // scan_numba.CHECKPOINT) * state_bytes
-    assert saved < length * state_bytes / 10
+    checkpoints = -(-length // scan_numba.CHECKPOINT) * state_bytes + length * 8  # and the step positions
+    saved = saved_bytes(scan.selective_scan_numba, bsz, g, dg, n, length, time_major=True)
+    assert saved <= step_bytes + checkpoints
+    assert saved < length * state_bytes / 8
+    assert saved_bytes(scan.selective_scan_numba, bsz, g, dg, n, length) <= 3 * step_bytes + checkpoints
 
 
 def test_numba_is_imported_lazily():

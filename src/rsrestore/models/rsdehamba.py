@@ -23,6 +23,7 @@ FFN hidden width 2.66x as in Restormer) give 1,793,436 parameters (-0.4 %).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import LayerNorm2d, count_parameters, pad_to_multiple
+from . import scan as _scan
 from .scan import selective_scan
 
 __all__ = ["RSDehambaConfig", "RSDehamba", "VisionDehambaBlock", "DirectionAwareSSM", "paper_parameter_count"]
@@ -137,9 +139,16 @@ class DirectionAwareSSM(nn.Module):
     def scan(self, u: Tensor) -> Tensor:
         """Direction-aware scan of u (B, inner, H, W): four unfoldings, one selective scan, folded back and summed.
 
-        Returns (B, H, W, inner). The sequences are built time-major, (B, L, K, inner), which is what the chunked
-        scan works in, so it receives (B, K * inner, L) views and copies nothing.
+        Returns (B, H, W, inner). On the CPU with numba (``scan_impl`` "auto" or "numba") the fused kernels walk
+        the four orders over the row-major map itself (:func:`.scan.cross_scan_numba`): no reordered copies, and
+        the projections, which act per pixel, run once on the map. Otherwise the four sequences are built
+        time-major, (B, L, K, inner), which is what the chunked scan works in, so it receives (B, K * inner, L)
+        views and copies nothing more.
         """
+        if self.scan_impl == "numba" or (
+            self.scan_impl == "auto" and u.device.type == "cpu" and _scan.numba_kernel_available()
+        ):
+            return self._scan_fused(u)
         b, d, h, w = u.shape
         n, k, L = self.d_state, DIRECTIONS, h * w
         rows = u.permute(0, 2, 3, 1).reshape(b, L, d)  # row-major; free for a channels_last map
@@ -163,6 +172,26 @@ class DirectionAwareSSM(nn.Module):
         row = ys[:, :, 0] + ys[:, :, 2].flip(1)
         col = ys[:, :, 1] + ys[:, :, 3].flip(1)
         return row.view(b, h, w, d) + col.view(b, w, h, d).transpose(1, 2)
+
+    def _scan_fused(self, u: Tensor) -> Tensor:
+        """:meth:`scan` by :func:`.scan.cross_scan_numba` (same result within float32 rounding)."""
+        b, d, h, w = u.shape
+        n, k, L = self.d_state, DIRECTIONS, h * w
+        x = u.permute(0, 2, 3, 1).reshape(b, L, d)  # row-major sequence; free for a channels_last map
+        # x_proj for all four directions as one matrix product (its weights are per direction, its input is not)
+        proj = F.linear(x, self.x_proj_weight.reshape(-1, d)).view(b, L, k, -1)
+        dts, Bs, Cs = proj.split([self.rank, n, n], dim=-1)
+        dts = torch.einsum("blkr,kdr->blkd", dts, self.dt_proj_weight)
+        ys = _scan.cross_scan_numba(
+            x, dts.reshape(b, L, k * d), -torch.exp(self.A_log.float()), Bs, Cs, self.D.float(),
+            self.dt_proj_bias.reshape(-1).float(), _positions(h, w, u.device), delta_softplus=True,
+        )
+        return ys.view(b, h, w, k, d).sum(3)
+
+
+@functools.lru_cache(maxsize=8)
+def _positions(h: int, w: int, device: torch.device) -> Tensor:
+    return _scan.cross_scan_positions(h, w).to(device)
 
 
 class VisionDehambaBlock(nn.Module):

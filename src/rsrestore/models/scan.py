@@ -33,10 +33,13 @@ Implementations (all numerically the same recurrence):
   thread, D = 4 x 48, N = 16 (``benchmarks/bench_scan.py``): forward+backward 5-6x faster than mambapy's parallel
   scan and than the unbind loop at L = 64^2 and 128^2, and 1/100 of their saved memory.
 * :func:`selective_scan_numba` -- fused CPU kernels compiled by numba (:mod:`.scan_numba`): exp(delta A) computed
-  on the fly, the state of a block of channels kept in a small local array, no (L, D, N) tensor; a fused backward
-  that recomputes states from checkpoints every ``scan_numba.CHECKPOINT`` steps; parallel over (batch, group,
-  channel block) on ``torch.get_num_threads()`` threads. numba is imported (and the kernels compiled, or loaded
-  from numba's cache) on first use, never at import time.
+  on the fly, a task's (N, channels) state in a small local array, no (L, D, N) tensor; a fused backward that
+  recomputes states from checkpoints every ``scan_numba.CHECKPOINT`` steps; parallel (``prange``) over (batch,
+  group, channel block) on ``torch.get_num_threads()`` threads, at most ``$RSRESTORE_SCAN_THREADS``. The default on
+  the CPU: forward+backward 4.4-4.9x faster than the chunked scan on one thread (CPU time) and 6.5x on two (wall
+  time) at L = 128^2 on a loaded 2-core Xeon. numba is imported (and the kernels compiled, or loaded from numba's
+  cache) on first use, never at import time. :func:`cross_scan_numba` runs G scans of one sequence taken in G
+  orders (VMamba's and RSDehamba's four-direction scan) without reordered copies.
 * :func:`selective_scan_cuda` -- the CUDA kernel of ``mamba_ssm``, imported on first use, never at import time.
 
 :func:`selective_scan` picks the best available one for the inputs' device.
@@ -62,6 +65,9 @@ __all__ = [
     "selective_scan_cuda",
     "cuda_kernel_available",
     "numba_kernel_available",
+    "cross_scan_numba",
+    "cross_scan_positions",
+    "cross_scan_reference",
     "IMPLEMENTATIONS",
 ]
 
@@ -524,63 +530,74 @@ def _as_numpy(t: Tensor):
 
 
 class _NumbaScan(torch.autograd.Function):
-    """Softplus (and the gate z) in PyTorch; the scan, the D skip and every gradient in :mod:`.scan_numba`."""
+    """The scan, the D skip and their gradients (softplus's too) in :mod:`.scan_numba`, on time-major tensors:
+    u (batch, L, Du), delta (batch, L, D), B and C (batch, L, G, N), all in the compute dtype; y (batch, L, D).
+
+    Step t of group g's sequence sits at position ``positions[g, t]`` of the arrays, and with ``u_shared`` the G
+    groups read the same (batch, L, D / G) input u. The forward keeps dt = softplus(delta + bias) and the state
+    every ``CHECKPOINT`` steps, and nothing when no input needs a gradient.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, positions, u_shared, last_differentiable):
         kernels = _numba_module()
-        ct, uc, pre, dt, Ac, Bc, Cc = _prepare(u, delta, A, B, C, D, delta_bias, delta_softplus)
-        bsz, dim, length = u.shape
+        bsz, length, dim = delta.shape
         n = A.shape[1]
-        Dc = D.to(ct) if D is not None else dt.new_zeros(dim)
-        y = torch.empty_like(dt)  # dt's strides: time-major for the vision models, so the kernel writes rows
-        checkpoints = dt.new_empty(bsz, -(-length // kernels.CHECKPOINT), n, dim)
+        Dc = D if D is not None else delta.new_zeros(dim)
+        bias = delta_bias if delta_bias is not None else delta.new_zeros(dim)
+        dt = F.softplus(delta + bias) if delta_softplus else delta + bias
+        save = any(ctx.needs_input_grad)
+        y = dt.new_empty(bsz, length, dim)
+        checkpoints = dt.new_empty((bsz, -(-length // kernels.CHECKPOINT), n, dim) if save else (1, 1, 1, 1))
         last = dt.new_empty(bsz, dim, n)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
-        kernels.forward(*map(_as_numpy, (dt, uc, Ac, Bc, Cc, Dc, y, checkpoints, last)))
-        out = y * F.silu(z.to(ct)) if z is not None else y
-        # dt is kept (one value per input value) so that the backward needs no second softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, dt, checkpoints, y if z is not None else None)
-        ctx.delta_softplus = delta_softplus
-        if not return_last_state:
+        kernels.forward(*map(_as_numpy, (dt, u, A, B, C, Dc, positions)), u_shared,
+                        *map(_as_numpy, (y, checkpoints, last)), save)
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, Dc, bias, dt, checkpoints, positions)
+        ctx.delta_softplus, ctx.u_shared = delta_softplus, u_shared
+        ctx.has_D, ctx.has_bias = D is not None, delta_bias is not None
+        if not last_differentiable:
             ctx.mark_non_differentiable(last)
-        return out.to(u.dtype), last
+        return y, last
 
     @staticmethod
-    def backward(ctx, g_out, g_last):
+    def backward(ctx, g_y, g_last):
         kernels = _numba_module()
-        u, delta, A, B, C, D, z, delta_bias, dt, checkpoints, y = ctx.saved_tensors
-        ct = dt.dtype
-        bsz, dim, length = u.shape
-        g, n = B.shape[1], A.shape[1]
-        gy, g_z = _gate_backward(g_out.to(ct), z, y)
-        g_last = g_last.to(ct) if g_last is not None else dt.new_zeros(bsz, dim, n)
-        Dc = D.to(ct) if D is not None else dt.new_zeros(dim)
-        bias = delta_bias.to(ct) if delta_bias is not None else dt.new_zeros(dim)
-        g_u, g_delta = torch.empty_like(dt), torch.empty_like(dt)
-        g_A = dt.new_empty(bsz, dim, n)  # one term per batch item
+        u, delta, A, B, C, Dc, bias, dt, checkpoints, positions = ctx.saved_tensors
+        bsz, length, dim = dt.shape
+        g, n = B.shape[2], A.shape[1]
+        gy = g_y.contiguous()
+        g_last = g_last.contiguous() if g_last is not None else dt.new_zeros(bsz, dim, n)
+        g_u, g_delta = torch.empty_like(dt), torch.empty_like(dt)  # g_u per group even when u is shared
+        g_A = dt.new_empty(bsz, dim, n)  # one term per batch item, as g_D and g_bias
         g_D, g_bias = dt.new_empty(bsz, dim), dt.new_empty(bsz, dim)
-        blocks = kernels.blocks_per_group(dim, g)
+        blocks = kernels.block_layout(dim, g)[0]
         g_B = dt.new_empty(bsz, length, g, blocks, n)  # one term per channel block
         g_C = torch.empty_like(g_B)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
         kernels.backward(
-            *map(_as_numpy, (delta.to(ct), bias, dt, u.to(ct), A.to(ct), B.to(ct), C.to(ct), Dc)),
-            ctx.delta_softplus,
+            _as_numpy(delta), _as_numpy(bias), ctx.delta_softplus,
+            *map(_as_numpy, (dt, u, A, B, C, Dc, positions)), ctx.u_shared,
             *map(_as_numpy, (gy, checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias)),
         )
+
+        def per_group(x: Tensor) -> Tensor:  # (batch, L, G, blocks, N) -> (batch, L, G, N)
+            return x[:, :, :, 0] if blocks == 1 else x.sum(3)
+
+        if ctx.u_shared:
+            g_u = g_u.view(bsz, length, g, dim // g).sum(2)
         return (
-            g_u.to(u.dtype),
-            g_delta.to(delta.dtype),
-            g_A.sum(0).to(A.dtype),
-            g_B.sum(3).permute(0, 2, 3, 1).to(B.dtype),
-            g_C.sum(3).permute(0, 2, 3, 1).to(C.dtype),
-            g_D.sum(0).to(D.dtype) if D is not None else None,
-            g_z,
-            g_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-            None,
-            None,
+            g_u, g_delta, g_A.sum(0), per_group(g_B), per_group(g_C),
+            g_D.sum(0) if ctx.has_D else None, g_bias.sum(0) if ctx.has_bias else None, None, None, None, None,
         )
+
+
+def _numba_ready(u: Tensor) -> None:
+    if _numba_module() is None:
+        raise RuntimeError("numba is not installed or does not import; pip install numba")
+    if u.device.type != "cpu":
+        raise RuntimeError(f"the numba selective scan runs on CPU tensors, got {u.device}")
 
 
 def selective_scan_numba(
@@ -596,14 +613,77 @@ def selective_scan_numba(
     return_last_state: bool = False,
 ):
     """Eq. 2a-2b by the fused numba kernels of :mod:`.scan_numba` (CPU tensors); raises RuntimeError when numba
-    is not usable. Runs on ``torch.get_num_threads()`` threads."""
+    is not usable. Runs on ``torch.get_num_threads()`` threads (at most ``$RSRESTORE_SCAN_THREADS``). (batch, D, L)
+    views of time-major (batch, L, D) tensors, as the vision models pass, are used without copies."""
     B4, C4 = _check(u, delta, A, B, C, D, z, delta_bias)
-    if _numba_module() is None:
-        raise RuntimeError("numba is not installed or does not import; pip install numba")
-    if u.device.type != "cpu":
-        raise RuntimeError(f"the numba selective scan runs on CPU tensors, got {u.device}")
-    y, last = _NumbaScan.apply(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, return_last_state)
+    _numba_ready(u)
+    ct = _compute_dtype(u)
+    bsz, dim, length = u.shape
+    g = B4.shape[1]
+    positions = torch.arange(length).expand(g, length)
+    y, last = _NumbaScan.apply(
+        u.transpose(1, 2).to(ct).contiguous(), delta.transpose(1, 2).to(ct).contiguous(), A.to(ct),
+        B4.to(ct).permute(0, 3, 1, 2), C4.to(ct).permute(0, 3, 1, 2), D.to(ct) if D is not None else None,
+        delta_bias.to(ct) if delta_bias is not None else None, delta_softplus, positions, False, return_last_state,
+    )
+    y = y.transpose(1, 2)
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    y = y.to(u.dtype)
     return (y, last) if return_last_state else y
+
+
+def cross_scan_positions(h: int, w: int) -> Tensor:
+    """(4, h * w) positions in a row-major (h, w) map of the steps of its four scans: row-major, column-major, and
+    both reversed (the unfoldings of VMamba's cross scan and RSDehamba's DSM)."""
+    rows = torch.arange(h * w)
+    cols = rows.view(h, w).t().reshape(-1)
+    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)])
+
+
+def cross_scan_numba(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    positions: Tensor,
+    delta_softplus: bool = True,
+) -> Tensor:
+    """G selective scans of one sequence u taken in G orders, by the numba kernels, without reordered copies.
+
+    u: (batch, L, d), shared by the G groups; delta: (batch, L, G * d); B, C: (batch, L, G, N); A: (G * d, N);
+    positions: (G, L) int64, step t of group g reads and writes position ``positions[g, t]``. Returns y
+    (batch, L, G * d), in the arrays' own order: the same as :func:`selective_scan` of the G reordered sequences
+    (``tests/test_scan.py`` checks this), each output put back at its position.
+    """
+    _numba_ready(u)
+    ct = _compute_dtype(u)
+    y, _ = _NumbaScan.apply(
+        u.to(ct).contiguous(), delta.to(ct).contiguous(), A.to(ct), B.to(ct), C.to(ct),
+        D.to(ct) if D is not None else None, delta_bias.to(ct) if delta_bias is not None else None, delta_softplus,
+        positions.to(torch.int64), True, False,
+    )
+    return y.to(u.dtype)
+
+
+def cross_scan_reference(u, delta, A, B, C, D, delta_bias, positions, delta_softplus=True, impl="chunked"):
+    """:func:`cross_scan_numba` by gathering the G reordered sequences, one :func:`selective_scan` by ``impl`` and
+    putting each output back at its position: the reference the fused path is tested against."""
+    bsz, length, d = u.shape
+    g = positions.shape[0]
+    dv = delta.view(bsz, length, g, d)
+    seq = [(u[:, pos], dv[:, pos, k], B[:, pos, k], C[:, pos, k]) for k, pos in enumerate(positions)]
+    us, ds, bs, cs = (torch.stack(parts, 1) for parts in zip(*seq))  # (batch, G, L, X)
+    y = selective_scan(
+        us.permute(0, 1, 3, 2).reshape(bsz, g * d, length), ds.permute(0, 1, 3, 2).reshape(bsz, g * d, length),
+        A, bs.permute(0, 1, 3, 2), cs.permute(0, 1, 3, 2), D, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        impl=impl,
+    ).view(bsz, g, d, length)
+    back = [y[:, k][:, :, torch.argsort(pos)] for k, pos in enumerate(positions)]  # step order -> position order
+    return torch.stack(back, 2).permute(0, 3, 2, 1).reshape(bsz, length, g * d)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -687,14 +767,16 @@ def selective_scan(
 ):
     """The selective scan by the best available implementation (or the one named by ``impl``).
 
-    ``auto``: the ``mamba_ssm`` CUDA kernel for CUDA tensors when it imports, otherwise the chunked scan (plain
-    PyTorch; 5-6x faster than the unbind loop in forward+backward at L = 4096 and 16384, with bounded memory). The
-    fused numba kernels (``impl="numba"``) are about 2x faster than the chunked scan in forward+backward alone, but
-    no faster in a whole RSDehamba forward and only 1.08x in a training step on this project's CPU benchmark, while
-    their first use compiles for 40 s or more: so ``auto`` does not pick them on the CPU.
+    ``auto``: the ``mamba_ssm`` CUDA kernel for CUDA tensors when it imports; on the CPU the fused numba kernels when
+    numba imports (forward+backward 5-7x faster than the chunked scan at L = 128^2 on one thread, and parallel;
+    ``benchmarks/results/scan.json``), otherwise the chunked scan (plain PyTorch). The numba kernels are compiled
+    once per installation (about a minute) and loaded from numba's cache afterwards.
     """
     if impl == "auto":
-        impl = "cuda" if (u.is_cuda and _cuda_fn() is not None) else "chunked"
+        if u.is_cuda:
+            impl = "cuda" if _cuda_fn() is not None else "chunked"
+        else:
+            impl = "numba" if u.device.type == "cpu" and numba_kernel_available() else "chunked"
     try:
         fn = IMPLEMENTATIONS[impl]
     except KeyError:
