@@ -4,7 +4,7 @@ Setting of the RSDehamba issue: batch 1, four scan directions x 48 channels (D =
 64^2 and 128^2, delta_bias with softplus, D skip, no gate. Compared:
 
 * ``numba``   -- :func:`rsrestore.models.scan.selective_scan_numba`, the fused kernels (the CPU default when numba
-  is installed),
+  is installed; parallel over batch x direction x channel block on the row's thread count),
 * ``chunked`` -- :func:`rsrestore.models.scan.selective_scan_chunked` (pure PyTorch; the default before, and the
   fallback without numba; it runs on one thread whatever the setting, see ``scan.MAX_THREADS``),
 * with ``--impls``, also ``loop`` (:func:`~rsrestore.models.scan.selective_scan_loop`, autograd over unbind slices),
@@ -41,15 +41,25 @@ sys.path.insert(0, str(ROOT / "src"))
 from rsrestore.models import scan  # noqa: E402
 
 
-def make_inputs(length: int, directions: int, channels: int, d_state: int, batch: int, seed: int = 0):
+def make_inputs(length: int, directions: int, channels: int, d_state: int, batch: int, seed: int = 0,
+                time_major: bool = True):
+    """Scan inputs; with ``time_major`` (the default) u, delta are (batch, D, L) views of (batch, L, D) tensors and
+    B, C (batch, G, N, L) views of (batch, L, G, N) ones, which is what RSDehamba passes (its sequences are built
+    time-major); otherwise all are contiguous in their own shapes."""
     g = torch.Generator().manual_seed(seed)
     dim = directions * channels
-    u = torch.randn(batch, dim, length, generator=g)
-    delta = torch.randn(batch, dim, length, generator=g) * 0.5 - 2.0
+
+    def seq(*shape):  # (batch, X..., L), time-major in memory when asked
+        x = torch.randn(shape[0], shape[-1], *shape[1:-1], generator=g)
+        x = x.movedim(1, -1)
+        return x if time_major else x.contiguous()
+
+    u = seq(batch, dim, length)
+    delta = seq(batch, dim, length) * 0.5 - 2.0
     # S4D-real initialisation, as in Mamba: A[:, n] = -(n + 1)
     A = -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(dim, 1)
-    B = torch.randn(batch, directions, d_state, length, generator=g)
-    C = torch.randn(batch, directions, d_state, length, generator=g)
+    B = seq(batch, directions, d_state, length)
+    C = seq(batch, directions, d_state, length)
     D = torch.ones(dim)
     bias = torch.rand(dim, generator=g) * 0.1
     return [u, delta, A, B, C, D, bias]
@@ -240,6 +250,8 @@ def main() -> None:
             "d_state": args.d_state, "dtype": "float32", "threads": args.threads, "repeats": args.repeats,
             "statistic": "best of the repeats", "delta_softplus": True, "chunk": scan.DEFAULT_CHUNK,
             "group_elements": scan.GROUP_ELEMENTS,
+            "layout": "u, delta, B, C time-major in memory, as RSDehamba passes them (make_inputs)",
+            "chunked_threads": "always 1 (scan.MAX_THREADS); numba uses the thread count of the row",
         },
         "machine": {
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
