@@ -191,7 +191,8 @@ class DirectionAwareSSM(nn.Module):
 
 @functools.lru_cache(maxsize=8)
 def _positions(h: int, w: int, device: torch.device) -> Tensor:
-    return _scan.cross_scan_positions(h, w).to(device)
+    with torch.inference_mode(False):  # a normal tensor, which autograd may save, even when first made for inference
+        return _scan.cross_scan_positions(h, w).to(device)
 
 
 class VisionDehambaBlock(nn.Module):
