@@ -10,8 +10,9 @@ whose cost is linear in the number of pixels L = H * W. This benchmark checks th
 - training throughput in MPix/s of RSDehamba (forward + L1 loss + backward + Adam step) at the training setting of the
   bundled weights (64 x 64 crops, batch 8), set beside ``dcp``'s inference throughput (``dcp`` needs no training);
 - the selective scan implementations (``scan_impls``): the paper-size RSDehamba (1.79M parameters) forward at 256 x 256
-  with the fused numba scan and with the pure PyTorch chunked scan, their ratio, and the numba forward at 512 x 512
-  against 256 x 256 (linearity); and the training step above with each scan.
+  with the fused numba scan (the CPU default) and with the pure PyTorch chunked scan, against DehazeFormer-T's forward
+  on the same input in the same run (``benchmarks/dehazeformer_t.py``, a reference written for this benchmark), the
+  numba forward at 512 x 512 against 256 x 256 (linearity); and the training step above with each scan.
 
 The model is the bundled ``rsdehamba_haze_rgb`` (its config from the weights' metadata); without bundled weights the
 config of ``configs/rsdehamba_haze_cpu.yaml`` is built untrained (the speed is the same). The input is the
@@ -133,45 +134,68 @@ def set_scan_impl(model: torch.nn.Module, impl: str) -> None:
 
 
 def bench_scan_impls(trained: torch.nn.Module, warmup: int, repeats: int) -> dict:
-    """Paper-size forward with each scan (interleaved within each repeat), numba linearity, training step with each."""
+    """Paper-size forward with each scan and DehazeFormer-T's forward on the same input (interleaved within each
+    repeat), the fused forward at 512^2 against 256^2 (linearity), and the training step above with each scan."""
+    from dehazeformer_t import DehazeFormerT, count_macs  # benchmarks/ is on sys.path when run as a script
+
     from rsrestore.models import scan
     from rsrestore.models.rsdehamba import RSDehamba
 
     impls = ["chunked"] + (["numba"] if scan.numba_kernel_available() else [])
+    fast = impls[-1]
     torch.manual_seed(0)
     paper = RSDehamba().to(memory_format=torch.channels_last).eval()
-    runs = [(impl, 256) for impl in impls] + ([("numba", 512)] if "numba" in impls else [])
+    dhf = DehazeFormerT().to(memory_format=torch.channels_last).eval()
+    runs = [(impl, 256) for impl in impls] + [("dehazeformer_t", 256), (fast, 512)]
     inputs = {size: hazy_scene(size).contiguous(memory_format=torch.channels_last) for size in {s for _, s in runs}}
     wall: dict = {run: [] for run in runs}
     cpu: dict = {run: [] for run in runs}  # process CPU time: steadier than wall time on a shared machine
     with torch.inference_mode():
         for i in range(warmup + repeats):
             for impl, size in runs:
-                set_scan_impl(paper, impl)
+                model = dhf if impl == "dehazeformer_t" else paper
+                if model is paper:
+                    set_scan_impl(paper, impl)
                 w0, c0 = time.perf_counter(), time.process_time()
-                paper(inputs[size])
+                model(inputs[size])
                 if i >= warmup:
                     wall[(impl, size)].append(time.perf_counter() - w0)
                     cpu[(impl, size)].append(time.process_time() - c0)
-    out: dict = {"model": "RSDehamba() paper configuration", "parameters": sum(p.numel() for p in paper.parameters()),
-                 "forward_median_wall_s": {}, "forward_median_cpu_s": {}}
+    out: dict = {
+        "model": "RSDehamba() paper configuration", "parameters": sum(p.numel() for p in paper.parameters()),
+        "reference": {"name": "DehazeFormer-T (benchmarks/dehazeformer_t.py, tiny configuration of Song et al. 2023)",
+                      "parameters": sum(p.numel() for p in dhf.parameters()),
+                      "gmac_256": count_macs(dhf, inputs[256]) / 1e9,
+                      "paper": "0.686M parameters, 6.658 GMAC (13.3 GFLOP) at 256^2"},
+        "forward_median_wall_s": {}, "forward_median_cpu_s": {}, "forward_times_wall_s": {},
+    }
     for name, times in (("wall", wall), ("cpu", cpu)):
         med = {run: statistics.median(ts) for run, ts in times.items()}
         for (impl, size), m in med.items():
             out[f"forward_median_{name}_s"][f"{impl} {size}x{size}"] = m
-        if "numba" in impls:
-            out[f"forward_speedup_numba_over_chunked_256_{name}"] = med[("chunked", 256)] / med[("numba", 256)]
-            out[f"numba_{name}_time_ratio_512_over_256_per_pixel"] = med[("numba", 512)] / med[("numba", 256)] / 4
+            if name == "wall":
+                out["forward_times_wall_s"][f"{impl} {size}x{size}"] = times[(impl, size)]
+        out[f"rsdehamba_{fast}_over_dehazeformer_t_256_{name}"] = med[(fast, 256)] / med[("dehazeformer_t", 256)]
+        out[f"rsdehamba_chunked_over_dehazeformer_t_256_{name}"] = med[("chunked", 256)] / med[("dehazeformer_t", 256)]
+        if fast != "chunked":
+            out[f"forward_speedup_{fast}_over_chunked_256_{name}"] = med[("chunked", 256)] / med[(fast, 256)]
+        out[f"{fast}_{name}_time_ratio_512_over_256_per_pixel"] = med[(fast, 512)] / med[(fast, 256)] / 4
     out["training_step"] = {}
     for impl in impls:
         set_scan_impl(trained, impl)
+        c0 = time.process_time()
         out["training_step"][impl] = bench_training(trained, warmup, repeats)
+        out["training_step"][impl]["cpu_s_total"] = time.process_time() - c0
     set_scan_impl(trained, "auto")
-    if "numba" in impls:
+    if fast != "chunked":
         steps = out["training_step"]
-        out["training_speedup_numba_over_chunked"] = (steps["chunked"]["median_s_per_step"]
-                                                      / steps["numba"]["median_s_per_step"])
+        out[f"training_speedup_{fast}_over_chunked"] = (steps["chunked"]["median_s_per_step"]
+                                                        / steps[fast]["median_s_per_step"])
+        out[f"training_speedup_{fast}_over_chunked_cpu"] = (steps["chunked"]["cpu_s_total"]
+                                                            / steps[fast]["cpu_s_total"])
     out["load_average_after"] = os.getloadavg()
+    out["note"] = ("shared 2-core machine, other users' jobs running (see the load averages); the ratios compare "
+                   "runs interleaved within one process, so they hold better than the absolute times")
     return out
 
 
