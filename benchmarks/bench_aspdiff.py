@@ -10,7 +10,8 @@ the paper's size on a shared CPU).
 
 Each timing is the median of ``--repeats`` after one warm-up, the variants taking turns within a repeat so that a
 change in the machine's load falls on all alike (see bench_dsrdmpd.py). The quality-versus-steps curve of the
-CPU-trained weights (``scripts/train_aspdiff_weights.py curve``) is copied in when it exists.
+CPU-trained weights (``benchmarks/results/aspdiff_steps.json``, measured with an earlier training script) is copied
+in when it exists.
 
 Usage: nice -n 10 python benchmarks/bench_aspdiff.py [--threads 2] [--repeats 3] [--size 256] [--restores]
        [--out benchmarks/results/aspdiff.json]

@@ -17,7 +17,7 @@ the paper's fixed 0.95.
 
 Strength on hazy scenes: the same comparison on the held-out synthetic haze sets of the RSDehamba weights run (NEON
 TEAK / SJER_2017 plots and EuroSAT tiles 950-999, sources the recogniser's crops never came from for NEON's sites;
-``scripts/train_rsdehamba_weights.py prepare`` writes them), PSNR against the haze-free target per preset: the hazy
+``rsrestore train configs/rsdehamba_haze_cpu.yaml --stage prepare`` writes them), PSNR against the haze-free target per preset: the hazy
 input, dcp at 0.95, dcp with the omega from the recognised severity, and ``--task auto`` as a whole.
 The shipped recogniser trained on synthetic degradations of crops of these sources (and on clean crops of them);
 ``benchmarks/results/recogniser.json`` holds how scenes of a source read when that source was left out of training.
@@ -101,7 +101,7 @@ def auto_output(img: np.ndarray, mask: np.ndarray | None, decision) -> np.ndarra
 def hazy_strength(limit: int | None = None) -> dict | None:
     """Per held-out haze set and preset: mean PSNR of the input, dcp at 0.95, dcp at the auto omega, --task auto."""
     if not (HAZY_SETS / "neon" / "manifest.json").exists():
-        print(f"held-out haze sets absent ({HAZY_SETS}); run scripts/train_rsdehamba_weights.py prepare", flush=True)
+        print(f"held-out haze sets absent ({HAZY_SETS}); run rsrestore train configs/rsdehamba_haze_cpu.yaml --stage prepare", flush=True)
         return None
     out = {}
     for name in ("neon", "eurosat"):
