@@ -50,7 +50,7 @@ from rsrestore.raster import read_raster  # noqa: E402
 from rsrestore.recognise import decide, recognise_array  # noqa: E402
 from rsrestore.tiling import restore_array  # noqa: E402
 
-HAZY_SETS = ROOT / "runs" / "rsdehamba_haze_cpu" / "heldout"  # written by train_rsdehamba_weights.py prepare
+HAZY_SETS = ROOT / "runs" / "rsdehamba_haze_cpu" / "heldout"  # written by rsrestore train configs/rsdehamba_haze_cpu.yaml --stage prepare
 
 METHODS = ("dcp", "rop", "aosrnet", "rsdehamba", "aspdiff")
 SLOW = ("rsdehamba", "aspdiff")
