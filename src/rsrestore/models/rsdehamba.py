@@ -58,6 +58,12 @@ class RSDehambaConfig:
         mlp_ratio: hidden width of the FFN as a multiple of the block width.
         dt_min, dt_max: range of the initial step sizes delta (log-uniform, Mamba's initialisation).
         scan_impl: selective scan implementation (see :func:`rsrestore.models.scan.selective_scan`).
+        tied_last_upsampling: the last (full-resolution) 2x2 stride-2 transposed convolution uses the mean of its
+            four kernel taps for every output pixel of a 2x2 block (a 1x1 projection, then nearest up-sampling). Our
+            addition, not the paper's: with four free taps a flat feature map comes out as a 2-pixel-period pattern
+            the decoder must learn to cancel, and briefly trained weights do not (160-218x the input's energy at
+            that period on real cloud, ``benchmarks/results/detail.json``). Same parameters, so weights trained
+            either way load either way.
     """
 
     in_channels: int = 3
@@ -71,6 +77,7 @@ class RSDehambaConfig:
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     scan_impl: str = "auto"
+    tied_last_upsampling: bool = False
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -252,9 +259,15 @@ class RSDehamba(nn.Module):
         f2 = self.enc2(self.down1(f1))
         f3 = self.bottleneck(self.down2(f2))
         d2 = self.dec2(self.fuse2(torch.cat([self.up2(f3), f2], dim=1)))
-        d1 = self.dec1(self.fuse1(torch.cat([self.up1(d2), f1], dim=1)))
+        d1 = self.dec1(self.fuse1(torch.cat([self._last_upsampling(d2), f1], dim=1)))
         out = xp + self.head(d1)
         return out[..., :h, :w].contiguous()
+
+    def _last_upsampling(self, x: Tensor) -> Tensor:
+        if not self.cfg.tied_last_upsampling:
+            return self.up1(x)
+        tied = self.up1.weight.mean(dim=(2, 3), keepdim=True).expand_as(self.up1.weight)
+        return F.conv_transpose2d(x, tied, self.up1.bias, stride=2)
 
     def num_parameters(self) -> int:
         """Trainable parameters (1,793,436 with the default config; the paper reports 1.80M)."""
