@@ -230,9 +230,13 @@ class RasterSource:
         return to_unit(raw, self.info.scale), mask
 
     def valid(self, raw: np.ndarray, window: Window | None = None, out_shape=None) -> np.ndarray:
-        """Pixels to restore of `raw` (the selected bands of `window`): declared valid, finite, and not black when
-        the file declares nothing."""
-        mask = valid_mask(self.ds, window, out_shape=out_shape)
+        """Pixels to restore of `raw` (the selected bands of `window`)."""
+        return self.restorable(raw, valid_mask(self.ds, window, out_shape=out_shape))
+
+    def restorable(self, raw: np.ndarray, declared: np.ndarray) -> np.ndarray:
+        """Of the `declared` valid pixels of `raw` (selected bands), those to restore: finite, and not black when the
+        file declares nothing invalid."""
+        mask = declared.copy()
         finite = finite_mask(raw)
         if finite is not None:
             mask &= finite
@@ -313,14 +317,11 @@ class RasterSink:
         window = Window(x0, y0, x1 - x0, y1 - y0)
         raw = source.read_all_bands(y0, y1, x0, x1)
         mask = valid_mask(source.ds, window)
-        restore = mask
         selected = raw[[b - 1 for b in self.info.bands]]
+        restore = source.restorable(selected, mask)  # the rest is written back as it was, as nodata is
         finite = finite_mask(selected)
         if finite is not None:
             self.non_finite += int((mask & ~finite).sum())
-            restore = mask & finite
-        if getattr(source, "black_is_nodata", False):
-            restore = restore & ~black_pixels(selected)  # written back as they were, as nodata is
         info = self.info
         restored = from_unit(values, info.dtype, info.scale, nodata=info.nodata, nbits=info.nbits)
         out = raw.copy()
