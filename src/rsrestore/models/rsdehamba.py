@@ -152,9 +152,7 @@ class DirectionAwareSSM(nn.Module):
         time-major, (B, L, K, inner), which is what the chunked scan works in, so it receives (B, K * inner, L)
         views and copies nothing more.
         """
-        if self.scan_impl == "numba" or (
-            self.scan_impl == "auto" and u.device.type == "cpu" and _scan.numba_kernel_available()
-        ):
+        if _scan.resolve_impl(self.scan_impl, u) == "numba":
             return self._scan_fused(u)
         b, d, h, w = u.shape
         n, k, L = self.d_state, DIRECTIONS, h * w

@@ -65,6 +65,7 @@ __all__ = [
     "selective_scan_cuda",
     "cuda_kernel_available",
     "numba_kernel_available",
+    "resolve_impl",
     "cross_scan_numba",
     "cross_scan_positions",
     "cross_scan_reference",
@@ -752,6 +753,17 @@ IMPLEMENTATIONS: dict[str, Callable] = {
 }
 
 
+def resolve_impl(impl: str, u: Tensor) -> str:
+    """The implementation ``impl`` names for a scan of ``u``: itself, or for "auto" the best one available (the
+    ``mamba_ssm`` CUDA kernel for CUDA tensors when it imports, the fused numba kernels on the CPU when numba
+    imports, else the chunked scan)."""
+    if impl != "auto":
+        return impl
+    if u.is_cuda:
+        return "cuda" if _cuda_fn() is not None else "chunked"
+    return "numba" if u.device.type == "cpu" and numba_kernel_available() else "chunked"
+
+
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -772,11 +784,7 @@ def selective_scan(
     ``benchmarks/results/scan.json``), otherwise the chunked scan (plain PyTorch). The numba kernels are compiled
     once per installation (about a minute) and loaded from numba's cache afterwards.
     """
-    if impl == "auto":
-        if u.is_cuda:
-            impl = "cuda" if _cuda_fn() is not None else "chunked"
-        else:
-            impl = "numba" if u.device.type == "cpu" and numba_kernel_available() else "chunked"
+    impl = resolve_impl(impl, u)
     try:
         fn = IMPLEMENTATIONS[impl]
     except KeyError:
