@@ -35,6 +35,21 @@ HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "ciede2000": False, "mae": False
 IDEAL_ONE = {"gradient_ratio", "checkerboard_ratio", "checkerboard_ratio_input"}
 
 
+def higher_is_better(metric: str) -> bool | None:
+    """The direction of a score (``*_rgb`` like its all-band twin); None for a ratio whose ideal is 1, or an unknown
+    name."""
+    if metric in IDEAL_ONE:
+        return None
+    return HIGHER_IS_BETTER.get(metric.removesuffix("_rgb"))
+
+
+def metric_arrow(metric: str) -> str:
+    """The mark a table's header gives a score: " ↑", " ↓", " →1" (ideal 1), or nothing for an unknown name."""
+    if metric in IDEAL_ONE:
+        return " →1"
+    return {True: " ↑", False: " ↓", None: ""}[higher_is_better(metric)]
+
+
 @dataclass
 class MethodResult:
     method: str
@@ -261,10 +276,7 @@ def table_columns(results: dict[str, MethodResult]) -> list[str]:
 def format_table(results: dict[str, MethodResult]) -> str:
     """A Markdown table, a row per method, the way the papers lay theirs out."""
     cols = table_columns(results)
-    def arrow(c: str) -> str:
-        return " →1" if c in IDEAL_ONE else " ↑" if HIGHER_IS_BETTER.get(c.replace("_rgb", ""), False) else " ↓"
-
-    arrows = [c + arrow(c) for c in cols]
+    arrows = [c + metric_arrow(c) for c in cols]
     lines = ["| method | n | " + " | ".join(arrows) + " |", "|---|---|" + "---|" * len(cols)]
     for m, r in results.items():
         mean = r.mean

@@ -154,21 +154,10 @@ class PipelineSpec:
 
 
 def higher_is_better(metric: str) -> bool | None:
-    """The direction of a score of the evaluator (``*_rgb`` like its all-band twin); None when it has none (a ratio
-    whose ideal is 1) or is unknown."""
-    from .. import evaluate
+    """The direction of a score of the evaluator (:func:`rsrestore.evaluate.higher_is_better`)."""
+    from ..evaluate import higher_is_better as direction
 
-    if metric in getattr(evaluate, "IDEAL_ONE", ()):
-        return None
-    return evaluate.HIGHER_IS_BETTER.get(metric.removesuffix("_rgb"))
-
-
-def _arrow(metric: str) -> str:
-    from .. import evaluate
-
-    if metric in getattr(evaluate, "IDEAL_ONE", ()):
-        return " →1"
-    return {True: " ↑", False: " ↓", None: ""}[higher_is_better(metric)]
+    return direction(metric)
 
 
 def parse_pipeline(data: Mapping[str, Any], model_name: str | None = None) -> PipelineSpec:
@@ -561,7 +550,9 @@ def _columns(table: Mapping[str, Mapping[str, Any]]) -> list[str]:
 def score_table(table: Mapping[str, Mapping[str, float]], labels: Mapping[str, str]) -> list[str]:
     """Markdown lines of one held-out set: a row per method, a column per score all rows have."""
     cols = _columns(table)
-    lines = ["| method | " + " | ".join(c + _arrow(c) for c in cols) + " |",
+    from ..evaluate import metric_arrow
+
+    lines = ["| method | " + " | ".join(c + metric_arrow(c) for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for m, row in table.items():
         lines.append(f"| {labels.get(m, m)} | " + " | ".join(_fmt(row[c]) for c in cols) + " |")
