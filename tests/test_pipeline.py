@@ -295,3 +295,28 @@ def test_training_a_config_whose_init_weights_are_missing_names_the_config_that_
     with pytest.raises(FileNotFoundError, match=f"run `rsrestore train {stage1}` first"):
         pl.train_one(stage2, load_config(stage2), log=lambda m: None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_held_out_tiles_subtract_the_products_calibration_offset(tmp_path):
+    """Landsat-8 Level-1 numbers are 50000 x TOA reflectance + 5000: tiles cut with ``offset`` hold the reflectance
+    part only (clipped at 0, same dtype), and an offset on a source that is not tiled is refused."""
+    from rsrestore.train.sources import SourceSpec, valid_tiles
+
+    dn = np.random.default_rng(3).integers(4000, 12000, (3, 64, 64)).astype(np.uint16)
+    src = tmp_path / "l8.tif"
+    with rasterio.open(src, "w", driver="GTiff", dtype="uint16", count=3, height=64, width=64) as ds:
+        ds.write(dn)
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "toa").mkdir()
+    raw = valid_tiles(src, tmp_path / "raw", 32)
+    toa = valid_tiles(src, tmp_path / "toa", 32, offset=5000)
+    assert len(raw) == len(toa) == 4
+    with rasterio.open(raw[1]) as a, rasterio.open(toa[1]) as b:
+        r, t = a.read(), b.read()
+    assert t.dtype == np.uint16
+    np.testing.assert_array_equal(t, np.clip(r.astype(int) - 5000, 0, None))
+    assert (r < 5000).any() and t.min() == 0
+    with pytest.raises(ConfigError, match="offset"):
+        SourceSpec.parse("l8", {"path": "l8", "use": "test", "offset": 5000}, "pipeline.sources.l8")
+    with pytest.raises(ConfigError, match="offset"):
+        SourceSpec.parse("l8", {"path": "l8", "use": "test", "tiles": 32, "offset": -1}, "pipeline.sources.l8")

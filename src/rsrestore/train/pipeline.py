@@ -355,7 +355,7 @@ def prepare(plan: Plan, progress: bool = True, log: Callable[[str], None] | None
             tiles_dir = plan.work / "sources" / t.source
             shutil.rmtree(tiles_dir, ignore_errors=True)
             tiles_dir.mkdir(parents=True)
-            files = [tile for f in plan.test_files(name) for tile in valid_tiles(f, tiles_dir, s.tiles)]
+            files = [tile for f in plan.test_files(name) for tile in valid_tiles(f, tiles_dir, s.tiles, s.offset)]
         synthesize_dataset(files, plan.test_folder(name), kind=t.kind or spec.task, preset=t.preset, n=t.n,
                            size=t.size, seed=t.seed, progress=progress, scale=t.scale, bands=t.bands, overwrite=True)
         done[f"heldout {name}"] = "written"
@@ -577,6 +577,8 @@ def test_descriptions(plan: Plan) -> dict:
             frm = describe_source_part(s, "test") + (f", plots >= {s.test_min_size} px" if s.test_min_size else "")
             if s.tiles:
                 frm += f", {s.tiles}-px tiles without nodata"
+                if s.offset:
+                    frm += f", less {s.offset:g} (the product's calibration offset)"
             d |= {"images": t.n, "size": t.size, "seed": t.seed, "kind": t.kind or plan.spec.task,
                   "presets": t.preset or "classic, drawn per image", "scale": t.scale,
                   "clean_files": len(plan.test_files(name)), "from": frm}

@@ -59,7 +59,10 @@ class SourceSpec:
     files gets in a link folder (it weighs a few large scenes against many small tiles). ``test_min_size`` sends
     held-out files smaller than that (on either side) to ``unused``, so a test crop never scores mirrored padding.
     ``tiles`` cuts held-out files into nodata-free tiles of that size before crops are drawn (:func:`valid_tiles`).
-    ``exclude_list`` names a text file in the source whose first column lists files (relative to the source) that
+    ``offset`` is subtracted from those tiles' values (clipped at 0) before any scale: a product's calibration offset,
+    e.g. 5000 for Landsat-8 Level-1 digital numbers, whose TOA reflectance is 2e-5 DN - 0.1 (USGS), so DN 5000 is
+    reflectance 0. Read without it, a "clean" Landsat-8 reference carries a grey floor of 5000 DN that no scene has,
+    and a dehazer is scored for keeping it. ``exclude_list`` names a text file in the source whose first column lists files (relative to the source) that
     are used nowhere."""
 
     name: str
@@ -75,6 +78,7 @@ class SourceSpec:
     exclude_list: str | None = None
     test_min_size: int | None = None
     tiles: int | None = None
+    offset: float = 0.0
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +107,10 @@ class SourceSpec:
                 v = getattr(spec, part)
                 if v is not None and not (isinstance(v, list) and all(isinstance(s, str) for s in v)):
                     raise ConfigError(f"{where}.{part}: expected a list of folder names, got {v!r}")
+        if spec.offset and not spec.tiles:
+            raise ConfigError(f"{where}.offset: applies to the tiles of a held-out source; set tiles too")
+        if not isinstance(spec.offset, (int, float)) or isinstance(spec.offset, bool) or spec.offset < 0:
+            raise ConfigError(f"{where}.offset: must be a number >= 0, got {spec.offset!r}")
         if not isinstance(spec.repeats, int) or spec.repeats < 1:
             raise ConfigError(f"{where}.repeats: must be an integer >= 1, got {spec.repeats!r}")
         return spec
@@ -228,9 +236,10 @@ def link_folder(dest: Path, groups: Sequence[tuple[str, Sequence[Path], int]], p
     return True
 
 
-def valid_tiles(src: Path, dest: Path, tile: int) -> list[Path]:
+def valid_tiles(src: Path, dest: Path, tile: int, offset: float = 0.0) -> list[Path]:
     """Cut ``src`` into ``tile`` x ``tile`` GeoTIFFs that hold no nodata or transparent pixel and are not constant
-    (raw values kept), so crops of a held-out source never score nodata wedges. Returns the tiles written."""
+    (raw values kept, less ``offset``, clipped at 0, in the file's data type), so crops of a held-out source never
+    score nodata wedges. Returns the tiles written."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.windows import Window
@@ -249,6 +258,8 @@ def valid_tiles(src: Path, dest: Path, tile: int) -> list[Path]:
                     if not valid[row:row + tile, col:col + tile].all():
                         continue
                     arr = ds.read(bands, window=Window(col, row, tile, tile))
+                    if offset:
+                        arr = (arr.astype("float64") - offset).clip(0, None).astype(arr.dtype)
                     if arr.std() == 0:
                         continue
                     path = dest / f"{src.stem}_{row:05d}_{col:05d}.tif"
