@@ -81,6 +81,13 @@ def refined_transmission(image: Tensor, airlight: Tensor | float, omega: float =
     image as guide (He et al. replace soft matting by it, TPAMI 2013) unless ``guided_radius`` is 0, clamped to
     [0, 1]. Returns (B, 1, H, W)."""
     t = transmission_estimate(image, airlight, omega=omega, patch=patch)
-    if guided_radius:
-        t = guided_filter(image, t, radius=guided_radius, eps=guided_eps)
-    return t.clamp(0.0, 1.0)
+    return guided_refinement(image, t, guided_radius, guided_eps)
+
+
+def guided_refinement(image: Tensor, t: Tensor, radius: int, eps: float, floor: float = 0.0) -> Tensor:
+    """A transmission map ``t`` (B, 1, H, W) refined by the guided filter with the image as guide (none when ``radius``
+    is 0), clamped to [``floor``, 1]: the dark channel prior's last step, which learned refinements of its map
+    (APEM) share."""
+    if radius:
+        t = guided_filter(image, t, radius=radius, eps=eps)
+    return t.clamp(floor, 1.0)

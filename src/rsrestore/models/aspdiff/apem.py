@@ -49,8 +49,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...physics.dark_channel import atmospheric_light, dark_channel, refined_transmission, transmission_estimate
-from ...physics.guided_filter import guided_filter
+from ...physics.dark_channel import (
+    atmospheric_light,
+    dark_channel,
+    guided_refinement,
+    refined_transmission,
+    transmission_estimate,
+)
 from ...physics.scattering import as_airlight, haze_inverse
 
 __all__ = ["APEM", "APEMConfig", "Priors", "apem_loss", "band_transmission", "invert_priors", "total_variation"]
@@ -258,9 +263,6 @@ class APEM(nn.Module):
         c = self.cfg
         return transmission_estimate(x, airlight0, omega=c.omega, patch=c.patch)
 
-    def _guided(self, guide: Tensor, t: Tensor, radius: int) -> Tensor:
-        return guided_filter(guide, t, radius=radius, eps=self.cfg.guided_eps) if radius else t
-
     def _reduced_priors(self, x: Tensor, t_est: Tensor, crop_y: int, crop_x: int) -> tuple[Tensor, Tensor]:
         """The image and the initial map at 1/ft_scale: means over ``ft_scale`` x ``ft_scale`` blocks of ``x`` and of
         the patch-wise estimate, blocks from row ``crop_y`` and column ``crop_x`` on (the scene's block grid). The
@@ -319,7 +321,7 @@ class APEM(nn.Module):
             else:
                 stats = self._refined_airlight(x, None, a0, None)
         if not c.refine_transmission:
-            t0 = self._guided(x, t_est, c.guided_radius).clamp(0.0, 1.0)  # the dark channel prior's map
+            t0 = guided_refinement(x, t_est, c.guided_radius, c.guided_eps)  # the dark channel prior's map
             return self._priors(t0.clamp_min(T_LOGIT_CLAMP[0]), t0, a0, stats, x)
         return self._corrected(x, t_est, a0, stats, passes or self._reduced_passes(x, t_est, origins))
 
@@ -348,7 +350,7 @@ class APEM(nn.Module):
                 correction = up
             else:
                 correction[rows] = up
-        t = self._guided(x, t_est + correction, self.cfg.guided_radius).clamp(T_LOGIT_CLAMP[0], 1.0)
+        t = guided_refinement(x, t_est + correction, self.cfg.guided_radius, self.cfg.guided_eps, T_LOGIT_CLAMP[0])
         return self._priors(t, t_est, a0, stats, x)
 
     def _priors(self, t: Tensor, t0: Tensor, a0: Tensor, stats: dict, x: Tensor) -> Priors:
