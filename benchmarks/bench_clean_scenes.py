@@ -1,6 +1,6 @@
 """Do no harm: what each method does to real scenes that need no restoring, and what `--task auto` does.
 
-For every method that works out of the box on optical scenes alone (dcp, rop, and the bundled weights of aosrnet,
+For every method that works out of the box on optical scenes alone (dcp, rop, and the bundled weights of aosrnet, apem,
 rsdehamba and aspdiff; the cloud models need a SAR scene and are skipped), the PSNR of its output against its own clean input on
 real clean scenes: ``--per-source`` random 256 x 256 crops (default 8) of scenes from several sources, read as the
 recogniser's training reads them (decimated to at most 1024 px a side; see ``scripts/train_recogniser.py``). A method
@@ -23,7 +23,8 @@ The shipped recogniser trained on synthetic degradations of crops of these sourc
 ``benchmarks/results/recogniser.json`` holds how scenes of a source read when that source was left out of training.
 The SEN12MS-CR cloud-free target is never trained on.
 
-Usage: python benchmarks/bench_clean_scenes.py [--per-source 8] [--seed 0]  -> benchmarks/results/clean_scenes.json
+Usage: python benchmarks/bench_clean_scenes.py [--per-source 8] [--seed 0] [--methods dcp apem] [--no-hazy]
+       -> benchmarks/results/clean_scenes.json (--out to write elsewhere)
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from rsrestore.tiling import restore_array  # noqa: E402
 
 HAZY_SETS = ROOT / "runs" / "rsdehamba_haze_cpu" / "heldout"  # written by rsrestore train configs/rsdehamba_haze_cpu.yaml --stage prepare
 
-METHODS = ("dcp", "rop", "aosrnet", "rsdehamba", "aspdiff")
+METHODS = ("dcp", "rop", "aosrnet", "rsdehamba", "aspdiff", "apem")
 SLOW = ("rsdehamba", "aspdiff")
 SKIPPED = {"sarcr": "needs a co-registered SAR scene", "dsen2cr": "needs a co-registered SAR scene",
            "dsrdmpd": "no bundled weights"}
@@ -137,6 +138,9 @@ def main(argv=None) -> int:
     ap.add_argument("--slow-per-source", type=int, default=2, help="crops per source for the slow methods")
     ap.add_argument("--hazy-per-set", type=int, help="samples of each held-out haze set (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "clean_scenes.json")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                    help="methods to score (default all); dcp is always scored, the reference of the others")
+    ap.add_argument("--no-hazy", action="store_true", help="skip the strength comparison on the held-out haze sets")
     args = ap.parse_args(argv)
     if not DATA.exists():
         print(f"error: the real data folder {DATA} is absent", file=sys.stderr)
@@ -145,10 +149,11 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     crops = {name: crops_of(name, args.per_source, rng) for name in BENCH_SOURCES + ("sen12mscr_target",)}
-    models = {m: load_model(m) for m in METHODS}
+    methods = tuple(m for m in METHODS if m in {"dcp", *args.methods})
+    models = {m: load_model(m) for m in methods}
     rows: dict = {}
     for source, images in crops.items():
-        scores = {m: [] for m in METHODS}
+        scores = {m: [] for m in methods}
         auto, labels, strength = [], [], []
         for k, (img, mask) in enumerate(images):
             for m, model in models.items():
@@ -166,7 +171,7 @@ def main(argv=None) -> int:
             "crops": len(images),
             **{m: round(float(np.mean(v)), 2) for m, v in scores.items()},
             "dcp_auto_strength": round(float(np.mean([min(v, CAP_DB) for v in strength])), 2),
-            **{f"{m}_crops": len(scores[m]) for m in SLOW},
+            **{f"{m}_crops": len(scores[m]) for m in SLOW if m in methods},
             "auto": {
                 "unchanged_share": round(1 - len(changed) / len(auto), 3),
                 "psnr_mean_capped": round(float(np.mean([min(v, CAP_DB) for v in auto])), 2),
@@ -178,8 +183,8 @@ def main(argv=None) -> int:
     every = [r for r in rows.values()]
     n = sum(r["crops"] for r in every)
     summary = {m: round(sum(r[m] * r["crops"] for r in every) / n, 2)
-               for m in (*METHODS, "dcp_auto_strength") if m not in SLOW}
-    for m in SLOW:
+               for m in (*methods, "dcp_auto_strength") if m not in SLOW}
+    for m in (m for m in SLOW if m in methods):
         n_slow = sum(r[f"{m}_crops"] for r in every)
         if n_slow:
             summary[m] = round(sum(r[m] * r[f"{m}_crops"] for r in every) / n_slow, 2)
@@ -192,7 +197,7 @@ def main(argv=None) -> int:
         "skipped": SKIPPED,
         "per_source": rows,
         "mean_over_crops": summary,
-        "hazy_strength": hazy_strength(args.hazy_per_set),
+        "hazy_strength": None if args.no_hazy else hazy_strength(args.hazy_per_set),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
