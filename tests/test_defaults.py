@@ -42,3 +42,12 @@ def test_models_lists_held_out_scores_beside_the_baseline():
     assert "vs rop" in out and "vs dcp" in out and "experimental" in out
     js = json.loads(CliRunner().invoke(app, ["models", "--json"]).output)
     assert {r["name"] for r in js if r["default_for_task"]} == {"dcp", "rop"}
+
+
+def test_models_marks_held_out_sets_that_did_not_decide():
+    """APEM's weights record Landsat-8 read as DN / 16000 beside the deciding TOA set: the listing says which is which."""
+    rows = {r["name"]: r for r in describe_models()}
+    sets = {r["test_set"]: r["deciding"] for r in rows["apem"]["held_out"]}
+    assert sets["landsat8_toa"] and not sets["landsat8"] and sets["planet"]
+    out = CliRunner().invoke(app, ["models"]).output
+    assert "landsat8 (not deciding)" in out and "landsat8_toa (not deciding)" not in out

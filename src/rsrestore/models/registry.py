@@ -586,12 +586,14 @@ def held_out_scores(meta: dict | None) -> list[dict]:
     rows = []
     pick = lambda d: {k: d[k] for k in HELD_OUT_METRICS if k in d}  # noqa: E731
     if isinstance(meta.get("baseline_scores"), dict):
+        deciding = (meta.get("heldout_decision") or {}).get("deciding_sets")  # None: every set decided
         for test_set, ours in meta.get("scores", {}).items():
             baselines = meta["baseline_scores"].get(test_set, {})
             name = next((b for b in baselines if b != "input"), "input")
             if name in baselines:
                 rows.append({"test_set": test_set, "n": ours.get("n"), "scores": pick(ours), "baseline": name,
-                             "baseline_scores": pick(baselines[name])})
+                             "baseline_scores": pick(baselines[name]),
+                             "deciding": deciding is None or test_set in deciding})
     elif isinstance(meta.get("held_out"), dict):
         h = meta["held_out"]
         rows.append({"test_set": h.get("data", "held out"), "n": h.get("n"), "scores": pick(h.get("scores", {})),
@@ -606,7 +608,8 @@ def format_held_out(rows: list[dict]) -> str:
         return "/".join(f"{d[k]:.3f}" if k == "ssim" else f"{d[k]:.2f}" for k in HELD_OUT_METRICS if k in d)
 
     return "; ".join(
-        f"{r['test_set'].split(' ')[0]} {fmt(r['scores'])} vs {r['baseline']} {fmt(r['baseline_scores'])}" for r in rows
+        f"{r['test_set'].split(' ')[0]}{'' if r.get('deciding', True) else ' (not deciding)'} {fmt(r['scores'])} vs "
+        f"{r['baseline']} {fmt(r['baseline_scores'])}" for r in rows
     )
 
 
