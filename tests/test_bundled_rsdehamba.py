@@ -3,7 +3,7 @@ metadata, and really remove haze.
 
 The quality check synthesises haze (atmospheric scattering model, :mod:`rsrestore.physics.haze`, every preset) over
 clean scenes that training never saw (NEON TEAK plots and EuroSAT tiles at position 999 of their class, see the
-``pipeline:`` section of ``configs/rsdehamba_haze_cpu.yaml``) and requires the restored images to beat the hazy input on PSNR by a clear
+``pipeline:`` section of ``configs/rsdehamba_haze_realistic_cpu.yaml``) and requires the restored images to beat the hazy input on PSNR by a clear
 margin on average and on every moderately or thickly hazed image; an untrained network of the same architecture fails
 the same check. Thin haze is left out of the per-image condition: the small CPU-trained network cannot tell thin haze
 from a bright scene, and on a bright plot (TEAK_043) it removes haze that is barely there and loses PSNR (recorded in
@@ -51,15 +51,20 @@ def model():
 
 def test_sha256_and_metadata(meta):
     assert meta["sha256"] == hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
-    assert WEIGHTS.stat().st_size < 2_000_000
+    assert WEIGHTS.stat().st_size < 3_000_000
     assert meta["method"] == "rsdehamba" and meta["task"] == "haze"
     assert meta["bands"] == 3 and meta["config"]["in_channels"] == 3
     assert meta["value_range"] == [0.0, 1.0]
     assert meta["steps"] > 0 and meta["wall_time_s"] > 0
-    assert {"train", "held_out_test"} <= set(meta["data"])
-    assert set(meta["scores"]) == {"neon", "eurosat"}
+    assert {"sources", "held_out_sources", "held_out_test", "licences"} <= set(meta["data"])
+    # Scenes never trained on and two whole sources never trained on decide; Landsat-8 read as DN / 16000 is scored.
+    deciding = meta["heldout_decision"]["deciding_sets"]
+    assert {"neon", "eurosat", "planet", "landsat8_toa", "planet_realistic", "landsat8_realistic"} == set(deciding)
+    assert set(deciding) < set(meta["scores"]) and "landsat8" not in deciding
+    assert meta["heldout_decision"]["wins"]
     # The recorded decision agrees with the recorded scores.
-    for name, ours in meta["scores"].items():
+    for name in deciding:
+        ours = meta["scores"][name]
         base = meta["baseline_scores"][name]
         assert ours["psnr"] > base["input"]["psnr"], name
         assert ours["ciede2000"] < base["input"]["ciede2000"], name
