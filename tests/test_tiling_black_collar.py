@@ -64,3 +64,38 @@ def test_declared_nodata_leaves_black_data_pixels_to_the_model(tmp_path):
     with rasterio.open(tmp_path / "out.tif") as ds:
         out = ds.read()
     assert out[:, :, 11:13].min() > 50  # the collar's edge is restored as data: the edge response is there
+
+
+def test_the_decimated_copy_that_checks_for_a_collar_serves_the_scene_statistics(tmp_path):
+    """A scene that declares no nodata is read decimated once at open (is it all black?); the scene statistics use that
+    copy instead of reading the file again."""
+    from rsrestore.raster import inspect_raster
+    from rsrestore.tiling import STATS_MAX_SIDE, RasterSource
+
+    image, mask = _scene()
+    src = make_geotiff(tmp_path / "collar.tif", (image * 255).round().astype(np.uint8))
+    source = RasterSource(inspect_raster(src))
+    try:
+        assert source.black_is_nodata
+        reads = []
+        real_read = source.ds.read
+
+        class Counting:  # the dataset, with its reads counted
+            def __getattr__(self, name):
+                return getattr(source.ds_real, name)
+
+            def read(self, *args, **kwargs):
+                reads.append(kwargs.get("out_shape"))
+                return real_read(*args, **kwargs)
+
+        source.ds_real, source.ds = source.ds, Counting()
+        img, valid = source.decimated(STATS_MAX_SIDE)
+        assert reads == []  # served from the copy read at open
+        np.testing.assert_array_equal(valid, mask)
+        assert np.abs(img - np.round(image * 255) / 255).max() < 1e-6
+        source.decimated(16)  # another size is read (once)
+        source.decimated(16)
+        assert len(reads) == 1
+    finally:
+        source.ds = source.ds_real
+        source.close()

@@ -192,11 +192,10 @@ class RasterSource:
         self.ds = open_raster(info.path)
         # Nothing declared invalid (no nodata, alpha or mask): pixels black in every band are, unless all of them are.
         self.black_is_nodata = all(flags == [MaskFlags.all_valid] for flags in self.ds.mask_flag_enums)
+        # The decimated read that decides this is kept: the scene statistics read the same copy (decimated()).
+        self._decimated_raw: dict[tuple[int, int], np.ndarray] = {}
         if self.black_is_nodata:
-            with reading(info.path):
-                shape = decimated_shape(self.height, self.width, STATS_MAX_SIDE)
-                raw = self.ds.read(info.bands, out_shape=(len(info.bands), *shape), resampling=Resampling.nearest)
-            self.black_is_nodata = not bool(black_pixels(raw).all())
+            self.black_is_nodata = not bool(black_pixels(self._read_decimated(STATS_MAX_SIDE)[1]).all())
         self.sar_ds = None
         if sar_path is not None:
             try:
@@ -220,12 +219,19 @@ class RasterSource:
         with reading(self.info.path):
             return self.ds.read(window=Window(x0, y0, x1 - x0, y1 - y0))
 
-    def decimated(self, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read_decimated(self, max_side: int) -> tuple[tuple[int, int], np.ndarray]:
+        """The selected bands' raw values decimated to at most ``max_side``, read once per size."""
         shape = decimated_shape(self.height, self.width, max_side)
-        # Nearest-neighbour decimation keeps real pixel values (averaging would blur the brightest dark-channel pixels
-        # and mix nodata into valid pixels); GDAL reads from overviews when the file has them.
-        with reading(self.info.path):
-            raw = self.ds.read(self.info.bands, out_shape=(len(self.info.bands), *shape), resampling=Resampling.nearest)
+        if shape not in self._decimated_raw:
+            # Nearest-neighbour decimation keeps real pixel values (averaging would blur the brightest dark-channel
+            # pixels and mix nodata into valid pixels); GDAL reads from overviews when the file has them.
+            with reading(self.info.path):
+                self._decimated_raw[shape] = self.ds.read(self.info.bands, out_shape=(len(self.info.bands), *shape),
+                                                          resampling=Resampling.nearest)
+        return shape, self._decimated_raw[shape]
+
+    def decimated(self, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+        shape, raw = self._read_decimated(max_side)
         mask = self.valid(raw, out_shape=shape)
         return to_unit(raw, self.info.scale), mask
 
