@@ -320,3 +320,17 @@ def test_held_out_tiles_subtract_the_products_calibration_offset(tmp_path):
         SourceSpec.parse("l8", {"path": "l8", "use": "test", "offset": 5000}, "pipeline.sources.l8")
     with pytest.raises(ConfigError, match="offset"):
         SourceSpec.parse("l8", {"path": "l8", "use": "test", "tiles": 32, "offset": -1}, "pipeline.sources.l8")
+
+
+def test_a_held_out_set_cut_with_another_offset_is_stale(trained, tmp_path):
+    """Tiles record how they were cut: changing a tiled source's offset makes its held-out set be written again."""
+    tmp, config, data, _, _ = trained
+    plan = pl.make_plan(config, data=data)
+    assert pl._test_set_current(plan, "planet", None)
+    record = json.loads((tmp / "runs" / "tiny" / "sources" / "planet" / pl.TILES_RECORD).read_text())
+    assert record == {"tiles": 32, "offset": 0.0}
+    changed = yaml.safe_load(config.read_text())
+    changed["pipeline"]["sources"]["planet"]["offset"] = 7
+    other = pl.make_plan(write_config(tmp_path / "offset.yaml", changed), data=data)
+    assert not pl._test_set_current(other, "planet", None)
+    assert pl._test_set_current(other, "neon", None)  # an untiled source's set is unaffected

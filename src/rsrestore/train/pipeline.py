@@ -295,7 +295,25 @@ def _test_set_current(plan: Plan, name: str, files: Sequence[Path] | None) -> bo
             "scale": t.scale, "bands": t.bands}
     if any(m.get(k) != v for k, v in want.items()):
         return False
+    source = plan.spec.source_specs[t.source] if t.source else None
+    if source is not None and source.tiles and _tiles_made(Path(m.get("clean_root", "")), source) != \
+            _tiles_wanted(source):
+        return False  # the tiles were cut another way (their size or the offset taken off)
     return files is None or m.get("num_sources") == len(files)
+
+
+TILES_RECORD = "tiles.json"  # beside a held-out source's tiles: how they were cut
+
+
+def _tiles_wanted(source: SourceSpec) -> dict:
+    return {"tiles": source.tiles, "offset": float(source.offset)}
+
+
+def _tiles_made(folder: Path, source: SourceSpec) -> dict:
+    """How the tiles in ``folder`` were cut. Tiles cut before the record existed took no offset off (the option did not
+    exist) and have the size the source asks for (no other was ever used)."""
+    path = folder / TILES_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {"tiles": source.tiles, "offset": 0.0}
 
 
 def _build_current(plan: Plan) -> bool:
@@ -356,6 +374,7 @@ def prepare(plan: Plan, progress: bool = True, log: Callable[[str], None] | None
             shutil.rmtree(tiles_dir, ignore_errors=True)
             tiles_dir.mkdir(parents=True)
             files = [tile for f in plan.test_files(name) for tile in valid_tiles(f, tiles_dir, s.tiles, s.offset)]
+            (tiles_dir / TILES_RECORD).write_text(json.dumps(_tiles_wanted(s)) + "\n")
         synthesize_dataset(files, plan.test_folder(name), kind=t.kind or spec.task, preset=t.preset, n=t.n,
                            size=t.size, seed=t.seed, progress=progress, scale=t.scale, bands=t.bands, overwrite=True)
         done[f"heldout {name}"] = "written"

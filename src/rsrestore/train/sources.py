@@ -62,8 +62,8 @@ class SourceSpec:
     ``offset`` is subtracted from those tiles' values (clipped at 0) before any scale: a product's calibration offset,
     e.g. 5000 for Landsat-8 Level-1 digital numbers, whose TOA reflectance is 2e-5 DN - 0.1 (USGS), so DN 5000 is
     reflectance 0. Read without it, a "clean" Landsat-8 reference carries a grey floor of 5000 DN that no scene has,
-    and a dehazer is scored for keeping it. ``exclude_list`` names a text file in the source whose first column lists files (relative to the source) that
-    are used nowhere."""
+    and a dehazer is scored for keeping it. ``exclude_list`` names a text file in the source whose first column lists
+    files (relative to the source) that are used nowhere."""
 
     name: str
     path: str
@@ -107,10 +107,10 @@ class SourceSpec:
                 v = getattr(spec, part)
                 if v is not None and not (isinstance(v, list) and all(isinstance(s, str) for s in v)):
                     raise ConfigError(f"{where}.{part}: expected a list of folder names, got {v!r}")
-        if spec.offset and not spec.tiles:
-            raise ConfigError(f"{where}.offset: applies to the tiles of a held-out source; set tiles too")
         if not isinstance(spec.offset, (int, float)) or isinstance(spec.offset, bool) or spec.offset < 0:
             raise ConfigError(f"{where}.offset: must be a number >= 0, got {spec.offset!r}")
+        if spec.offset and not spec.tiles:
+            raise ConfigError(f"{where}.offset: applies to the tiles of a held-out source; set tiles too")
         if not isinstance(spec.repeats, int) or spec.repeats < 1:
             raise ConfigError(f"{where}.repeats: must be an integer >= 1, got {spec.repeats!r}")
         return spec
