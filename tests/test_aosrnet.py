@@ -202,3 +202,60 @@ def test_tiny_overfit_with_contrastive_term(tmp_path):
     # A random-weight VGG moves slowly; the L1 terms carry most of the early drop.
     assert last["total"] < 0.8 * first["total"], (first, last)
     assert last["contrastive"] < 0.9 * first["contrastive"], (first, last)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The affine head: J = (1 + g) I + o
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_affine_head_starts_as_the_identity_and_applies_gain_and_offset():
+    torch.manual_seed(0)
+    model = AOSRNet(AOSRNetConfig(head="affine", **TINY)).train()
+    x = torch.rand(2, 3, 21, 30)
+    j, gain = model(x, return_phi=True)
+    torch.testing.assert_close(j, x)  # untrained: a clean scene passes through
+    torch.testing.assert_close(gain, torch.ones_like(x))
+    with torch.no_grad():  # constant maps: gain 1.5 in every band, offsets -0.1, 0, 0.2
+        model.conv4.bias.copy_(torch.tensor([0.5, 0.5, 0.5, -0.1, 0.0, 0.2]))
+    j, gain = model(x, return_phi=True)
+    torch.testing.assert_close(gain, torch.full_like(x, 1.5))
+    torch.testing.assert_close(j, 1.5 * x + torch.tensor([-0.1, 0.0, 0.2]).view(1, 3, 1, 1))
+    assert model.conv4.out_channels == 6 and not isinstance(model.conv4, nn.Sequential)
+    with pytest.raises(ValueError, match="head must be one of"):
+        AOSRNetConfig(head="residual")
+
+
+def test_smooth_maps_keep_detail_with_the_affine_form_but_not_with_eq5():
+    """Why the affine head exists: exact targets, smoothed as a network's maps are, restore detail only as gain+offset."""
+    g = torch.Generator().manual_seed(3)
+    clean = 0.2 + 0.6 * torch.rand(1, 3, 64, 64, generator=g, dtype=torch.float64)  # pixel-scale texture
+    a_s = torch.tensor([0.75, 0.6, 0.4], dtype=torch.float64).view(1, 3, 1, 1)
+    t = torch.full((1, 1, 64, 64), 0.4, dtype=torch.float64)
+    hazy = a_s + (clean - (1 - a_s)) * t
+
+    def smooth(m):  # a 9x9 box: the maps vary only as slowly as the dust
+        return F.avg_pool2d(F.pad(m, (4, 4, 4, 4), mode="replicate"), 9, stride=1)
+
+    eq5 = restore_from_phi(hazy, smooth(phi_from_clean(clean, hazy)))
+    gain = 1 / t  # the scattering model inverted: J = I / t + (A'_s - A_s / t)
+    affine = smooth(gain) * hazy + smooth((1 - a_s) - a_s / t).expand_as(hazy)
+    assert psnr(affine, clean) > 60
+    detail = lambda x: (x - smooth(x)).std().item()  # noqa: E731
+    assert detail(eq5) < detail(hazy) < detail(clean)  # Eq. 5 with a smooth Phi: softer than even the input
+    assert detail(affine) == pytest.approx(detail(clean), rel=1e-6)
+
+
+def test_affine_head_overfits_a_dust_pair():
+    torch.manual_seed(0)
+    model = AOSRNet(AOSRNetConfig(head="affine", width=4, num_res_blocks=1)).train()
+    clean, hazy, _, _ = dust_pair(b=1, h=24, w=24)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = F.l1_loss(model(hazy), clean)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses[::10]

@@ -436,3 +436,15 @@ def test_module_entry_point(tmp_path, aosrnet, capsys):
     assert (tmp_path / "run" / "final.safetensors").exists()
     assert main([str(path), "--set", "run.stepz=2"]) == 2
     assert "run.stepz" in capsys.readouterr().err
+
+
+def test_the_aosr_loss_refuses_the_affine_head(tmp_path, aosrnet):
+    """Its Phi target is Eq. 5's; the affine head returns a gain map, which that target would train wrongly."""
+    pairs = make_pairs(tmp_path / "pairs")
+    data = base_config(pairs, tmp_path / "run")
+    data["model"]["config"]["head"] = "affine"
+    data["loss"] = {"name": "aosr", "params": {"lambda2": 0.0}}
+    with pytest.raises(ValueError, match="needs model.config.head = 'phi', got 'affine'"):
+        train(parse_config(data))
+    data["loss"] = {"name": "l1"}
+    assert train(parse_config(data)).finished

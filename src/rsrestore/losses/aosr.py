@@ -34,6 +34,8 @@ class AOSRLoss(nn.Module):
     """
 
     model_kwargs = {"return_phi": True}
+    #: Its Phi target is Eq. 5's; AOSR-Net's affine head returns a gain map instead (train it with the ``l1`` loss).
+    model_config_requirements = {"head": "phi"}
 
     def __init__(
         self,

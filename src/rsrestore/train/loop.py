@@ -96,6 +96,11 @@ class Trainer:
         self.model = dist_utils.wrap(model, ctx, run.find_unused_parameters)
 
         loss = build_loss(cfg.loss.name, **cfg.loss.params)
+        for key, needed in getattr(loss, "model_config_requirements", {}).items():
+            if getattr(self.model_cfg, key, needed) != needed:
+                raise ValueError(
+                    f"loss {cfg.loss.name!r} needs model.config.{key} = {needed!r}, got {getattr(self.model_cfg, key)!r}"
+                )
         if isinstance(loss, nn.Module):
             loss = loss.to(self.device)
         self.objective = functools.partial(OBJECTIVES[cfg.objective.name], **cfg.objective.params)
