@@ -268,6 +268,22 @@ def test_numba_float32_matches_reference(length, g, dg):
 
 
 @needs_numba
+def test_numba_softplus_float32_against_float64():
+    """The kernel's vectorisable softplus: within 1e-6 of float64 for x >= -20 (4e-6 below: the float32 argument of
+    2^x), x itself for large x, finite and non-negative at any float32."""
+    from rsrestore.models import scan_numba
+
+    xs = np.concatenate([np.linspace(-87, 104, 8001), [0.0, 1e-8, -1e-8, 1e30, -1e30, 3.4e38, -3.4e38]])
+    xs = xs.astype(np.float32)
+    got = np.array([scan_numba._softplus_32(x) for x in xs], dtype=np.float64)
+    ref = torch.nn.functional.softplus(torch.from_numpy(xs.astype(np.float64))).numpy()
+    rel = np.abs(got - ref) / np.maximum(ref, 1e-300)
+    assert rel[xs >= -20].max() < 1e-6 and rel[np.abs(xs) <= 104].max() < 1e-5
+    assert np.isfinite(got).all() and (got >= 0).all()
+    assert got[xs == np.float32(1e30)][0] == np.float32(1e30) and got[xs == np.float32(-1e30)][0] < 1e-37
+
+
+@needs_numba
 def test_numba_gradcheck():
     """Finite differences in float64, independent of the reference: the fused backward. (Gradients across several
     checkpoints are compared with the reference in test_matches_reference_float64.)"""

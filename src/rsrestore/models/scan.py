@@ -535,8 +535,8 @@ class _NumbaScan(torch.autograd.Function):
     u (batch, L, Du), delta (batch, L, D), B and C (batch, L, G, N), all in the compute dtype; y (batch, L, D).
 
     Step t of group g's sequence sits at position ``positions[g, t]`` of the arrays, and with ``u_shared`` the G
-    groups read the same (batch, L, D / G) input u. The forward keeps dt = softplus(delta + bias) and the state
-    every ``CHECKPOINT`` steps, and nothing when no input needs a gradient.
+    groups read the same (batch, L, D / G) input u. The kernel computes dt = softplus(delta + bias) as it goes; the
+    forward keeps dt and the state every ``CHECKPOINT`` steps, and nothing when no input needs a gradient.
     """
 
     @staticmethod
@@ -546,14 +546,15 @@ class _NumbaScan(torch.autograd.Function):
         n = A.shape[1]
         Dc = D if D is not None else delta.new_zeros(dim)
         bias = delta_bias if delta_bias is not None else delta.new_zeros(dim)
-        dt = F.softplus(delta + bias) if delta_softplus else delta + bias
         save = any(ctx.needs_input_grad)
-        y = dt.new_empty(bsz, length, dim)
-        checkpoints = dt.new_empty((bsz, -(-length // kernels.CHECKPOINT), n, dim) if save else (1, 1, 1, 1))
-        last = dt.new_empty(bsz, dim, n)
+        y = delta.new_empty(bsz, length, dim)
+        dt = delta.new_empty((bsz, length, dim) if save else (1, 1, 1))  # softplus(delta + bias), for the backward
+        checkpoints = delta.new_empty((bsz, -(-length // kernels.CHECKPOINT), n, dim) if save else (1, 1, 1, 1))
+        last = delta.new_empty(bsz, dim, n)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
-        kernels.forward(*map(_as_numpy, (dt, u, A, B, C, Dc, positions)), u_shared,
-                        *map(_as_numpy, (y, checkpoints, last)), save)
+        kernels.forward(_as_numpy(delta), _as_numpy(bias), delta_softplus,
+                        *map(_as_numpy, (u, A, B, C, Dc, positions)), u_shared,
+                        *map(_as_numpy, (y, dt, checkpoints, last)), save)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, Dc, bias, dt, checkpoints, positions)
         ctx.delta_softplus, ctx.u_shared = delta_softplus, u_shared
