@@ -129,7 +129,9 @@ class SEN12MSCRDataset(RestorationDataset):
             numbers of the 13 optical bands; SAR is never subset).
 
     Items: ``{"input": cloudy (13|len(bands), H, W), "target": cloud-free, "valid": (H, W) bool, "sar"?: (2, H, W),
-    "meta": {"name", "path", "target_path", "sar_path"?, "roi", "scene", "patch", "crs", "transform", ...}}``;
+    "mask"?: (1, H, W), "meta": {"name", "path", "target_path", "sar_path"?, "mask_path"?, "roi", "scene", "patch",
+    "crs", "transform", ...}}``; ``mask`` (1 = cloud or shadow) where a ``ROIs*_mask/mask_<scene>/`` file exists
+    for the patch, as :mod:`rsrestore.train.cloud_scenes` writes for synthetic clouds (not part of the release);
     ``crs`` and ``transform`` are those of the cloudy patch (the transform shifted to the crop window).
     """
 
@@ -185,7 +187,8 @@ class SEN12MSCRDataset(RestorationDataset):
                     continue
                 target_dir = parent / f"{roi}_s2" / f"s2_{scene}"
                 sar_dir = parent / f"{roi}_s1" / f"s1_{scene}"
-                targets, sars = _listing(target_dir), _listing(sar_dir)
+                mask_dir = parent / f"{roi}_mask" / f"mask_{scene}"
+                targets, sars, masks = _listing(target_dir), _listing(sar_dir), _listing(mask_dir)
                 for patch in patches:
                     n_seen += 1
                     entry = {
@@ -196,6 +199,9 @@ class SEN12MSCRDataset(RestorationDataset):
                         "scene": scene,
                         "patch": str(patch),
                     }
+                    mask_name = f"{roi}_mask_{scene}_p{patch}.tif"
+                    if mask_name in masks:
+                        entry["mask"] = mask_dir / mask_name
                     complete = True
                     if entry["target"].name not in targets:
                         no_target.append(entry["target"])
@@ -245,6 +251,10 @@ class SEN12MSCRDataset(RestorationDataset):
             "crs": info.crs.to_string() if info.crs is not None else "",
             "transform": tuple(float(v) for v in info.transform[:6]),
         }
+        if "mask" in entry:
+            mask, _, _ = read_image(entry["mask"], scale=1.0)
+            sample["mask"] = to_tensor(mask[:1] > 0)
+            meta["mask_path"] = str(entry["mask"])
         if self.with_sar:
             sar_db, _, _ = read_image(entry["sar"], scale=1.0)  # backscatter in dB, as stored
             sample["sar"] = to_tensor(scale_sar(sar_db, entry["sar"]))

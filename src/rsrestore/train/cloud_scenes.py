@@ -18,7 +18,9 @@ Split. Columns 0-433 of each scene are for training, columns 450-599 are held ou
 realisation (thin and thick alternating; thick clouds cast shadows), from which the loader takes random 64 x 64 crops
 with flips. The held-out set is 5 windows per scene under one thin and one thick realisation each (20 images).
 The folders use the official SEN12MS-CR layout, so the ``sen12mscr`` loader, trainer and evaluator read them as they
-read the real dataset. :func:`build_cloud_triplets` writes them; the training pipeline calls it as the ``prepare``
+read the real dataset; beside them, ``{ROI}_mask`` holds each pair's known cloud/shadow mask, which the loader passes
+on as ``"mask"`` (training then keeps the clear pixels as they are, as restoring does, and the loss sees only what
+the network changed). :func:`build_cloud_triplets` writes them; the training pipeline calls it as the ``prepare``
 stage of ``configs/{sarcr,dsen2cr}_synthetic_clouds_cpu.yaml``.
 """
 
@@ -101,17 +103,26 @@ def _write_tif(path: Path, data: np.ndarray) -> None:
 
 
 def write_triplet(
-    root: Path, scene: int, patch: int, cloudy: np.ndarray, clear: np.ndarray, sar_db: np.ndarray
+    root: Path, scene: int, patch: int, cloudy: np.ndarray, clear: np.ndarray, sar_db: np.ndarray,
+    mask: np.ndarray | None = None,
 ) -> None:
+    """One SEN12MS-CR triplet, and with ``mask`` ((1, H, W), 1 = cloud or shadow) the known cloud/shadow mask in
+    ``{ROI}_mask/mask_{scene}/`` (uint8 0/1), which the ``sen12mscr`` loader reads where it exists."""
+
     def dn(x: np.ndarray) -> np.ndarray:
         return np.clip(np.rint(x * 10000.0), 0, 65535).astype(np.uint16)
 
     _write_tif(root / f"{ROI}_s2_cloudy" / f"s2_cloudy_{scene}" / f"{ROI}_s2_cloudy_{scene}_p{patch}.tif", dn(cloudy))
     _write_tif(root / f"{ROI}_s2" / f"s2_{scene}" / f"{ROI}_s2_{scene}_p{patch}.tif", dn(clear))
     _write_tif(root / f"{ROI}_s1" / f"s1_{scene}" / f"{ROI}_s1_{scene}_p{patch}.tif", sar_db.astype(np.float32))
+    if mask is not None:
+        _write_tif(root / f"{ROI}_mask" / f"mask_{scene}" / f"{ROI}_mask_{scene}_p{patch}.tif",
+                   (mask > 0).astype(np.uint8))
 
 
-def _clouds(clear: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, dict]:
+def _clouds(clear: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The cloudy version of ``clear``, its cloud/shadow mask (1, H, W) (every pixel the clouds changed) and the
+    draw's parameters."""
     from rsrestore.physics.clouds import synthesize_clouds
 
     g = torch.Generator().manual_seed(seed)
@@ -119,7 +130,8 @@ def _clouds(clear: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, dict]:
     p = out["params"]
     info = {"kind": kind, "seed": seed, "cloud_fraction": p["cloud_fraction"][0],
             "shadow_fraction": p["shadow_fraction"][0], "coverage": p["coverage"][0], "opacity": p["opacity"][0]}
-    return out["input"][0].numpy(), info
+    mask = torch.maximum(out["mask"][0], out["shadow"][0]).numpy()
+    return out["input"][0].numpy(), mask, info
 
 
 def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: int = 0, progress: bool = False) -> dict:
@@ -139,6 +151,7 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
         "sar": SAR_RECORD,
         "train_columns": list(TRAIN_COLS), "test_columns": list(TEST_COLS), "patch": PATCH,
         "clouds": "rsrestore.physics.clouds.synthesize_clouds, thin and thick alternating, shadows on",
+        "masks": f"{ROI}_mask/mask_<scene>/: uint8, 1 = cloud or cloud shadow (every pixel the clouds changed)",
         "train": [], "test": [],
     }
     rng = np.random.default_rng(seed)
@@ -151,8 +164,8 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
             x = int(rng.integers(TRAIN_COLS[0], TRAIN_COLS[1] - PATCH + 1))
             clear = clean[:, y : y + PATCH, x : x + PATCH]
             kind = ("thin", "thick")[k % 2]
-            cloudy, info = _clouds(clear, kind, seed=10_000 * scene + k)
-            write_triplet(data / "train", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH])
+            cloudy, mask, info = _clouds(clear, kind, seed=10_000 * scene + k)
+            write_triplet(data / "train", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH], mask)
             manifest["train"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
             if bar is not None:
                 bar.update()
@@ -161,8 +174,8 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
         for y in TEST_ROWS:
             clear = clean[:, y : y + PATCH, x : x + PATCH]
             for kind in ("thin", "thick"):
-                cloudy, info = _clouds(clear, kind, seed=900_000 + 1000 * scene + k)
-                write_triplet(data / "test", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH])
+                cloudy, mask, info = _clouds(clear, kind, seed=900_000 + 1000 * scene + k)
+                write_triplet(data / "test", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH], mask)
                 manifest["test"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
                 k += 1
                 if bar is not None:

@@ -324,8 +324,10 @@ def _build_current(plan: Plan) -> bool:
     from .cloud_scenes import SAR_RECORD
 
     m = json.loads(manifest.read_text())
+    # A build from before the known masks were kept lacks "masks" and is made again.
     return m.get("seed") == b.seed and len(m.get("train", ())) == b.per_scene * len(m.get("scenes", {})) and \
-        m.get("source") == Path(plan.spec.source_specs[b.source].path).name and m.get("sar") == SAR_RECORD
+        m.get("source") == Path(plan.spec.source_specs[b.source].path).name and m.get("sar") == SAR_RECORD and \
+        "masks" in m
 
 
 def prepare(plan: Plan, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
