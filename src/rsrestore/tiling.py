@@ -49,7 +49,8 @@ from rasterio.windows import Window
 from scipy import ndimage
 from torch import Tensor, nn
 
-from .memory import MiB, PROBE_SIDE, measure_forward_memory, release_free_memory, resident_bytes, tiles_per_batch
+from .memory import (MiB, PROBE_SIDE, bound_heap_fragmentation, measure_forward_memory, release_free_memory,
+                     resident_bytes, tiles_per_batch)
 
 from .raster import (
     SAR_DB_RANGES,
@@ -565,6 +566,7 @@ def fit_memory(model: nn.Module, source, stats: dict, *, tile: int, overlap: int
     On a GPU the batch's memory is the device's, not the process's: `tile` and `batch_size` are kept."""
     if device.type != "cpu":
         return tile, batch_size
+    bound_heap_fragmentation()  # resident memory then follows what is in use: the budget below can hold
     halo = model_halo(model)
     if batch_size * largest_read(source.height, source.width, tile, halo) <= (2 * PROBE_SIDE) ** 2:
         return tile, batch_size  # no batch is larger than the probe itself
