@@ -4,7 +4,8 @@ benchmarks/results/memory.json after every run, so an interrupted benchmark keep
 that file for other (method, mode, size) are kept, so a subset can be measured again on its own.
 
 Each restore is its own process, measured from outside: peak resident memory from wait4's rusage (ru_maxrss, which
-counts that child alone), CPU time in user and kernel mode, minor page faults (memory the process touched afresh:
+counts that child alone -- but also the address space it was started from, up to its exec, so this process keeps no
+large arrays: the scenes are generated in a process of their own), CPU time in user and kernel mode, minor page faults (memory the process touched afresh:
 allocation churn) and wall time. The scenes are generated GeoTIFFs with
 smooth random texture on a UTM grid: RGB uint8 for aosrnet and rsdehamba, 13-band uint16 Sentinel-2-like reflectance
 with a co-registered 2-band Sentinel-1 SAR scene (VV, VH in dB) for sarcr and dsen2cr. rsdehamba, whose activations
@@ -63,6 +64,14 @@ def make_scenes(folder: Path, size: int) -> dict[str, list[str]]:
     return {"rgb": [str(rgb)], "s2": [str(s2), "--sar", str(s1)]}
 
 
+def make_scenes_apart(folder: Path, size: int) -> dict[str, list[str]]:
+    """`make_scenes` in a process of its own. The restore runs are started from this one, and a child's ru_maxrss
+    counts the memory of the process that started it (its address space until exec), so the scenes' texture arrays
+    (hundreds of MB at 2800^2) must never be held here."""
+    subprocess.run([sys.executable, __file__, "--make-scenes", str(folder), str(size)], check=True)
+    return json.loads((folder / f"scenes_{size}.json").read_text())
+
+
 def measure(args: list[str]) -> dict:
     """Run `rsrestore restore ARGS` in its own process; its peak resident memory, CPU and wall time."""
     command = [sys.executable, "-m", "rsrestore.cli", "restore", *args, "-q", "--overwrite"]
@@ -80,6 +89,10 @@ def measure(args: list[str]) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--make-scenes"]:  # the child of make_scenes_apart
+        folder, size = Path(sys.argv[2]), int(sys.argv[3])
+        (folder / f"scenes_{size}.json").write_text(json.dumps(make_scenes(folder, size)))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2000)
     parser.add_argument("--other-size", type=int, default=1000, help="rsdehamba is also restored at this size")
@@ -107,7 +120,7 @@ def main() -> None:
         scenes: dict[int, dict] = {}
         for method, mode, size in runs:
             if size not in scenes:
-                scenes[size] = make_scenes(folder, size)
+                scenes[size] = make_scenes_apart(folder, size)
             out = folder / f"{method}_{mode}_{size}.tif"
             row = {"method": method, "mode": mode, "size": size} | measure(
                 [*scenes[size][METHODS[method]], "-o", str(out), "--method", method, *MODES[mode]])

@@ -1,5 +1,6 @@
 """Tile batches sized by a memory budget: the chooser, the probe, and outputs that do not depend on the batch."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from typer.testing import CliRunner
 import rsrestore
 from _one_line_errors import user_error
 from rsrestore.cli import app
-from rsrestore.memory import MiB, ForwardMemory, measure_forward_memory, resident_bytes, tiles_per_batch
+from rsrestore.memory import (MMAP_THRESHOLD_ENV, ForwardMemory, MiB, measure_forward_memory, resident_bytes,
+                              tiles_per_batch)
 from rsrestore.raster import RasterError
 from rsrestore.tiling import MEMORY_RESERVE_MB, ArraySource, fit_memory, largest_read, restore_array
 
@@ -121,7 +123,7 @@ import sys, ctypes
 from rsrestore import memory
 libc = ctypes.CDLL("libc.so.6"); libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1] == "bound":
-    assert memory.bound_heap_fragmentation()
+    assert memory.bound_heap_fragmentation()  # from the environment
 def block(n):
     p = libc.malloc(n); ctypes.memset(p, 1, n); return p
 libc.free(block(12 << 20))                 # freeing a mapped 12 MB block raises glibc's dynamic threshold to 12 MB
@@ -139,12 +141,16 @@ print((memory.resident_bytes() - before) >> 20)
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="glibc's mallopt")
 def test_a_memory_budget_keeps_freed_activations_from_staying_resident():
-    """glibc's heap keeps the holes freed blocks leave (all of the 240 MB freed here); with the budget's fixed mmap
-    threshold each block is its own mapping, returned when freed."""
+    """glibc's heap keeps the holes freed blocks leave (all of the 240 MB freed here); with a fixed mmap threshold
+    ($RSRESTORE_MMAP_THRESHOLD, which a memory budget applies) each block is its own mapping, returned when freed."""
 
-    def kept(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", FRAGMENTATION, mode], capture_output=True, text=True, check=True)
+    def kept(mode: str, threshold: str = "") -> int:
+        env = {**os.environ, MMAP_THRESHOLD_ENV: threshold}
+        out = subprocess.run([sys.executable, "-c", FRAGMENTATION, mode], capture_output=True, text=True, check=True,
+                             env=env)
         return int(out.stdout)
 
     assert kept("default") > 200
-    assert kept("bound") < 30
+    assert kept("bound", str(4 << 20)) < 30
+    with pytest.raises(subprocess.CalledProcessError):  # unset: glibc's own rule, nothing changed
+        kept("bound", "")

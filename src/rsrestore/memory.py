@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -61,19 +62,23 @@ def release_free_memory() -> None:
 
 #: glibc's mallopt parameter for the size from which allocations get their own mapping, returned on free.
 _M_MMAP_THRESHOLD = -3
-#: The threshold a memory budget sets. glibc starts at 128 kB but raises it to the size of each mapped block freed (up
-#: to 32 MB), so after the first tiles most activations come from the heap, whose free holes are kept and fragment.
-#: Restoring a 1600^2 scene with RSDehamba through the CLI: peak 1348 MB with glibc's default, 1053 MB with 4 MB, for
-#: the same CPU time (user 137 s against 145 s, system 30 s against 29 s); 1 MB gave 1080 MB and 50 % more system time.
-HEAP_MMAP_THRESHOLD = 4 << 20
+#: Environment variable fixing glibc's mmap threshold (bytes) while a memory budget is in effect; unset or 0 leaves
+#: glibc's own rule. glibc starts at 128 kB but raises the threshold to the size of each mapped block freed (up to
+#: 32 MB), so after the first tiles most activations come from the heap, whose free holes it keeps. Restoring a 2800^2
+#: scene with RSDehamba through the CLI (2 threads, quiet machine): glibc's rule 1347 MB peak, 125 s; 16 MB 1270 MB,
+#: 155 s; 4 MB 1098 MB, 190 s (the system time of the page faults nearly triples). The default stays glibc's: the
+#: budget holds without it, and the time is not worth it unless memory is tight.
+MMAP_THRESHOLD_ENV = "RSRESTORE_MMAP_THRESHOLD"
 
 
-def bound_heap_fragmentation(threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` bytes for this process, so that large blocks (a model's
-    activations) go back to the system when freed and resident memory follows what is in use. Called by a memory
-    budget (``--max-memory``); True where it took effect (Linux with glibc)."""
+def bound_heap_fragmentation(threshold: int | None = None) -> bool:
+    """Fix glibc's mmap threshold at ``threshold`` bytes (default ``$RSRESTORE_MMAP_THRESHOLD``) for this process, so
+    that large blocks (a model's activations) go back to the system when freed and resident memory follows what is in
+    use. Called by a memory budget (``--max-memory``); True where it took effect (Linux with glibc, a threshold > 0)."""
+    if threshold is None:
+        threshold = int(os.environ.get(MMAP_THRESHOLD_ENV) or 0)
     libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
+    if threshold <= 0 or libc is None or not hasattr(libc, "mallopt"):
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
 

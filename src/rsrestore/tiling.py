@@ -566,7 +566,7 @@ def fit_memory(model: nn.Module, source, stats: dict, *, tile: int, overlap: int
     On a GPU the batch's memory is the device's, not the process's: `tile` and `batch_size` are kept."""
     if device.type != "cpu":
         return tile, batch_size
-    bound_heap_fragmentation()  # resident memory then follows what is in use: the budget below can hold
+    bound_heap_fragmentation()  # only with $RSRESTORE_MMAP_THRESHOLD: see rsrestore.memory
     halo = model_halo(model)
     if batch_size * largest_read(source.height, source.width, tile, halo) <= (2 * PROBE_SIDE) ** 2:
         return tile, batch_size  # no batch is larger than the probe itself
