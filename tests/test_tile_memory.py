@@ -154,3 +154,18 @@ def test_a_memory_budget_keeps_freed_activations_from_staying_resident():
     assert kept("bound", str(4 << 20)) < 30
     with pytest.raises(subprocess.CalledProcessError):  # unset: glibc's own rule, nothing changed
         kept("bound", "")
+
+
+def test_a_memory_budget_gives_freed_memory_back_after_every_batch(monkeypatch):
+    """glibc keeps the pages of heap holes a batch freed; with a budget they go back before the next batch."""
+    import rsrestore.tiling as tiling
+
+    calls = []
+    monkeypatch.setattr(tiling, "release_free_memory", lambda: calls.append(1))
+    image = np.random.default_rng(2).random((3, 150, 170), dtype=np.float32)
+    restore_array(SmallConvNet(), image, tile=64, overlap=8, batch_size=1)
+    assert calls == []  # no budget: glibc's way
+    with pytest.warns(UserWarning, match="too little"):  # one tile per batch
+        restore_array(SmallConvNet(), image, tile=64, overlap=8, batch_size=4, max_memory=1)
+    n_tiles = sum(len(row) for row in tiling.tile_grid(150, 170, 64, 8))
+    assert len(calls) >= n_tiles  # after each batch (and once after the probe)

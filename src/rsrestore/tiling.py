@@ -441,6 +441,10 @@ def iter_tiles(
         carry_right: np.ndarray | None = None
         for chunk in _batches(row, batch_size, halo, height, width):
             outputs = _restore_chunk(model, source, chunk, halo, height, width, device, stats, fill, amp)
+            if max_memory is not None and device.type == "cpu":
+                # The freed activations' pages go back now: glibc keeps heap holes, whose pages the next batch may not
+                # reuse. RSDehamba at 2800^2: peak 1205 MB instead of 1347-1504 MB, wall time +5 % (page faults).
+                release_free_memory()
             for spec, out in zip(chunk, outputs):
                 c = out.shape[0]
                 tw = spec.x1 - spec.x0
