@@ -215,7 +215,7 @@ def main() -> None:
     if args.scan_only:
         result = json.loads(args.out.read_text()) if args.out.exists() else {}
         result["scan_impls"] = bench_scan_impls(model, args.warmup, args.repeats)
-        result["scan_impls"].update(threads=torch.get_num_threads(), load_average_at_start=load_at_start)
+        result["scan_impls"].update(threads=torch.get_num_threads(), load_average_at_start=load_at_start, cpu=cpu_name())
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps({k: v for k, v in result["scan_impls"].items() if k != "training_step"}), flush=True)
         return
