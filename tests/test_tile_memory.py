@@ -1,10 +1,5 @@
 """Tile batches sized by a memory budget: the chooser, the probe, and outputs that do not depend on the batch."""
 
-import os
-import platform
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -118,42 +113,31 @@ def test_max_memory_must_be_positive(geotiff_factory, tmp_path):
     assert r.exit_code == 0, r.output
 
 
-FRAGMENTATION = """
-import sys, ctypes
-from rsrestore import memory
-libc = ctypes.CDLL("libc.so.6"); libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p]
-if sys.argv[1] == "bound":
-    assert memory.bound_heap_fragmentation()  # from the environment
-def block(n):
-    p = libc.malloc(n); ctypes.memset(p, 1, n); return p
-libc.free(block(12 << 20))                 # freeing a mapped 12 MB block raises glibc's dynamic threshold to 12 MB
-before = memory.resident_bytes()
-big, small = [], []
-for _ in range(40):
-    big.append(block(6 << 20))             # activations ...
-    small.append(block(256 << 10))         # ... with something that stays between them
-for p in big:
-    libc.free(p)
-print((memory.resident_bytes() - before) >> 20)
-"""
+def test_the_mmap_threshold_is_opt_in_and_set_through_mallopt(monkeypatch):
+    """$RSRESTORE_MMAP_THRESHOLD fixes glibc's mmap threshold (mallopt M_MMAP_THRESHOLD = -3) while a budget is in
+    effect; unset or 0 leaves glibc's own rule."""
+    from rsrestore import memory
 
+    calls = []
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="glibc's mallopt")
-def test_a_memory_budget_keeps_freed_activations_from_staying_resident():
-    """glibc's heap keeps the holes freed blocks leave (all of the 240 MB freed here); with a fixed mmap threshold
-    ($RSRESTORE_MMAP_THRESHOLD, which a memory budget applies) each block is its own mapping, returned when freed."""
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
 
-    def kept(mode: str, threshold: str = "") -> int:
-        env = {**os.environ, MMAP_THRESHOLD_ENV: threshold}
-        out = subprocess.run([sys.executable, "-c", FRAGMENTATION, mode], capture_output=True, text=True, check=True,
-                             env=env)
-        return int(out.stdout)
-
-    assert kept("default") > 200
-    assert kept("bound", str(4 << 20)) < 30
-    with pytest.raises(subprocess.CalledProcessError):  # unset: glibc's own rule, nothing changed
-        kept("bound", "")
+    monkeypatch.setattr(memory, "_libc", lambda: FakeLibc())
+    monkeypatch.delenv(MMAP_THRESHOLD_ENV, raising=False)
+    assert memory.bound_heap_fragmentation() is False and calls == []
+    monkeypatch.setenv(MMAP_THRESHOLD_ENV, "0")
+    assert memory.bound_heap_fragmentation() is False and calls == []
+    monkeypatch.setenv(MMAP_THRESHOLD_ENV, str(4 << 20))
+    assert memory.bound_heap_fragmentation() is True and calls == [(-3, 4 << 20)]
+    # A budget applies it: fit_memory calls it once per restore.
+    calls.clear()
+    image = np.random.default_rng(3).random((3, 150, 170), dtype=np.float32)
+    with pytest.warns(UserWarning, match="too little"):
+        restore_array(SmallConvNet(), image, tile=64, overlap=8, batch_size=4, max_memory=1)
+    assert calls == [(-3, 4 << 20)]
 
 
 def test_a_memory_budget_gives_freed_memory_back_after_every_batch(monkeypatch):
