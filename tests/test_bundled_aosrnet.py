@@ -2,8 +2,8 @@
 
 The quality check synthesises sand-dust (the AOSR-Net scattering model, Eqs. 3-4) over clean scenes that training
 never saw (NEON TEAK and SJER_2017 plots, EuroSAT tiles at positions >= 950 of their class, see the ``pipeline:``
-section of ``configs/aosrnet_dust_cpu.yaml``) and requires the restored images to beat the dusty input on PSNR and CIEDE2000
-by clear margins on average and on most images; an untrained network of the same architecture fails the check.
+section of ``configs/aosrnet_dust_affine_cpu.yaml``) and requires the restored images to beat the dusty input on PSNR
+and CIEDE2000 by clear margins on average and on most images; an untrained network of the same architecture fails the check.
 """
 
 from __future__ import annotations

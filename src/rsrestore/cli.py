@@ -472,7 +472,7 @@ def train(
 
     Examples:
 
-      rsrestore train configs/aosrnet_dust_cpu.yaml
+      rsrestore train configs/aosrnet_dust_affine_cpu.yaml
 
       rsrestore train configs/apem_haze_cpu.yaml --stage prepare --data-root /data/clean
 
