@@ -5,8 +5,8 @@ that file for other (method, mode, size) are kept, so a subset can be measured a
 
 Each restore is its own process, measured from outside: peak resident memory from wait4's rusage (ru_maxrss, which
 counts that child alone -- but also the address space it was started from, up to its exec, so this process keeps no
-large arrays: the scenes are generated in a process of their own), CPU time in user and kernel mode, minor page faults (memory the process touched afresh:
-allocation churn) and wall time. The scenes are generated GeoTIFFs with
+large arrays: the scenes are generated in a process of their own), CPU time in user and kernel mode, minor page
+faults (memory the process touched afresh: allocation churn) and wall time. The scenes are generated GeoTIFFs with
 smooth random texture on a UTM grid: RGB uint8 for aosrnet and rsdehamba, 13-band uint16 Sentinel-2-like reflectance
 with a co-registered 2-band Sentinel-1 SAR scene (VV, VH in dB) for sarcr and dsen2cr. rsdehamba, whose activations
 are by far the largest, is also restored at a second size (--other-size) to show that the peak does not follow the

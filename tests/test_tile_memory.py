@@ -132,7 +132,7 @@ def test_the_mmap_threshold_is_opt_in_and_set_through_mallopt(monkeypatch):
     assert memory.bound_heap_fragmentation() is False and calls == []
     monkeypatch.setenv(MMAP_THRESHOLD_ENV, str(4 << 20))
     assert memory.bound_heap_fragmentation() is True and calls == [(-3, 4 << 20)]
-    # A budget applies it: fit_memory calls it once per restore.
+    # A budget on the CPU applies it, once per restore.
     calls.clear()
     image = np.random.default_rng(3).random((3, 150, 170), dtype=np.float32)
     with pytest.warns(UserWarning, match="too little"):

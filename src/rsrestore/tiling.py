@@ -427,6 +427,10 @@ def iter_tiles(
     halo = model_halo(model)
     stats = compute_scene_statistics(model, source, device)
     fill = stats["_fill"]
+    # A budget on the CPU is the process's memory (on a GPU, the device's): see rsrestore.memory for both calls.
+    process_budget = max_memory is not None and device.type == "cpu"
+    if process_budget:
+        bound_heap_fragmentation()  # only with $RSRESTORE_MMAP_THRESHOLD
     if max_memory is not None:
         tile, batch_size = fit_memory(model, source, stats, tile=tile, overlap=overlap, batch_size=batch_size,
                                       device=device, amp=amp, max_memory=max_memory)
@@ -441,7 +445,7 @@ def iter_tiles(
         carry_right: np.ndarray | None = None
         for chunk in _batches(row, batch_size, halo, height, width):
             outputs = _restore_chunk(model, source, chunk, halo, height, width, device, stats, fill, amp)
-            if max_memory is not None and device.type == "cpu":
+            if process_budget:
                 # The freed activations' pages go back now: glibc keeps heap holes, whose pages the next batch may not
                 # reuse. RSDehamba at 2800^2: peak 1205 MB instead of 1347-1504 MB, wall time +5 % (page faults).
                 release_free_memory()
@@ -570,7 +574,6 @@ def fit_memory(model: nn.Module, source, stats: dict, *, tile: int, overlap: int
     On a GPU the batch's memory is the device's, not the process's: `tile` and `batch_size` are kept."""
     if device.type != "cpu":
         return tile, batch_size
-    bound_heap_fragmentation()  # only with $RSRESTORE_MMAP_THRESHOLD: see rsrestore.memory
     halo = model_halo(model)
     if batch_size * largest_read(source.height, source.width, tile, halo) <= (2 * PROBE_SIDE) ** 2:
         return tile, batch_size  # no batch is larger than the probe itself
