@@ -7,6 +7,7 @@ module afterwards; their tests are skipped where numba is not installed.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -355,6 +356,25 @@ def test_numba_is_imported_lazily():
         "assert 'numba' not in sys.modules, 'numba imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@needs_numba
+def test_numba_keeps_torch_thread_count():
+    """Starting numba's OpenMP pool (two threads here) on the first scan leaves torch.set_num_threads(1) in force,
+    and the scan itself then runs on one thread. (The count was lost when torch had read it before the pool
+    started, as a training loop does.)"""
+    code = (
+        "import torch; torch.set_num_threads(1); assert torch.get_num_threads() == 1\n"
+        "from rsrestore.models import scan\n"
+        "u = torch.rand(1, 8, 4096)\n"
+        "scan.selective_scan(u, u, -torch.rand(8, 4), torch.rand(1, 1, 4, 4096), torch.rand(1, 1, 4, 4096),"
+        " impl='numba')\n"
+        "import numba\n"
+        "assert torch.get_num_threads() == 1, torch.get_num_threads()\n"
+        "assert numba.get_num_threads() == 1, numba.get_num_threads()\n"
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 @needs_numba

@@ -513,11 +513,21 @@ def selective_scan_chunked(
 
 
 @functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _numba_module():
+    threads = torch.get_num_threads()
     try:  # imported (and compiled, or loaded from numba's cache) on first use, never at import time
         from . import scan_numba
+
+        # Starting numba's OpenMP pool sets the calling thread's OpenMP thread count to the pool's size, and once
+        # torch has read its own count, torch's with it: a torch.set_num_threads(1) made before (a one-core
+        # training run) was undone, and the process ran on every core. Start the pool here and restore the count.
+        scan_numba.numba.get_num_threads()
     except Exception:
         return None
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     return scan_numba
 
 
