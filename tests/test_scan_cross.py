@@ -60,3 +60,38 @@ def test_matches_chunked_float32():
     for a, b in zip(got, ref):
         assert a.dtype == torch.float32
         assert rel_err(a, b) < 2e-5
+
+
+def low_rank_inputs(bsz, h, w, d, n, rank, dtype):
+    """inputs() with delta given by its low-rank factor: a (batch, L, 4, rank) slice of a wider projection (strided,
+    as RSDehamba's x_proj output is) and a (4, d, rank) projection."""
+    args = inputs(bsz, h, w, d, n, dtype)
+    g = torch.Generator().manual_seed(2)
+    wide = torch.randn(bsz, h * w, 4, rank + 5, generator=g, dtype=dtype)
+    args["delta"] = wide[..., 2:2 + rank]
+    args["delta_proj"] = torch.randn(4, d, rank, generator=g, dtype=dtype) * rank**-0.5
+    return args
+
+
+@pytest.mark.parametrize("h, w, d, rank", [(5, 7, 40, 3), (9, 8, 70, 5)])
+def test_low_rank_delta_matches_reference_float64(h, w, d, rank):
+    """delta made in the kernels from its low-rank factors: values and gradients (the factors' included) equal
+    those of the reference scan of the full delta."""
+    args = low_rank_inputs(2, h, w, d, 4, rank, torch.float64)
+    assert not args["delta"].is_contiguous()
+    pos = scan.cross_scan_positions(h, w)
+    got = values_and_grads(scan.cross_scan_numba, args, pos)
+    ref = values_and_grads(scan.cross_scan_reference, args, pos, impl="ref")
+    assert len(got) == 1 + len(args)
+    for a, b in zip(got, ref):
+        assert a.shape == b.shape
+        assert rel_err(a, b) < 1e-12
+
+
+def test_low_rank_delta_matches_chunked_float32():
+    args = low_rank_inputs(1, 11, 13, 36, 16, 3, torch.float32)
+    pos = scan.cross_scan_positions(11, 13)
+    got = values_and_grads(scan.cross_scan_numba, args, pos)
+    ref = values_and_grads(scan.cross_scan_reference, args, pos, impl="chunked")
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) < 2e-5

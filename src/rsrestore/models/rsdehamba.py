@@ -186,10 +186,9 @@ class DirectionAwareSSM(nn.Module):
         # x_proj for all four directions as one matrix product (its weights are per direction, its input is not)
         proj = F.linear(x, self.x_proj_weight.reshape(-1, d)).view(b, L, k, -1)
         dts, Bs, Cs = proj.split([self.rank, n, n], dim=-1)
-        dts = torch.einsum("blkr,kdr->blkd", dts, self.dt_proj_weight)
-        ys = _scan.cross_scan_numba(
-            x, dts.reshape(b, L, k * d), -torch.exp(self.A_log.float()), Bs, Cs, self.D.float(),
-            self.dt_proj_bias.reshape(-1).float(), _positions(h, w, u.device), delta_softplus=True,
+        ys = _scan.cross_scan_numba(  # dt_proj applied inside the kernel: no (B, L, K, inner) step-size tensor
+            x, dts, -torch.exp(self.A_log.float()), Bs, Cs, self.D.float(), self.dt_proj_bias.reshape(-1).float(),
+            _positions(h, w, u.device), delta_softplus=True, delta_proj=self.dt_proj_weight,
         )
         return ys.view(b, h, w, k, d).sum(3)
 

@@ -536,13 +536,20 @@ def numba_kernel_available() -> bool:
     return _numba_module() is not None
 
 
-def _as_numpy(t: Tensor):
-    return t.detach().numpy()
+def _as_numpy(t: Tensor | None):
+    return None if t is None else t.detach().numpy()
+
+
+def _delta_args(delta: Tensor, proj: Tensor | None) -> tuple:
+    """The kernels' (delta, low_rank) arguments: delta itself, or None and its low-rank factors (delta, proj)."""
+    return (None, (_as_numpy(delta), _as_numpy(proj))) if proj is not None else (_as_numpy(delta), None)
 
 
 class _NumbaScan(torch.autograd.Function):
     """The scan, the D skip and their gradients (softplus's too) in :mod:`.scan_numba`, on time-major tensors:
     u (batch, L, Du), delta (batch, L, D), B and C (batch, L, G, N), all in the compute dtype; y (batch, L, D).
+    With ``proj`` (D, R), delta is given by its low-rank factor (batch, L, G, R) and made inside the kernels:
+    delta[..., g * D / G + d] = delta_low[..., g, :] . proj[g * D / G + d].
 
     Step t of group g's sequence sits at position ``positions[g, t]`` of the arrays, and with ``u_shared`` the G
     groups read the same (batch, L, D / G) input u. The kernel computes dt = softplus(delta + bias) as it goes; the
@@ -550,10 +557,11 @@ class _NumbaScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, positions, u_shared, last_differentiable):
+    def forward(ctx, u, delta, proj, A, B, C, D, delta_bias, delta_softplus, positions, u_shared,
+                last_differentiable):
         kernels = _numba_module()
-        bsz, length, dim = delta.shape
-        n = A.shape[1]
+        bsz, length = delta.shape[:2]
+        dim, n = A.shape
         Dc = D if D is not None else delta.new_zeros(dim)
         bias = delta_bias if delta_bias is not None else delta.new_zeros(dim)
         save = any(ctx.needs_input_grad)
@@ -562,11 +570,11 @@ class _NumbaScan(torch.autograd.Function):
         checkpoints = delta.new_empty((bsz, -(-length // kernels.CHECKPOINT), n, dim) if save else (1, 1, 1, 1))
         last = delta.new_empty(bsz, dim, n)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
-        kernels.forward(_as_numpy(delta), _as_numpy(bias), delta_softplus,
+        kernels.forward(*_delta_args(delta, proj), _as_numpy(bias), delta_softplus,
                         *map(_as_numpy, (u, A, B, C, Dc, positions)), u_shared,
                         *map(_as_numpy, (y, dt, checkpoints, last)), save)
         if save:
-            ctx.save_for_backward(u, delta, A, B, C, Dc, bias, dt, checkpoints, positions)
+            ctx.save_for_backward(u, delta, proj, A, B, C, Dc, bias, dt, checkpoints, positions)
         ctx.delta_softplus, ctx.u_shared = delta_softplus, u_shared
         ctx.has_D, ctx.has_bias = D is not None, delta_bias is not None
         if not last_differentiable:
@@ -576,22 +584,27 @@ class _NumbaScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y, g_last):
         kernels = _numba_module()
-        u, delta, A, B, C, Dc, bias, dt, checkpoints, positions = ctx.saved_tensors
+        u, delta, proj, A, B, C, Dc, bias, dt, checkpoints, positions = ctx.saved_tensors
         bsz, length, dim = dt.shape
         g, n = B.shape[2], A.shape[1]
         gy = g_y.contiguous()
         g_last = g_last.contiguous() if g_last is not None else dt.new_zeros(bsz, dim, n)
-        g_u, g_delta = torch.empty_like(dt), torch.empty_like(dt)  # g_u per group even when u is shared
+        g_u = torch.empty_like(dt)  # per group even when u is shared
+        blocks = kernels.block_layout(dim, g)[0]
+        if proj is not None:  # the gradients of delta's low-rank factors, summed over blocks and batch items below
+            g_delta, g_low, g_proj = None, dt.new_empty(bsz, length, g, blocks, proj.shape[1]), dt.new_empty(
+                bsz, dim, proj.shape[1])
+        else:
+            g_delta, g_low, g_proj = torch.empty_like(dt), None, None
         g_A = dt.new_empty(bsz, dim, n)  # one term per batch item, as g_D and g_bias
         g_D, g_bias = dt.new_empty(bsz, dim), dt.new_empty(bsz, dim)
-        blocks = kernels.block_layout(dim, g)[0]
         g_B = dt.new_empty(bsz, length, g, blocks, n)  # one term per channel block
         g_C = torch.empty_like(g_B)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
         kernels.backward(
-            _as_numpy(delta), _as_numpy(bias), ctx.delta_softplus,
+            *_delta_args(delta, proj), _as_numpy(bias), ctx.delta_softplus,
             *map(_as_numpy, (dt, u, A, B, C, Dc, positions)), ctx.u_shared,
-            *map(_as_numpy, (gy, checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias)),
+            *map(_as_numpy, (gy, checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj)),
         )
 
         def per_group(x: Tensor) -> Tensor:  # (batch, L, G, blocks, N) -> (batch, L, G, N)
@@ -599,8 +612,10 @@ class _NumbaScan(torch.autograd.Function):
 
         if ctx.u_shared:
             g_u = g_u.view(bsz, length, g, dim // g).sum(2)
+        if proj is not None:
+            g_delta, g_proj = per_group(g_low), g_proj.sum(0)
         return (
-            g_u, g_delta, g_A.sum(0), per_group(g_B), per_group(g_C),
+            g_u, g_delta, g_proj, g_A.sum(0), per_group(g_B), per_group(g_C),
             g_D.sum(0) if ctx.has_D else None, g_bias.sum(0) if ctx.has_bias else None, None, None, None, None,
         )
 
@@ -634,7 +649,7 @@ def selective_scan_numba(
     g = B4.shape[1]
     positions = torch.arange(length).expand(g, length)
     y, last = _NumbaScan.apply(
-        u.transpose(1, 2).to(ct).contiguous(), delta.transpose(1, 2).to(ct).contiguous(), A.to(ct),
+        u.transpose(1, 2).to(ct).contiguous(), delta.transpose(1, 2).to(ct).contiguous(), None, A.to(ct),
         B4.to(ct).permute(0, 3, 1, 2), C4.to(ct).permute(0, 3, 1, 2), D.to(ct) if D is not None else None,
         delta_bias.to(ct) if delta_bias is not None else None, delta_softplus, positions, False, return_last_state,
     )
@@ -663,6 +678,7 @@ def cross_scan_numba(
     delta_bias: Tensor | None,
     positions: Tensor,
     delta_softplus: bool = True,
+    delta_proj: Tensor | None = None,
 ) -> Tensor:
     """G selective scans of one sequence u taken in G orders, by the numba kernels, without reordered copies.
 
@@ -670,22 +686,33 @@ def cross_scan_numba(
     positions: (G, L) int64, step t of group g reads and writes position ``positions[g, t]``. Returns y
     (batch, L, G * d), in the arrays' own order: the same as :func:`selective_scan` of the G reordered sequences
     (``tests/test_scan.py`` checks this), each output put back at its position.
+
+    With ``delta_proj`` (G, d, R), delta is (batch, L, G, R), the low-rank factor of the step sizes: the scan uses
+    ``einsum("blgr,gdr->blgd", delta, delta_proj)``, made in the kernels, so the (batch, L, G * d) tensor and the
+    matrix product's copy are never made (Mamba's dt_proj; any strides, e.g. a slice of the x projection).
     """
     _numba_ready(u)
     ct = _compute_dtype(u)
+    if delta_proj is not None:
+        delta_in, proj = delta.to(ct), delta_proj.to(ct).reshape(-1, delta_proj.shape[-1])
+    else:
+        delta_in, proj = delta.to(ct).contiguous(), None
     y, _ = _NumbaScan.apply(
-        u.to(ct).contiguous(), delta.to(ct).contiguous(), A.to(ct), B.to(ct), C.to(ct),
+        u.to(ct).contiguous(), delta_in, proj, A.to(ct), B.to(ct), C.to(ct),
         D.to(ct) if D is not None else None, delta_bias.to(ct) if delta_bias is not None else None, delta_softplus,
         positions.to(torch.int64), True, False,
     )
     return y.to(u.dtype)
 
 
-def cross_scan_reference(u, delta, A, B, C, D, delta_bias, positions, delta_softplus=True, impl="chunked"):
+def cross_scan_reference(u, delta, A, B, C, D, delta_bias, positions, delta_softplus=True, impl="chunked",
+                         delta_proj=None):
     """:func:`cross_scan_numba` by gathering the G reordered sequences, one :func:`selective_scan` by ``impl`` and
     putting each output back at its position: the reference the fused path is tested against."""
     bsz, length, d = u.shape
     g = positions.shape[0]
+    if delta_proj is not None:
+        delta = torch.einsum("blgr,gdr->blgd", delta, delta_proj).reshape(bsz, length, g * d)
     dv = delta.view(bsz, length, g, d)
     seq = [(u[:, pos], dv[:, pos, k], B[:, pos, k], C[:, pos, k]) for k, pos in enumerate(positions)]
     us, ds, bs, cs = (torch.stack(parts, 1) for parts in zip(*seq))  # (batch, G, L, X)

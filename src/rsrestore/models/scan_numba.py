@@ -4,7 +4,10 @@ The O(L x D x N) part of the scan -- discretisation ``a = exp(dt A)``, the recur
 and the read-out ``C_t . h_t + D u_t`` -- runs here in one pass over time; ``a`` is computed on the fly and no
 (L, D, N) tensor is ever made. The step size ``dt = softplus(delta + bias)`` is computed in the same pass (two
 passes over (L, D) memory fewer than PyTorch's add and softplus; the forward writes ``dt`` out only when the backward
-needs it). The gate stays in PyTorch.
+needs it). delta itself may come as its low-rank factors (Mamba's dt_proj: a (L, G, R) factor and a (D, R)
+projection, R = 3-9 in RSDehamba): the kernels then make each step's delta from R values instead of reading D, and the
+backward returns the factors' gradients, so neither the (L, D) delta nor its gradient is ever stored and PyTorch's
+batched matrix products for them (with their copies) go. The gate stays in PyTorch.
 
 Layout. The kernels take time-major, channel-contiguous ``dt``, ``u``, ``y``: (batch, L, D), which is how the vision
 models build their sequences (``scan.py`` hands their (batch, D, L) views over as they are). One parallel task
@@ -153,6 +156,38 @@ _POS = types.Array(types.int64, 2, "A")  # positions (G, L): a broadcast arange 
 
 
 @njit(inline="always")
+def _block_rows(proj, d0, w, low_rank):
+    """proj[d0:d0 + w, :] transposed, (R, w), for unit-stride loops over a block's channels ((0, w) when not
+    ``low_rank``)."""
+    rank = proj.shape[1] if low_rank else 0
+    out = np.empty((rank, w), proj.dtype)
+    for r in range(rank):
+        for j in range(w):
+            out[r, j] = proj[d0 + j, r]
+    return out
+
+
+@njit(inline="always")
+def _delta_row(delta, low, proj_v, low_rank, bi, p, g, d0, bias_v, out):
+    """out[j] = delta[bi, p, d0 + j] + bias_v[j], delta read or made from its low-rank factors (see
+    :func:`_forward_kernel`)."""
+    w = out.shape[0]
+    if low_rank:
+        for j in range(w):
+            out[j] = 0
+        for r in range(proj_v.shape[0]):
+            lr = low[bi, p, g, r]
+            for j in range(w):
+                out[j] += lr * proj_v[r, j]
+        for j in range(w):
+            out[j] += bias_v[j]
+    else:
+        deltar = delta[bi, p, d0:d0 + w]
+        for j in range(w):
+            out[j] = deltar[j] + bias_v[j]
+
+
+@njit(inline="always")
 def _task(i, groups, blocks, dg, width):
     """(batch item, group, block, first channel, channels) of parallel task i."""
     per_batch = groups * blocks
@@ -163,28 +198,31 @@ def _task(i, groups, blocks, dg, width):
 
 
 @njit(
-    _signatures(lambda ft: types.void(_c(ft, 3), _any(ft, 1), types.boolean, _c(ft, 3), _any(ft, 2), _any(ft, 4),
-                                      _any(ft, 4), _any(ft, 1), _POS, types.boolean, _c(ft, 3), _c(ft, 3),
-                                      _c(ft, 4), _any(ft, 3), types.boolean, types.intp)),
+    _signatures(lambda ft: types.void(_c(ft, 3), _any(ft, 4), _any(ft, 2), types.boolean, _any(ft, 1), types.boolean,
+                                      _c(ft, 3), _any(ft, 2), _any(ft, 4), _any(ft, 4), _any(ft, 1), _POS,
+                                      types.boolean, _c(ft, 3), _c(ft, 3), _c(ft, 4), _any(ft, 3), types.boolean,
+                                      types.intp)),
     parallel=True, fastmath=True, cache=True,
 )
-def _forward_kernel(delta, bias, softplus, u, A, B, C, D, pos, u_shared, y, dt, checkpoints, last, save, width):
+def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, pos, u_shared, y, dt, checkpoints,
+                    last, save, width):
     """With p = pos[g, t], the position of step t of group g's sequence in the arrays, and
     dt = softplus(delta + bias) (delta + bias when not ``softplus``):
     y[b, p, d] = sum_n C[b, p, g, n] h_t[d, n] + D[d] u[b, p, d]; when ``save``, dt is written out and
     checkpoints[b, s, n, d] = the state entering step s * CHECKPOINT; last[b, d, n] = the final state.
 
-    delta, dt, y: (batch, L, D) (dt of any shape when not ``save``); bias: (D,); u: (batch, L, D), or
-    (batch, L, D / G) shared by all groups when ``u_shared``; A: (D, N); B, C: (batch, L, G, N); pos: (G, L);
-    width: channels per block.
+    delta, dt, y: (batch, L, D) (dt of any shape when not ``save``); with ``low_rank``, delta is not read (any
+    shape) but made in the pass from its low-rank factors, delta[b, p, d] = sum_r low[b, p, g, r] proj[d, r] for d of
+    group g (low: (batch, L, G, R), proj: (D, R)); bias: (D,); u: (batch, L, D), or (batch, L, D / G) shared by all
+    groups when ``u_shared``; A: (D, N); B, C: (batch, L, G, N); pos: (G, L); width: channels per block.
     """
-    bsz, length, dim = delta.shape
+    bsz, length, dim = y.shape
     groups, n_state = B.shape[2], B.shape[3]
     dg = dim // groups
     blocks = -(-dg // width)
     for i in prange(bsz * groups * blocks):
         bi, g, blk, d0, w = _task(i, groups, blocks, dg, width)
-        ft = delta.dtype
+        ft = y.dtype
         e = d0 + w
         u0 = d0 - g * dg if u_shared else d0
         a2 = np.empty((n_state, w), ft)  # A log2(e): exp(dt A) = 2^(dt a2)
@@ -194,6 +232,7 @@ def _forward_kernel(delta, bias, softplus, u, A, B, C, D, pos, u_shared, y, dt, 
         dtr = np.empty(w, ft)
         yv = np.empty(w, ft)
         duv = np.empty(w, ft)
+        proj_v = _block_rows(proj, d0, w, low_rank)
         for n in range(n_state):
             for j in range(w):
                 a2[n, j] = A[d0 + j, n] * _LOG2E
@@ -207,13 +246,11 @@ def _forward_kernel(delta, bias, softplus, u, A, B, C, D, pos, u_shared, y, dt, 
                     for j in range(w):
                         ck[j] = h[n, j]
             p = pos[g, t]
-            deltar, ur = delta[bi, p, d0:e], u[bi, p, u0:u0 + w]
+            ur = u[bi, p, u0:u0 + w]
+            _delta_row(delta, low, proj_v, low_rank, bi, p, g, d0, bias_v, dtr)
             if softplus:
                 for j in range(w):
-                    dtr[j] = _softplus(deltar[j] + bias_v[j])
-            else:
-                for j in range(w):
-                    dtr[j] = deltar[j] + bias_v[j]
+                    dtr[j] = _softplus(dtr[j])
             if save:
                 dt_out = dt[bi, p, d0:e]
                 for j in range(w):
@@ -237,19 +274,23 @@ def _forward_kernel(delta, bias, softplus, u, A, B, C, D, pos, u_shared, y, dt, 
 
 @njit(
     _signatures(lambda ft: types.void(
-        _c(ft, 3), _any(ft, 1), types.boolean, _c(ft, 3), _c(ft, 3), _any(ft, 2), _any(ft, 4), _any(ft, 4),
-        _any(ft, 1), _POS, types.boolean, _c(ft, 3), _c(ft, 4), _any(ft, 3),
-        _c(ft, 3), _c(ft, 3), _c(ft, 3), _c(ft, 5), _c(ft, 5), _c(ft, 2), _c(ft, 2), types.intp)),
+        _c(ft, 3), _any(ft, 4), _any(ft, 2), types.boolean, _any(ft, 1), types.boolean, _c(ft, 3), _c(ft, 3),
+        _any(ft, 2), _any(ft, 4), _any(ft, 4), _any(ft, 1), _POS, types.boolean, _c(ft, 3), _c(ft, 4), _any(ft, 3),
+        _c(ft, 3), _c(ft, 3), _c(ft, 3), _c(ft, 5), _c(ft, 5), _c(ft, 2), _c(ft, 2), _c(ft, 5), _c(ft, 3),
+        types.intp)),
     parallel=True, fastmath=True, cache=True,
 )
-def _backward_kernel(delta, bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy, checkpoints, g_last,
-                     g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, width):
+def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy, checkpoints,
+                     g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj, width):
     """Gradients of sum(gy * y) + sum(g_last * last) for y, last of :func:`_forward_kernel` (same layouts), with
-    dt = softplus(delta + bias) (or delta + bias when not softplus); delta: (batch, L, D).
+    dt = softplus(delta + bias) (or delta + bias when not softplus); delta: (batch, L, D), or its low-rank factors
+    (``low_rank``).
 
-    Writes g_u, g_delta: (batch, L, D) (g_u per group even when u is shared: the caller sums the groups); per batch
-    item (the caller sums them) g_A: (batch, D, N), g_D and g_bias: (batch, D); per channel block (summed by the
-    caller when there are several) g_B, g_C: (batch, L, G, blocks, N).
+    Writes g_u: (batch, L, D) (per group even when u is shared: the caller sums the groups); per batch item (the
+    caller sums them) g_A: (batch, D, N), g_D and g_bias: (batch, D); per channel block (summed by the caller when
+    there are several) g_B, g_C: (batch, L, G, blocks, N). The gradient of delta goes to g_delta: (batch, L, D), or
+    with ``low_rank`` to its factors (g_delta is then not written): g_low (batch, L, G, blocks, R) per channel block
+    and g_proj (batch, D, R) per batch item.
     """
     bsz, length, dim = dt.shape
     groups, n_state = B.shape[2], B.shape[3]
@@ -267,6 +308,10 @@ def _backward_kernel(delta, bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy
         bias_v = np.empty(w, ft)
         acc_d = np.zeros(w, ft)
         acc_bias = np.zeros(w, ft)
+        proj_v = _block_rows(proj, d0, w, low_rank)
+        rank = proj_v.shape[0]
+        acc_proj = np.zeros((rank, w), ft)
+        xv = np.empty(w, ft)
         for n in range(n_state):
             for j in range(w):
                 av[n, j] = A[d0 + j, n]
@@ -320,21 +365,38 @@ def _backward_kernel(delta, bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy
                         dh[n, j] = decay[k, n, j] * dhv
                     g_B[bi, p, g, blk, n] = sb
                     g_C[bi, p, g, blk, n] = sc
-                g_deltar, g_ur, deltar = g_delta[bi, p, d0:e], g_u[bi, p, d0:e], delta[bi, p, d0:e]
+                g_ur = g_u[bi, p, d0:e]
+                if softplus:
+                    _delta_row(delta, low, proj_v, low_rank, bi, p, g, d0, bias_v, xv)
                 for j in range(w):
                     gd = gdt[j] + gdu[j] * ur[j]  # gradient of dt
                     if softplus:  # d softplus(x) / dx = sigmoid(x) = 1 / (1 + 2^(-x log2 e))
-                        gd = gd / (_ONE + _exp2(-(deltar[j] + bias_v[j]) * _LOG2E))
-                    g_deltar[j] = gd
+                        gd = gd / (_ONE + _exp2(-xv[j] * _LOG2E))
+                    gdt[j] = gd  # now the gradient of delta
                     acc_bias[j] += gd
                     acc_d[j] += gyr[j] * ur[j]
                     g_ur[j] = gdu[j] * dtr[j] + d_skip[j] * gyr[j]
+                if low_rank:  # delta = low . proj: through both factors
+                    for r in range(rank):
+                        lr = low[bi, p, g, r]
+                        sl = ft.type(0)
+                        for j in range(w):
+                            sl += gdt[j] * proj_v[r, j]
+                            acc_proj[r, j] += gdt[j] * lr
+                        g_low[bi, p, g, blk, r] = sl
+                else:
+                    g_deltar = g_delta[bi, p, d0:e]
+                    for j in range(w):
+                        g_deltar[j] = gdt[j]
         for n in range(n_state):
             for j in range(w):
                 g_A[bi, d0 + j, n] = ga[n, j]
         for j in range(w):
             g_D[bi, d0 + j] = acc_d[j]
             g_bias[bi, d0 + j] = acc_bias[j]
+        for r in range(rank):
+            for j in range(w):
+                g_proj[bi, d0 + j, r] = acc_proj[r, j]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -363,16 +425,31 @@ def set_threads(count: int, work: int) -> None:
     numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
 
 
-def forward(delta, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, y, dt, checkpoints, last,
+def _delta_args(delta, low_rank):
+    """(delta, low, proj, low_rank) for the kernels from ``delta`` or its low-rank factors ``(low, proj)``."""
+    if low_rank is None:
+        dummy = np.zeros((1, 1, 1, 1), delta.dtype)
+        return delta, dummy, dummy[0, 0], False
+    low, proj = low_rank
+    return np.zeros((1, 1, 1), low.dtype), low, proj, True
+
+
+def forward(delta, low_rank, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, y, dt, checkpoints, last,
             save: bool) -> None:
-    """See :func:`_forward_kernel`; dt: (batch, L, D) and checkpoints: (batch, ceil(L / CHECKPOINT), N, D), both of
-    any shape when not save."""
-    _forward_kernel(delta, bias, softplus, u, A, B, C, D, pos, u_shared, y, dt, checkpoints, last, save,
-                    block_layout(delta.shape[2], B.shape[2])[1])
+    """See :func:`_forward_kernel`; delta: (batch, L, D), or None with ``low_rank`` = (low, proj); dt: (batch, L, D)
+    and checkpoints: (batch, ceil(L / CHECKPOINT), N, D), both of any shape when not save."""
+    _forward_kernel(*_delta_args(delta, low_rank), bias, softplus, u, A, B, C, D, pos, u_shared, y, dt, checkpoints,
+                    last, save, block_layout(y.shape[2], B.shape[2])[1])
 
 
-def backward(delta, bias, softplus: bool, dt, u, A, B, C, D, pos, u_shared: bool, gy, checkpoints, g_last,
-             g_u, g_delta, g_A, g_B, g_C, g_D, g_bias) -> None:
-    """See :func:`_backward_kernel`."""
-    _backward_kernel(delta, bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy, checkpoints, g_last,
-                     g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, block_layout(dt.shape[2], B.shape[2])[1])
+def backward(delta, low_rank, bias, softplus: bool, dt, u, A, B, C, D, pos, u_shared: bool, gy, checkpoints, g_last,
+             g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low=None, g_proj=None) -> None:
+    """See :func:`_backward_kernel`; delta and low_rank as in :func:`forward`; g_delta is None with low_rank, g_low
+    and g_proj None without."""
+    dummy = np.zeros((1, 1, 1, 1, 1), dt.dtype)
+    g_delta = dummy[0, 0] if g_delta is None else g_delta
+    g_low = dummy if g_low is None else g_low
+    g_proj = dummy[0, 0] if g_proj is None else g_proj
+    _backward_kernel(*_delta_args(delta, low_rank), bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy,
+                     checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj,
+                     block_layout(dt.shape[2], B.shape[2])[1])
