@@ -95,3 +95,49 @@ def test_low_rank_delta_matches_chunked_float32():
     ref = values_and_grads(scan.cross_scan_reference, args, pos, impl="chunked")
     for a, b in zip(got, ref):
         assert rel_err(a, b) < 2e-5
+
+
+@pytest.mark.parametrize("bsz, d", [(1, 72), (1, 144), (3, 40)])
+def test_summed_groups_equal_the_sum_of_the_outputs(bsz, d):
+    """sum_groups: the kernel adds the four directions' outputs as it makes them (channel blocks chosen for the
+    thread count), equal to summing the per-direction output; it refuses to run where gradients are wanted."""
+    args = low_rank_inputs(bsz, 6, 7, d, 4, 3, torch.float32)
+    pos = scan.cross_scan_positions(6, 7)
+    with torch.no_grad():
+        each = scan.cross_scan_numba(**args, positions=pos)
+        summed = scan.cross_scan_numba(**args, positions=pos, sum_groups=True)
+    assert summed.shape == (bsz, 42, d)
+    assert rel_err(summed, each.view(bsz, 42, 4, d).sum(2)) < 1e-6
+    leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
+    with pytest.raises(ValueError, match="no gradients"):
+        scan.cross_scan_numba(**leaves, positions=pos, sum_groups=True)
+
+
+def test_summed_block_width_shares_the_blocks_evenly():
+    from rsrestore.models import scan_numba
+
+    assert scan_numba.summed_block_width(4 * 72, 4, 1, 2) == 36      # 2 blocks: already even
+    assert scan_numba.summed_block_width(4 * 144, 4, 1, 2) == 36     # 3 blocks of 48 -> 4 of 36
+    assert scan_numba.summed_block_width(4 * 288, 4, 1, 2) == 48     # 5 blocks -> 6
+    assert scan_numba.summed_block_width(4 * 144, 4, 2, 2) == 48     # 2 x 3 tasks: even
+    assert scan_numba.summed_block_width(4 * 20, 4, 1, 2) == 20      # never below 16 channels
+
+
+def test_no_grad_saves_nothing_for_a_backward(monkeypatch):
+    """Under no_grad (and inference_mode) the forward keeps no step sizes or checkpoints, even for parameters
+    (whose needs_input_grad stays True there); with gradients on it does."""
+    from rsrestore.models import scan_numba
+
+    seen = []
+    real = scan_numba.forward
+    monkeypatch.setattr(scan_numba, "forward", lambda *a, **k: seen.append(a[15]) or real(*a, **k))
+    args = low_rank_inputs(1, 4, 5, 8, 4, 2, torch.float32)
+    args["delta_proj"] = torch.nn.Parameter(args["delta_proj"])
+    pos = scan.cross_scan_positions(4, 5)
+    with torch.no_grad():
+        scan.cross_scan_numba(**args, positions=pos)
+    with torch.inference_mode():
+        scan.cross_scan_numba(**args, positions=pos)
+    scan.cross_scan_numba(**args, positions=pos).sum().backward()
+    assert seen == [False, False, True]
+    assert args["delta_proj"].grad is not None

@@ -558,21 +558,25 @@ class _NumbaScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, proj, A, B, C, D, delta_bias, delta_softplus, positions, u_shared,
-                last_differentiable):
+                last_differentiable, grad_enabled, sum_groups=False):
         kernels = _numba_module()
         bsz, length = delta.shape[:2]
         dim, n = A.shape
         Dc = D if D is not None else delta.new_zeros(dim)
         bias = delta_bias if delta_bias is not None else delta.new_zeros(dim)
-        save = any(ctx.needs_input_grad)
-        y = delta.new_empty(bsz, length, dim)
+        # needs_input_grad says True for a parameter even under no_grad or inference_mode; the caller's grad mode
+        # (grad is always off in here) tells whether a backward can come
+        save = grad_enabled and any(ctx.needs_input_grad)
+        if sum_groups and save:
+            raise ValueError("sum_groups gives no gradients: run it under torch.no_grad() or torch.inference_mode()")
+        y = delta.new_empty(bsz, length, dim // B.shape[2] if sum_groups else dim)
         dt = delta.new_empty((bsz, length, dim) if save else (1, 1, 1))  # softplus(delta + bias), for the backward
         checkpoints = delta.new_empty((bsz, -(-length // kernels.CHECKPOINT), n, dim) if save else (1, 1, 1, 1))
         last = delta.new_empty(bsz, dim, n)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
         kernels.forward(*_delta_args(delta, proj), _as_numpy(bias), delta_softplus,
                         *map(_as_numpy, (u, A, B, C, Dc, positions)), u_shared,
-                        *map(_as_numpy, (y, dt, checkpoints, last)), save)
+                        *map(_as_numpy, (y, dt, checkpoints, last)), save, sum_groups)
         if save:
             ctx.save_for_backward(u, delta, proj, A, B, C, Dc, bias, dt, checkpoints, positions)
         ctx.delta_softplus, ctx.u_shared = delta_softplus, u_shared
@@ -616,7 +620,8 @@ class _NumbaScan(torch.autograd.Function):
             g_delta, g_proj = per_group(g_low), g_proj.sum(0)
         return (
             g_u, g_delta, g_proj, g_A.sum(0), per_group(g_B), per_group(g_C),
-            g_D.sum(0) if ctx.has_D else None, g_bias.sum(0) if ctx.has_bias else None, None, None, None, None,
+            g_D.sum(0) if ctx.has_D else None, g_bias.sum(0) if ctx.has_bias else None, None, None, None, None, None,
+            None,
         )
 
 
@@ -652,6 +657,7 @@ def selective_scan_numba(
         u.transpose(1, 2).to(ct).contiguous(), delta.transpose(1, 2).to(ct).contiguous(), None, A.to(ct),
         B4.to(ct).permute(0, 3, 1, 2), C4.to(ct).permute(0, 3, 1, 2), D.to(ct) if D is not None else None,
         delta_bias.to(ct) if delta_bias is not None else None, delta_softplus, positions, False, return_last_state,
+        torch.is_grad_enabled(),
     )
     y = y.transpose(1, 2)
     if z is not None:
@@ -679,6 +685,7 @@ def cross_scan_numba(
     positions: Tensor,
     delta_softplus: bool = True,
     delta_proj: Tensor | None = None,
+    sum_groups: bool = False,
 ) -> Tensor:
     """G selective scans of one sequence u taken in G orders, by the numba kernels, without reordered copies.
 
@@ -690,6 +697,9 @@ def cross_scan_numba(
     With ``delta_proj`` (G, d, R), delta is (batch, L, G, R), the low-rank factor of the step sizes: the scan uses
     ``einsum("blgr,gdr->blgd", delta, delta_proj)``, made in the kernels, so the (batch, L, G * d) tensor and the
     matrix product's copy are never made (Mamba's dt_proj; any strides, e.g. a slice of the x projection).
+
+    With ``sum_groups`` (inference only: no gradients), returns the sum of the G groups' outputs, (batch, L, d),
+    summed in the kernel as they are made.
     """
     _numba_ready(u)
     ct = _compute_dtype(u)
@@ -700,7 +710,7 @@ def cross_scan_numba(
     y, _ = _NumbaScan.apply(
         u.to(ct).contiguous(), delta_in, proj, A.to(ct), B.to(ct), C.to(ct),
         D.to(ct) if D is not None else None, delta_bias.to(ct) if delta_bias is not None else None, delta_softplus,
-        positions.to(torch.int64), True, False,
+        positions.to(torch.int64), True, False, torch.is_grad_enabled(), sum_groups,
     )
     return y.to(u.dtype)
 

@@ -200,12 +200,12 @@ def _task(i, groups, blocks, dg, width):
 @njit(
     _signatures(lambda ft: types.void(_c(ft, 3), _any(ft, 4), _any(ft, 2), types.boolean, _any(ft, 1), types.boolean,
                                       _c(ft, 3), _any(ft, 2), _any(ft, 4), _any(ft, 4), _any(ft, 1), _POS,
-                                      types.boolean, _c(ft, 3), _c(ft, 3), _c(ft, 4), _any(ft, 3), types.boolean,
-                                      types.intp)),
+                                      types.boolean, _c(ft, 3), types.boolean, _c(ft, 3), _c(ft, 4), _any(ft, 3),
+                                      types.boolean, types.intp)),
     parallel=True, fastmath=True, cache=True,
 )
-def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, pos, u_shared, y, dt, checkpoints,
-                    last, save, width):
+def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, pos, u_shared, y, sum_groups, dt,
+                    checkpoints, last, save, width):
     """With p = pos[g, t], the position of step t of group g's sequence in the arrays, and
     dt = softplus(delta + bias) (delta + bias when not ``softplus``):
     y[b, p, d] = sum_n C[b, p, g, n] h_t[d, n] + D[d] u[b, p, d]; when ``save``, dt is written out and
@@ -215,61 +215,77 @@ def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, p
     shape) but made in the pass from its low-rank factors, delta[b, p, d] = sum_r low[b, p, g, r] proj[d, r] for d of
     group g (low: (batch, L, G, R), proj: (D, R)); bias: (D,); u: (batch, L, D), or (batch, L, D / G) shared by all
     groups when ``u_shared``; A: (D, N); B, C: (batch, L, G, N); pos: (G, L); width: channels per block.
+
+    With ``sum_groups`` (not with ``save``), y is (batch, L, D / G), the sum of the G groups' outputs: one task runs
+    the G groups of its channel block in turn and adds each into y, so the G-times larger output and a pass to sum it
+    are never made, and y stays in the cache between groups.
     """
-    bsz, length, dim = y.shape
+    bsz, length = y.shape[0], y.shape[1]
+    dim = A.shape[0]
     groups, n_state = B.shape[2], B.shape[3]
     dg = dim // groups
     blocks = -(-dg // width)
-    for i in prange(bsz * groups * blocks):
-        bi, g, blk, d0, w = _task(i, groups, blocks, dg, width)
-        ft = y.dtype
-        e = d0 + w
-        u0 = d0 - g * dg if u_shared else d0
-        a2 = np.empty((n_state, w), ft)  # A log2(e): exp(dt A) = 2^(dt a2)
-        h = np.zeros((n_state, w), ft)
-        d_skip = np.empty(w, ft)
-        bias_v = np.empty(w, ft)
-        dtr = np.empty(w, ft)
-        yv = np.empty(w, ft)
-        duv = np.empty(w, ft)
-        proj_v = _block_rows(proj, d0, w, low_rank)
-        for n in range(n_state):
-            for j in range(w):
-                a2[n, j] = A[d0 + j, n] * _LOG2E
-        for j in range(w):
-            d_skip[j] = D[d0 + j]
-            bias_v[j] = bias[d0 + j]
-        for t in range(length):
-            if save and t % CHECKPOINT == 0:
-                for n in range(n_state):
-                    ck = checkpoints[bi, t // CHECKPOINT, n, d0:e]
-                    for j in range(w):
-                        ck[j] = h[n, j]
-            p = pos[g, t]
-            ur = u[bi, p, u0:u0 + w]
-            _delta_row(delta, low, proj_v, low_rank, bi, p, g, d0, bias_v, dtr)
-            if softplus:
-                for j in range(w):
-                    dtr[j] = _softplus(dtr[j])
-            if save:
-                dt_out = dt[bi, p, d0:e]
-                for j in range(w):
-                    dt_out[j] = dtr[j]
-            for j in range(w):
-                yv[j] = d_skip[j] * ur[j]
-                duv[j] = dtr[j] * ur[j]
+    for i in prange(bsz * blocks if sum_groups else bsz * groups * blocks):
+        for gi in range(groups if sum_groups else 1):
+            if sum_groups:
+                bi, g, blk, d0, w = _task((i // blocks) * groups * blocks + gi * blocks + i % blocks, groups, blocks,
+                                          dg, width)
+            else:
+                bi, g, blk, d0, w = _task(i, groups, blocks, dg, width)
+            ft = y.dtype
+            e = d0 + w
+            u0 = d0 - g * dg if u_shared else d0
+            y0 = d0 - g * dg if sum_groups else d0
+            add = sum_groups and gi > 0
+            a2 = np.empty((n_state, w), ft)  # A log2(e): exp(dt A) = 2^(dt a2)
+            h = np.zeros((n_state, w), ft)
+            d_skip = np.empty(w, ft)
+            bias_v = np.empty(w, ft)
+            dtr = np.empty(w, ft)
+            yv = np.empty(w, ft)
+            duv = np.empty(w, ft)
+            proj_v = _block_rows(proj, d0, w, low_rank)
             for n in range(n_state):
-                bn, cn = B[bi, p, g, n], C[bi, p, g, n]
                 for j in range(w):
-                    hv = _exp2(dtr[j] * a2[n, j]) * h[n, j] + duv[j] * bn
-                    h[n, j] = hv
-                    yv[j] += cn * hv
-            yr = y[bi, p, d0:e]
+                    a2[n, j] = A[d0 + j, n] * _LOG2E
             for j in range(w):
-                yr[j] = yv[j]
-        for n in range(n_state):
-            for j in range(w):
-                last[bi, d0 + j, n] = h[n, j]
+                d_skip[j] = D[d0 + j]
+                bias_v[j] = bias[d0 + j]
+            for t in range(length):
+                if save and t % CHECKPOINT == 0:
+                    for n in range(n_state):
+                        ck = checkpoints[bi, t // CHECKPOINT, n, d0:e]
+                        for j in range(w):
+                            ck[j] = h[n, j]
+                p = pos[g, t]
+                ur = u[bi, p, u0:u0 + w]
+                _delta_row(delta, low, proj_v, low_rank, bi, p, g, d0, bias_v, dtr)
+                if softplus:
+                    for j in range(w):
+                        dtr[j] = _softplus(dtr[j])
+                if save:
+                    dt_out = dt[bi, p, d0:e]
+                    for j in range(w):
+                        dt_out[j] = dtr[j]
+                for j in range(w):
+                    yv[j] = d_skip[j] * ur[j]
+                    duv[j] = dtr[j] * ur[j]
+                for n in range(n_state):
+                    bn, cn = B[bi, p, g, n], C[bi, p, g, n]
+                    for j in range(w):
+                        hv = _exp2(dtr[j] * a2[n, j]) * h[n, j] + duv[j] * bn
+                        h[n, j] = hv
+                        yv[j] += cn * hv
+                yr = y[bi, p, y0:y0 + w]
+                if add:
+                    for j in range(w):
+                        yr[j] += yv[j]
+                else:
+                    for j in range(w):
+                        yr[j] = yv[j]
+            for n in range(n_state):
+                for j in range(w):
+                    last[bi, d0 + j, n] = h[n, j]
 
 
 @njit(
@@ -434,12 +450,28 @@ def _delta_args(delta, low_rank):
     return np.zeros((1, 1, 1), low.dtype), low, proj, True
 
 
+def summed_block_width(dim: int, groups: int, batch: int, threads: int) -> int:
+    """Channels per block for a forward with ``sum_groups``, where the tasks are (batch item, block) only: the
+    fewest blocks of at most ``BLOCK`` channels whose count the threads share evenly (RSDehamba's 144 channels per
+    group: 4 blocks of 36 on two threads, not 3 of 48, one thread idle a third of the time), down to 16 channels."""
+    dg = dim // groups
+    blocks = block_layout(dim, groups)[0]
+    while (batch * blocks) % threads and batch * blocks < 4 * threads and -(-dg // (blocks + 1)) >= 16:
+        blocks += 1
+    return -(-dg // blocks)
+
+
 def forward(delta, low_rank, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, y, dt, checkpoints, last,
-            save: bool) -> None:
+            save: bool, sum_groups: bool = False) -> None:
     """See :func:`_forward_kernel`; delta: (batch, L, D), or None with ``low_rank`` = (low, proj); dt: (batch, L, D)
     and checkpoints: (batch, ceil(L / CHECKPOINT), N, D), both of any shape when not save."""
-    _forward_kernel(*_delta_args(delta, low_rank), bias, softplus, u, A, B, C, D, pos, u_shared, y, dt, checkpoints,
-                    last, save, block_layout(y.shape[2], B.shape[2])[1])
+    dim, groups = A.shape[0], B.shape[2]
+    if sum_groups:
+        width = summed_block_width(dim, groups, y.shape[0], numba.get_num_threads())
+    else:
+        width = block_layout(dim, groups)[1]
+    _forward_kernel(*_delta_args(delta, low_rank), bias, softplus, u, A, B, C, D, pos, u_shared, y, sum_groups, dt,
+                    checkpoints, last, save, width)
 
 
 def backward(delta, low_rank, bias, softplus: bool, dt, u, A, B, C, D, pos, u_shared: bool, gy, checkpoints, g_last,
