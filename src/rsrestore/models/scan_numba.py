@@ -216,22 +216,23 @@ def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, p
     group g (low: (batch, L, G, R), proj: (D, R)); bias: (D,); u: (batch, L, D), or (batch, L, D / G) shared by all
     groups when ``u_shared``; A: (D, N); B, C: (batch, L, G, N); pos: (G, L); width: channels per block.
 
-    With ``sum_groups`` (not with ``save``), y is (batch, L, D / G), the sum of the G groups' outputs: one task runs
-    the G groups of its channel block in turn and adds each into y, so the G-times larger output and a pass to sum it
-    are never made, and y stays in the cache between groups.
+    With ``sum_groups`` (not with ``save``), y is (batch, L, D / G), the sum of the G groups' outputs: the groups run
+    in turn, each adding into y, so the G-times larger output and a pass to sum it are never made.
     """
     bsz, length = y.shape[0], y.shape[1]
     dim = A.shape[0]
     groups, n_state = B.shape[2], B.shape[3]
     dg = dim // groups
     blocks = -(-dg // width)
-    for i in prange(bsz * blocks if sum_groups else bsz * groups * blocks):
-        for gi in range(groups if sum_groups else 1):
+    # with sum_groups one parallel pass per group, each adding into y
+    passes = groups if sum_groups else 1
+    per_pass = bsz * groups * blocks // passes
+    for gi in range(passes):
+        for i in prange(per_pass):
+            ti = np.intp(i)  # prange's index may be unsigned, and unsigned with signed makes float64
             if sum_groups:
-                bi, g, blk, d0, w = _task((i // blocks) * groups * blocks + gi * blocks + i % blocks, groups, blocks,
-                                          dg, width)
-            else:
-                bi, g, blk, d0, w = _task(i, groups, blocks, dg, width)
+                ti = (ti // blocks) * groups * blocks + gi * blocks + ti % blocks
+            bi, g, blk, d0, w = _task(ti, groups, blocks, dg, width)
             ft = y.dtype
             e = d0 + w
             u0 = d0 - g * dg if u_shared else d0
