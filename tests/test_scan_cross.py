@@ -100,17 +100,19 @@ def test_low_rank_delta_matches_chunked_float32():
 @pytest.mark.parametrize("bsz, d", [(1, 72), (1, 144), (3, 40)])
 def test_summed_groups_equal_the_sum_of_the_outputs(bsz, d):
     """sum_groups: the kernel adds the four directions' outputs as it makes them (channel blocks chosen for the
-    thread count), equal to summing the per-direction output; it refuses to run where gradients are wanted."""
-    args = low_rank_inputs(bsz, 6, 7, d, 4, 3, torch.float32)
+    thread count); values and every gradient equal those of summing the per-direction output."""
+    args = low_rank_inputs(bsz, 6, 7, d, 4, 3, torch.float64)
     pos = scan.cross_scan_positions(6, 7)
-    with torch.no_grad():
-        each = scan.cross_scan_numba(**args, positions=pos)
-        summed = scan.cross_scan_numba(**args, positions=pos, sum_groups=True)
-    assert summed.shape == (bsz, 42, d)
-    assert rel_err(summed, each.view(bsz, 42, 4, d).sum(2)) < 1e-6
-    leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
-    with pytest.raises(ValueError, match="no gradients"):
-        scan.cross_scan_numba(**leaves, positions=pos, sum_groups=True)
+
+    def summed_after(**kw):
+        y = scan.cross_scan_numba(**kw)
+        return y.view(*y.shape[:2], 4, -1).sum(2)
+
+    got = values_and_grads(lambda **kw: scan.cross_scan_numba(**kw, sum_groups=True), args, pos)
+    ref = values_and_grads(summed_after, args, pos)
+    assert got[0].shape == (bsz, 42, d)
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) < 1e-12
 
 
 def test_summed_block_width_shares_the_blocks_evenly():

@@ -186,15 +186,12 @@ class DirectionAwareSSM(nn.Module):
         # x_proj for all four directions as one matrix product (its weights are per direction, its input is not)
         proj = F.linear(x, self.x_proj_weight.reshape(-1, d)).view(b, L, k, -1)
         dts, Bs, Cs = proj.split([self.rank, n, n], dim=-1)
-        # dt_proj applied inside the kernel: no (B, L, K, inner) step-size tensor; without gradients the kernel also
-        # sums the four directions as it goes
-        inputs = (proj, x, self.dt_proj_weight, self.A_log, self.D, self.dt_proj_bias)
-        summed = not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs))
+        # dt_proj applied and the four directions summed inside the kernels: no (B, L, K, inner) tensor
         ys = _scan.cross_scan_numba(
             x, dts, -torch.exp(self.A_log.float()), Bs, Cs, self.D.float(), self.dt_proj_bias.reshape(-1).float(),
-            _positions(h, w, u.device), delta_softplus=True, delta_proj=self.dt_proj_weight, sum_groups=summed,
+            _positions(h, w, u.device), delta_softplus=True, delta_proj=self.dt_proj_weight, sum_groups=True,
         )
-        return ys.view(b, h, w, d) if summed else ys.view(b, h, w, k, d).sum(3)
+        return ys.view(b, h, w, d)
 
 
 @functools.lru_cache(maxsize=8)

@@ -567,8 +567,6 @@ class _NumbaScan(torch.autograd.Function):
         # needs_input_grad says True for a parameter even under no_grad or inference_mode; the caller's grad mode
         # (grad is always off in here) tells whether a backward can come
         save = grad_enabled and any(ctx.needs_input_grad)
-        if sum_groups and save:
-            raise ValueError("sum_groups gives no gradients: run it under torch.no_grad() or torch.inference_mode()")
         y = delta.new_empty(bsz, length, dim // B.shape[2] if sum_groups else dim)
         dt = delta.new_empty((bsz, length, dim) if save else (1, 1, 1))  # softplus(delta + bias), for the backward
         checkpoints = delta.new_empty((bsz, -(-length // kernels.CHECKPOINT), n, dim) if save else (1, 1, 1, 1))
@@ -579,7 +577,7 @@ class _NumbaScan(torch.autograd.Function):
                         *map(_as_numpy, (y, dt, checkpoints, last)), save, sum_groups)
         if save:
             ctx.save_for_backward(u, delta, proj, A, B, C, Dc, bias, dt, checkpoints, positions)
-        ctx.delta_softplus, ctx.u_shared = delta_softplus, u_shared
+        ctx.delta_softplus, ctx.u_shared, ctx.sum_groups = delta_softplus, u_shared, sum_groups
         ctx.has_D, ctx.has_bias = D is not None, delta_bias is not None
         if not last_differentiable:
             ctx.mark_non_differentiable(last)
@@ -607,8 +605,8 @@ class _NumbaScan(torch.autograd.Function):
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
         kernels.backward(
             *_delta_args(delta, proj), _as_numpy(bias), ctx.delta_softplus,
-            *map(_as_numpy, (dt, u, A, B, C, Dc, positions)), ctx.u_shared,
-            *map(_as_numpy, (gy, checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj)),
+            *map(_as_numpy, (dt, u, A, B, C, Dc, positions)), ctx.u_shared, _as_numpy(gy), ctx.sum_groups,
+            *map(_as_numpy, (checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj)),
         )
 
         def per_group(x: Tensor) -> Tensor:  # (batch, L, G, blocks, N) -> (batch, L, G, N)
@@ -698,8 +696,8 @@ def cross_scan_numba(
     ``einsum("blgr,gdr->blgd", delta, delta_proj)``, made in the kernels, so the (batch, L, G * d) tensor and the
     matrix product's copy are never made (Mamba's dt_proj; any strides, e.g. a slice of the x projection).
 
-    With ``sum_groups`` (inference only: no gradients), returns the sum of the G groups' outputs, (batch, L, d),
-    summed in the kernel as they are made.
+    With ``sum_groups``, returns the sum of the G groups' outputs, (batch, L, d), summed in the kernel as they are
+    made (and its gradient read by every group in the backward).
     """
     _numba_ready(u)
     ct = _compute_dtype(u)

@@ -216,8 +216,8 @@ def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, p
     group g (low: (batch, L, G, R), proj: (D, R)); bias: (D,); u: (batch, L, D), or (batch, L, D / G) shared by all
     groups when ``u_shared``; A: (D, N); B, C: (batch, L, G, N); pos: (G, L); width: channels per block.
 
-    With ``sum_groups`` (not with ``save``), y is (batch, L, D / G), the sum of the G groups' outputs: the groups run
-    in turn, each adding into y, so the G-times larger output and a pass to sum it are never made.
+    With ``sum_groups``, y is (batch, L, D / G), the sum of the G groups' outputs: the groups run in turn, each adding
+    into y, so the G-times larger output and a pass to sum it are never made (nor, in the backward, its gradient).
     """
     bsz, length = y.shape[0], y.shape[1]
     dim = A.shape[0]
@@ -292,16 +292,17 @@ def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, p
 @njit(
     _signatures(lambda ft: types.void(
         _c(ft, 3), _any(ft, 4), _any(ft, 2), types.boolean, _any(ft, 1), types.boolean, _c(ft, 3), _c(ft, 3),
-        _any(ft, 2), _any(ft, 4), _any(ft, 4), _any(ft, 1), _POS, types.boolean, _c(ft, 3), _c(ft, 4), _any(ft, 3),
-        _c(ft, 3), _c(ft, 3), _c(ft, 3), _c(ft, 5), _c(ft, 5), _c(ft, 2), _c(ft, 2), _c(ft, 5), _c(ft, 3),
-        types.intp)),
+        _any(ft, 2), _any(ft, 4), _any(ft, 4), _any(ft, 1), _POS, types.boolean, _c(ft, 3), types.boolean,
+        _c(ft, 4), _any(ft, 3), _c(ft, 3), _c(ft, 3), _c(ft, 3), _c(ft, 5), _c(ft, 5), _c(ft, 2), _c(ft, 2),
+        _c(ft, 5), _c(ft, 3), types.intp)),
     parallel=True, fastmath=True, cache=True,
 )
-def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy, checkpoints,
-                     g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj, width):
+def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy, sum_groups,
+                     checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj, width):
     """Gradients of sum(gy * y) + sum(g_last * last) for y, last of :func:`_forward_kernel` (same layouts), with
     dt = softplus(delta + bias) (or delta + bias when not softplus); delta: (batch, L, D), or its low-rank factors
-    (``low_rank``).
+    (``low_rank``); gy: (batch, L, D), or (batch, L, D / G) for every group when the forward summed them
+    (``sum_groups``).
 
     Writes g_u: (batch, L, D) (per group even when u is shared: the caller sums the groups); per batch item (the
     caller sums them) g_A: (batch, D, N), g_D and g_bias: (batch, D); per channel block (summed by the caller when
@@ -319,6 +320,7 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C,
         ft = dt.dtype
         e = d0 + w
         u0 = d0 - g * dg if u_shared else d0
+        y0 = d0 - g * dg if sum_groups else d0
         a2 = np.empty((n_state, w), ft)
         av = np.empty((n_state, w), ft)
         d_skip = np.empty(w, ft)
@@ -363,7 +365,7 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C,
                         hs[k + 1, n, j] = a * hs[k, n, j] + dtr[j] * ur[j] * bn
             for k in range(steps - 1, -1, -1):
                 p = pos[g, t0 + k]
-                dtr, ur, gyr = dt[bi, p, d0:e], u[bi, p, u0:u0 + w], gy[bi, p, d0:e]
+                dtr, ur, gyr = dt[bi, p, d0:e], u[bi, p, u0:u0 + w], gy[bi, p, y0:y0 + w]
                 for j in range(w):
                     gdt[j] = 0
                     gdu[j] = 0
@@ -475,14 +477,14 @@ def forward(delta, low_rank, bias, softplus: bool, u, A, B, C, D, pos, u_shared:
                     checkpoints, last, save, width)
 
 
-def backward(delta, low_rank, bias, softplus: bool, dt, u, A, B, C, D, pos, u_shared: bool, gy, checkpoints, g_last,
-             g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low=None, g_proj=None) -> None:
+def backward(delta, low_rank, bias, softplus: bool, dt, u, A, B, C, D, pos, u_shared: bool, gy, sum_groups: bool,
+             checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low=None, g_proj=None) -> None:
     """See :func:`_backward_kernel`; delta and low_rank as in :func:`forward`; g_delta is None with low_rank, g_low
     and g_proj None without."""
     dummy = np.zeros((1, 1, 1, 1, 1), dt.dtype)
     g_delta = dummy[0, 0] if g_delta is None else g_delta
     g_low = dummy if g_low is None else g_low
     g_proj = dummy[0, 0] if g_proj is None else g_proj
-    _backward_kernel(*_delta_args(delta, low_rank), bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy,
+    _backward_kernel(*_delta_args(delta, low_rank), bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy, sum_groups,
                      checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj,
                      block_layout(dt.shape[2], B.shape[2])[1])
