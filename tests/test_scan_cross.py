@@ -132,7 +132,7 @@ def test_no_grad_saves_nothing_for_a_backward(monkeypatch):
 
     seen = []
     real = scan_numba.forward
-    monkeypatch.setattr(scan_numba, "forward", lambda *a, **k: seen.append(a[15]) or real(*a, **k))
+    monkeypatch.setattr(scan_numba, "forward", lambda *a, **k: seen.append(a[14]) or real(*a, **k))
     args = low_rank_inputs(1, 4, 5, 8, 4, 2, torch.float32)
     args["delta_proj"] = torch.nn.Parameter(args["delta_proj"])
     pos = scan.cross_scan_positions(4, 5)

@@ -552,8 +552,9 @@ class _NumbaScan(torch.autograd.Function):
     delta[..., g * D / G + d] = delta_low[..., g, :] . proj[g * D / G + d].
 
     Step t of group g's sequence sits at position ``positions[g, t]`` of the arrays, and with ``u_shared`` the G
-    groups read the same (batch, L, D / G) input u. The kernel computes dt = softplus(delta + bias) as it goes; the
-    forward keeps dt and the state every ``CHECKPOINT`` steps, and nothing when no input needs a gradient.
+    groups read the same (batch, L, D / G) input u. The kernels compute dt = softplus(delta + bias) as they go; the
+    forward keeps the state every ``CHECKPOINT`` steps (nothing when no input needs a gradient), and the backward
+    makes dt again, a segment at a time.
     """
 
     @staticmethod
@@ -568,15 +569,14 @@ class _NumbaScan(torch.autograd.Function):
         # (grad is always off in here) tells whether a backward can come
         save = grad_enabled and any(ctx.needs_input_grad)
         y = delta.new_empty(bsz, length, dim // B.shape[2] if sum_groups else dim)
-        dt = delta.new_empty((bsz, length, dim) if save else (1, 1, 1))  # softplus(delta + bias), for the backward
         checkpoints = delta.new_empty((bsz, -(-length // kernels.CHECKPOINT), n, dim) if save else (1, 1, 1, 1))
         last = delta.new_empty(bsz, dim, n)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
         kernels.forward(*_delta_args(delta, proj), _as_numpy(bias), delta_softplus,
                         *map(_as_numpy, (u, A, B, C, Dc, positions)), u_shared,
-                        *map(_as_numpy, (y, dt, checkpoints, last)), save, sum_groups)
+                        *map(_as_numpy, (y, checkpoints, last)), save, sum_groups)
         if save:
-            ctx.save_for_backward(u, delta, proj, A, B, C, Dc, bias, dt, checkpoints, positions)
+            ctx.save_for_backward(u, delta, proj, A, B, C, Dc, bias, checkpoints, positions)
         ctx.delta_softplus, ctx.u_shared, ctx.sum_groups = delta_softplus, u_shared, sum_groups
         ctx.has_D, ctx.has_bias = D is not None, delta_bias is not None
         if not last_differentiable:
@@ -586,26 +586,27 @@ class _NumbaScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y, g_last):
         kernels = _numba_module()
-        u, delta, proj, A, B, C, Dc, bias, dt, checkpoints, positions = ctx.saved_tensors
-        bsz, length, dim = dt.shape
-        g, n = B.shape[2], A.shape[1]
+        u, delta, proj, A, B, C, Dc, bias, checkpoints, positions = ctx.saved_tensors
+        bsz, length = u.shape[:2]
+        dim, n = A.shape
+        g = B.shape[2]
         gy = g_y.contiguous()
-        g_last = g_last.contiguous() if g_last is not None else dt.new_zeros(bsz, dim, n)
-        g_u = torch.empty_like(dt)  # per group even when u is shared
+        g_last = g_last.contiguous() if g_last is not None else u.new_zeros(bsz, dim, n)
+        g_u = u.new_empty(bsz, length, dim)  # per group even when u is shared
         blocks = kernels.block_layout(dim, g)[0]
         if proj is not None:  # the gradients of delta's low-rank factors, summed over blocks and batch items below
-            g_delta, g_low, g_proj = None, dt.new_empty(bsz, length, g, blocks, proj.shape[1]), dt.new_empty(
+            g_delta, g_low, g_proj = None, u.new_empty(bsz, length, g, blocks, proj.shape[1]), u.new_empty(
                 bsz, dim, proj.shape[1])
         else:
-            g_delta, g_low, g_proj = torch.empty_like(dt), None, None
-        g_A = dt.new_empty(bsz, dim, n)  # one term per batch item, as g_D and g_bias
-        g_D, g_bias = dt.new_empty(bsz, dim), dt.new_empty(bsz, dim)
-        g_B = dt.new_empty(bsz, length, g, blocks, n)  # one term per channel block
+            g_delta, g_low, g_proj = torch.empty_like(g_u), None, None
+        g_A = u.new_empty(bsz, dim, n)  # one term per batch item, as g_D and g_bias
+        g_D, g_bias = u.new_empty(bsz, dim), u.new_empty(bsz, dim)
+        g_B = u.new_empty(bsz, length, g, blocks, n)  # one term per channel block
         g_C = torch.empty_like(g_B)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
         kernels.backward(
             *_delta_args(delta, proj), _as_numpy(bias), ctx.delta_softplus,
-            *map(_as_numpy, (dt, u, A, B, C, Dc, positions)), ctx.u_shared, _as_numpy(gy), ctx.sum_groups,
+            *map(_as_numpy, (u, A, B, C, Dc, positions)), ctx.u_shared, _as_numpy(gy), ctx.sum_groups,
             *map(_as_numpy, (checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj)),
         )
 

@@ -3,13 +3,13 @@
 The O(L x D x N) part of the scan -- discretisation ``a = exp(dt A)``, the recurrence ``h_t = a h_{t-1} + dt u B_t``
 and the read-out ``C_t . h_t + D u_t`` -- runs here in one pass over time; ``a`` is computed on the fly and no
 (L, D, N) tensor is ever made. The step size ``dt = softplus(delta + bias)`` is computed in the same pass (two
-passes over (L, D) memory fewer than PyTorch's add and softplus; the forward writes ``dt`` out only when the backward
-needs it). delta itself may come as its low-rank factors (Mamba's dt_proj: a (L, G, R) factor and a (D, R)
+passes over (L, D) memory fewer than PyTorch's add and softplus), and made again by the backward, a segment at a time,
+instead of being stored. delta itself may come as its low-rank factors (Mamba's dt_proj: a (L, G, R) factor and a (D, R)
 projection, R = 3-9 in RSDehamba): the kernels then make each step's delta from R values instead of reading D, and the
 backward returns the factors' gradients, so neither the (L, D) delta nor its gradient is ever stored and PyTorch's
 batched matrix products for them (with their copies) go. The gate stays in PyTorch.
 
-Layout. The kernels take time-major, channel-contiguous ``dt``, ``u``, ``y``: (batch, L, D), which is how the vision
+Layout. The kernels take time-major, channel-contiguous ``delta``, ``u``, ``y``: (batch, L, D), which is how the vision
 models build their sequences (``scan.py`` hands their (batch, D, L) views over as they are). One parallel task
 (``prange``) per (batch item, group, block of at most ``BLOCK`` channels of the group); a task keeps its (N, width)
 state in a local array and, for each step and each state n, updates all its channels in one loop over contiguous
@@ -19,8 +19,8 @@ set-up and ran at about 2 ns per state update against 0.3-0.5 ns now (``benchmar
 independent and each sums in a fixed order, so the result does not depend on the thread count.
 
 Backward: the forward keeps the state every ``CHECKPOINT`` steps (L / CHECKPOINT states). The backward walks the
-segments in reverse; for each it recomputes the segment's states and decays from its checkpoint into per-task
-buffers of (CHECKPOINT + 1, N, width) values (about 130 kB) and runs the transposed recurrence
+segments in reverse; for each it recomputes the segment's step sizes, states and decays from its checkpoint into
+per-task buffers of (CHECKPOINT + 1, N, width) values (about 130 kB) and runs the transposed recurrence
 ``dh_{t-1} = a_t (dh_t + C_t gy_t)`` through them.
 
 float32 uses :func:`_exp2_32`, a polynomial 2^x written here because numba's LLVM (without Intel's SVML) calls the
@@ -200,18 +200,18 @@ def _task(i, groups, blocks, dg, width):
 @njit(
     _signatures(lambda ft: types.void(_c(ft, 3), _any(ft, 4), _any(ft, 2), types.boolean, _any(ft, 1), types.boolean,
                                       _c(ft, 3), _any(ft, 2), _any(ft, 4), _any(ft, 4), _any(ft, 1), _POS,
-                                      types.boolean, _c(ft, 3), types.boolean, _c(ft, 3), _c(ft, 4), _any(ft, 3),
+                                      types.boolean, _c(ft, 3), types.boolean, _c(ft, 4), _any(ft, 3),
                                       types.boolean, types.intp)),
     parallel=True, fastmath=True, cache=True,
 )
-def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, pos, u_shared, y, sum_groups, dt,
+def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, pos, u_shared, y, sum_groups,
                     checkpoints, last, save, width):
     """With p = pos[g, t], the position of step t of group g's sequence in the arrays, and
     dt = softplus(delta + bias) (delta + bias when not ``softplus``):
-    y[b, p, d] = sum_n C[b, p, g, n] h_t[d, n] + D[d] u[b, p, d]; when ``save``, dt is written out and
+    y[b, p, d] = sum_n C[b, p, g, n] h_t[d, n] + D[d] u[b, p, d]; when ``save``,
     checkpoints[b, s, n, d] = the state entering step s * CHECKPOINT; last[b, d, n] = the final state.
 
-    delta, dt, y: (batch, L, D) (dt of any shape when not ``save``); with ``low_rank``, delta is not read (any
+    delta, y: (batch, L, D); with ``low_rank``, delta is not read (any
     shape) but made in the pass from its low-rank factors, delta[b, p, d] = sum_r low[b, p, g, r] proj[d, r] for d of
     group g (low: (batch, L, G, R), proj: (D, R)); bias: (D,); u: (batch, L, D), or (batch, L, D / G) shared by all
     groups when ``u_shared``; A: (D, N); B, C: (batch, L, G, N); pos: (G, L); width: channels per block.
@@ -264,10 +264,6 @@ def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, p
                 if softplus:
                     for j in range(w):
                         dtr[j] = _softplus(dtr[j])
-                if save:
-                    dt_out = dt[bi, p, d0:e]
-                    for j in range(w):
-                        dt_out[j] = dtr[j]
                 for j in range(w):
                     yv[j] = d_skip[j] * ur[j]
                     duv[j] = dtr[j] * ur[j]
@@ -291,13 +287,13 @@ def _forward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, p
 
 @njit(
     _signatures(lambda ft: types.void(
-        _c(ft, 3), _any(ft, 4), _any(ft, 2), types.boolean, _any(ft, 1), types.boolean, _c(ft, 3), _c(ft, 3),
+        _c(ft, 3), _any(ft, 4), _any(ft, 2), types.boolean, _any(ft, 1), types.boolean, _c(ft, 3),
         _any(ft, 2), _any(ft, 4), _any(ft, 4), _any(ft, 1), _POS, types.boolean, _c(ft, 3), types.boolean,
         _c(ft, 4), _any(ft, 3), _c(ft, 3), _c(ft, 3), _c(ft, 3), _c(ft, 5), _c(ft, 5), _c(ft, 2), _c(ft, 2),
         _c(ft, 5), _c(ft, 3), types.intp)),
     parallel=True, fastmath=True, cache=True,
 )
-def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy, sum_groups,
+def _backward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, pos, u_shared, gy, sum_groups,
                      checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj, width):
     """Gradients of sum(gy * y) + sum(g_last * last) for y, last of :func:`_forward_kernel` (same layouts), with
     dt = softplus(delta + bias) (or delta + bias when not softplus); delta: (batch, L, D), or its low-rank factors
@@ -310,14 +306,14 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C,
     with ``low_rank`` to its factors (g_delta is then not written): g_low (batch, L, G, blocks, R) per channel block
     and g_proj (batch, D, R) per batch item.
     """
-    bsz, length, dim = dt.shape
+    bsz, length, dim = g_u.shape
     groups, n_state = B.shape[2], B.shape[3]
     dg = dim // groups
     blocks = -(-dg // width)
     n_seg = -(-length // CHECKPOINT)
     for i in prange(bsz * groups * blocks):
         bi, g, blk, d0, w = _task(i, groups, blocks, dg, width)
-        ft = dt.dtype
+        ft = g_u.dtype
         e = d0 + w
         u0 = d0 - g * dg if u_shared else d0
         y0 = d0 - g * dg if sum_groups else d0
@@ -330,7 +326,6 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C,
         proj_v = _block_rows(proj, d0, w, low_rank)
         rank = proj_v.shape[0]
         acc_proj = np.zeros((rank, w), ft)
-        xv = np.empty(w, ft)
         for n in range(n_state):
             for j in range(w):
                 av[n, j] = A[d0 + j, n]
@@ -345,6 +340,8 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C,
                 dh[n, j] = g_last[bi, d0 + j, n]
         hs = np.empty((CHECKPOINT + 1, n_state, w), ft)  # hs[k + 1]: the state after step k of the segment
         decay = np.empty((CHECKPOINT, n_state, w), ft)
+        xs = np.empty((CHECKPOINT, w), ft)  # the segment's delta + bias, and dt made from it
+        dts = np.empty((CHECKPOINT, w), ft)
         gdt = np.empty(w, ft)
         gdu = np.empty(w, ft)
         for s in range(n_seg - 1, -1, -1):
@@ -356,7 +353,14 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C,
                     hs[0, n, j] = ck[j]
             for k in range(steps):
                 p = pos[g, t0 + k]
-                dtr, ur = dt[bi, p, d0:e], u[bi, p, u0:u0 + w]
+                ur, xk, dtr = u[bi, p, u0:u0 + w], xs[k], dts[k]
+                _delta_row(delta, low, proj_v, low_rank, bi, p, g, d0, bias_v, xk)
+                if softplus:
+                    for j in range(w):
+                        dtr[j] = _softplus(xk[j])
+                else:
+                    for j in range(w):
+                        dtr[j] = xk[j]
                 for n in range(n_state):
                     bn = B[bi, p, g, n]
                     for j in range(w):
@@ -365,7 +369,7 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C,
                         hs[k + 1, n, j] = a * hs[k, n, j] + dtr[j] * ur[j] * bn
             for k in range(steps - 1, -1, -1):
                 p = pos[g, t0 + k]
-                dtr, ur, gyr = dt[bi, p, d0:e], u[bi, p, u0:u0 + w], gy[bi, p, y0:y0 + w]
+                dtr, xk, ur, gyr = dts[k], xs[k], u[bi, p, u0:u0 + w], gy[bi, p, y0:y0 + w]
                 for j in range(w):
                     gdt[j] = 0
                     gdu[j] = 0
@@ -385,12 +389,10 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, dt, u, A, B, C,
                     g_B[bi, p, g, blk, n] = sb
                     g_C[bi, p, g, blk, n] = sc
                 g_ur = g_u[bi, p, d0:e]
-                if softplus:
-                    _delta_row(delta, low, proj_v, low_rank, bi, p, g, d0, bias_v, xv)
                 for j in range(w):
                     gd = gdt[j] + gdu[j] * ur[j]  # gradient of dt
                     if softplus:  # d softplus(x) / dx = sigmoid(x) = 1 / (1 + 2^(-x log2 e))
-                        gd = gd / (_ONE + _exp2(-xv[j] * _LOG2E))
+                        gd = gd / (_ONE + _exp2(-xk[j] * _LOG2E))
                     gdt[j] = gd  # now the gradient of delta
                     acc_bias[j] += gd
                     acc_d[j] += gyr[j] * ur[j]
@@ -464,27 +466,27 @@ def summed_block_width(dim: int, groups: int, batch: int, threads: int) -> int:
     return -(-dg // blocks)
 
 
-def forward(delta, low_rank, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, y, dt, checkpoints, last,
+def forward(delta, low_rank, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, y, checkpoints, last,
             save: bool, sum_groups: bool = False) -> None:
-    """See :func:`_forward_kernel`; delta: (batch, L, D), or None with ``low_rank`` = (low, proj); dt: (batch, L, D)
-    and checkpoints: (batch, ceil(L / CHECKPOINT), N, D), both of any shape when not save."""
+    """See :func:`_forward_kernel`; delta: (batch, L, D), or None with ``low_rank`` = (low, proj); checkpoints:
+    (batch, ceil(L / CHECKPOINT), N, D), of any shape when not save."""
     dim, groups = A.shape[0], B.shape[2]
     if sum_groups:
         width = summed_block_width(dim, groups, y.shape[0], numba.get_num_threads())
     else:
         width = block_layout(dim, groups)[1]
-    _forward_kernel(*_delta_args(delta, low_rank), bias, softplus, u, A, B, C, D, pos, u_shared, y, sum_groups, dt,
+    _forward_kernel(*_delta_args(delta, low_rank), bias, softplus, u, A, B, C, D, pos, u_shared, y, sum_groups,
                     checkpoints, last, save, width)
 
 
-def backward(delta, low_rank, bias, softplus: bool, dt, u, A, B, C, D, pos, u_shared: bool, gy, sum_groups: bool,
+def backward(delta, low_rank, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, gy, sum_groups: bool,
              checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low=None, g_proj=None) -> None:
     """See :func:`_backward_kernel`; delta and low_rank as in :func:`forward`; g_delta is None with low_rank, g_low
     and g_proj None without."""
-    dummy = np.zeros((1, 1, 1, 1, 1), dt.dtype)
+    dummy = np.zeros((1, 1, 1, 1, 1), g_u.dtype)
     g_delta = dummy[0, 0] if g_delta is None else g_delta
     g_low = dummy if g_low is None else g_low
     g_proj = dummy[0, 0] if g_proj is None else g_proj
-    _backward_kernel(*_delta_args(delta, low_rank), bias, softplus, dt, u, A, B, C, D, pos, u_shared, gy, sum_groups,
+    _backward_kernel(*_delta_args(delta, low_rank), bias, softplus, u, A, B, C, D, pos, u_shared, gy, sum_groups,
                      checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj,
-                     block_layout(dt.shape[2], B.shape[2])[1])
+                     block_layout(g_u.shape[2], B.shape[2])[1])
