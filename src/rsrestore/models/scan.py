@@ -39,7 +39,8 @@ Implementations (all numerically the same recurrence):
   the CPU: forward+backward 4.4-4.9x faster than the chunked scan on one thread (CPU time) and 6.5x on two (wall
   time) at L = 128^2 on a loaded 2-core Xeon. numba is imported (and the kernels compiled, or loaded from numba's
   cache) on first use, never at import time. :func:`cross_scan_numba` runs G scans of one sequence taken in G
-  orders (VMamba's and RSDehamba's four-direction scan) without reordered copies.
+  orders (VMamba's and RSDehamba's four-direction scan) without reordered copies; it takes the step sizes as their
+  low-rank factors (Mamba's dt_proj, made in the kernels) and can sum the G outputs as they are made.
 * :func:`selective_scan_cuda` -- the CUDA kernel of ``mamba_ssm``, imported on first use, never at import time.
 
 :func:`selective_scan` picks the best available one for the inputs' device.
