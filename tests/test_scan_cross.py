@@ -115,14 +115,29 @@ def test_summed_groups_equal_the_sum_of_the_outputs(bsz, d):
         assert rel_err(a, b) < 1e-12
 
 
-def test_summed_block_width_shares_the_blocks_evenly():
+def test_summed_block_width_gives_an_even_block_count():
     from rsrestore.models import scan_numba
 
-    assert scan_numba.summed_block_width(4 * 72, 4, 1, 2) == 36      # 2 blocks: already even
-    assert scan_numba.summed_block_width(4 * 144, 4, 1, 2) == 36     # 3 blocks of 48 -> 4 of 36
-    assert scan_numba.summed_block_width(4 * 288, 4, 1, 2) == 48     # 5 blocks -> 6
-    assert scan_numba.summed_block_width(4 * 144, 4, 2, 2) == 48     # 2 x 3 tasks: even
-    assert scan_numba.summed_block_width(4 * 20, 4, 1, 2) == 20      # never below 16 channels
+    assert scan_numba.summed_block_width(4 * 72, 4) == 36      # 2 blocks: already even
+    assert scan_numba.summed_block_width(4 * 144, 4) == 36     # 3 blocks of 48 -> 4 of 36
+    assert scan_numba.summed_block_width(4 * 288, 4) == 48     # 5 blocks -> 6
+    assert scan_numba.summed_block_width(4 * 20, 4) == 20      # one block: halves would be under 16 channels
+
+
+def test_summed_groups_do_not_depend_on_the_thread_count():
+    """The summed output is bit-identical on one and two threads (channel blocks do not follow the thread count)."""
+    args = low_rank_inputs(1, 20, 25, 144, 8, 9, torch.float32)
+    pos = scan.cross_scan_positions(20, 25)
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                out.append(scan.cross_scan_numba(**args, positions=pos, sum_groups=True))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0], out[1])
 
 
 def test_no_grad_saves_nothing_for_a_backward(monkeypatch):

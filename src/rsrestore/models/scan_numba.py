@@ -455,13 +455,15 @@ def _delta_args(delta, low_rank):
     return np.zeros((1, 1, 1), low.dtype), low, proj, True
 
 
-def summed_block_width(dim: int, groups: int, batch: int, threads: int) -> int:
-    """Channels per block for a forward with ``sum_groups``, where the tasks are (batch item, block) only: the
-    fewest blocks of at most ``BLOCK`` channels whose count the threads share evenly (RSDehamba's 144 channels per
-    group: 4 blocks of 36 on two threads, not 3 of 48, one thread idle a third of the time), down to 16 channels."""
+def summed_block_width(dim: int, groups: int) -> int:
+    """Channels per block for a forward with ``sum_groups``, whose parallel tasks are (batch item, block) only: an
+    even number of blocks where they stay at least 16 channels wide, so that two threads share a single image's blocks
+    evenly (RSDehamba's 144 channels per group: 4 blocks of 36, not 3 of 48, one thread idle a third of the time;
+    5-7 % of a paper-size forward). It depends on the shapes alone: a channel's arithmetic (vector body or remainder
+    loop) follows the block width, so a width that followed the thread count or the batch would change the result."""
     dg = dim // groups
     blocks = block_layout(dim, groups)[0]
-    while (batch * blocks) % threads and batch * blocks < 4 * threads and -(-dg // (blocks + 1)) >= 16:
+    if blocks % 2 and dg // (blocks + 1) >= 16:
         blocks += 1
     return -(-dg // blocks)
 
@@ -471,10 +473,7 @@ def forward(delta, low_rank, bias, softplus: bool, u, A, B, C, D, pos, u_shared:
     """See :func:`_forward_kernel`; delta: (batch, L, D), or None with ``low_rank`` = (low, proj); checkpoints:
     (batch, ceil(L / CHECKPOINT), N, D), of any shape when not save."""
     dim, groups = A.shape[0], B.shape[2]
-    if sum_groups:
-        width = summed_block_width(dim, groups, y.shape[0], numba.get_num_threads())
-    else:
-        width = block_layout(dim, groups)[1]
+    width = summed_block_width(dim, groups) if sum_groups else block_layout(dim, groups)[1]
     _forward_kernel(*_delta_args(delta, low_rank), bias, softplus, u, A, B, C, D, pos, u_shared, y, sum_groups,
                     checkpoints, last, save, width)
 
