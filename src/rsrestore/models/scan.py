@@ -514,7 +514,6 @@ def selective_scan_chunked(
 
 
 @functools.lru_cache(maxsize=1)
-@functools.lru_cache(maxsize=1)
 def _numba_module():
     threads = torch.get_num_threads()
     try:  # imported (and compiled, or loaded from numba's cache) on first use, never at import time
@@ -539,11 +538,6 @@ def numba_kernel_available() -> bool:
 
 def _as_numpy(t: Tensor | None):
     return None if t is None else t.detach().numpy()
-
-
-def _delta_args(delta: Tensor, proj: Tensor | None) -> tuple:
-    """The kernels' (delta, low_rank) arguments: delta itself, or None and its low-rank factors (delta, proj)."""
-    return (None, (_as_numpy(delta), _as_numpy(proj))) if proj is not None else (_as_numpy(delta), None)
 
 
 class _NumbaScan(torch.autograd.Function):
@@ -573,7 +567,7 @@ class _NumbaScan(torch.autograd.Function):
         checkpoints = delta.new_empty((bsz, -(-length // kernels.CHECKPOINT), n, dim) if save else (1, 1, 1, 1))
         last = delta.new_empty(bsz, dim, n)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
-        kernels.forward(*_delta_args(delta, proj), _as_numpy(bias), delta_softplus,
+        kernels.forward(_as_numpy(delta), _as_numpy(proj), _as_numpy(bias), delta_softplus,
                         *map(_as_numpy, (u, A, B, C, Dc, positions)), u_shared,
                         *map(_as_numpy, (y, checkpoints, last)), save, sum_groups)
         if save:
@@ -606,7 +600,7 @@ class _NumbaScan(torch.autograd.Function):
         g_C = torch.empty_like(g_B)
         kernels.set_threads(torch.get_num_threads(), bsz * dim * length * n)
         kernels.backward(
-            *_delta_args(delta, proj), _as_numpy(bias), ctx.delta_softplus,
+            _as_numpy(delta), _as_numpy(proj), _as_numpy(bias), ctx.delta_softplus,
             *map(_as_numpy, (u, A, B, C, Dc, positions)), ctx.u_shared, _as_numpy(gy), ctx.sum_groups,
             *map(_as_numpy, (checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj)),
         )

@@ -446,13 +446,12 @@ def set_threads(count: int, work: int) -> None:
     numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
 
 
-def _delta_args(delta, low_rank):
-    """(delta, low, proj, low_rank) for the kernels from ``delta`` or its low-rank factors ``(low, proj)``."""
-    if low_rank is None:
+def _delta_args(delta, proj):
+    """The kernels' (delta, low, proj, low_rank) from ``delta``, which is the low-rank factor when ``proj`` is given."""
+    if proj is None:
         dummy = np.zeros((1, 1, 1, 1), delta.dtype)
         return delta, dummy, dummy[0, 0], False
-    low, proj = low_rank
-    return np.zeros((1, 1, 1), low.dtype), low, proj, True
+    return np.zeros((1, 1, 1), delta.dtype), delta, proj, True
 
 
 def summed_block_width(dim: int, groups: int) -> int:
@@ -468,24 +467,24 @@ def summed_block_width(dim: int, groups: int) -> int:
     return -(-dg // blocks)
 
 
-def forward(delta, low_rank, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, y, checkpoints, last,
+def forward(delta, proj, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, y, checkpoints, last,
             save: bool, sum_groups: bool = False) -> None:
-    """See :func:`_forward_kernel`; delta: (batch, L, D), or None with ``low_rank`` = (low, proj); checkpoints:
-    (batch, ceil(L / CHECKPOINT), N, D), of any shape when not save."""
+    """See :func:`_forward_kernel`; delta: (batch, L, D), or with ``proj`` (D, R) its low-rank factor
+    (batch, L, G, R); checkpoints: (batch, ceil(L / CHECKPOINT), N, D), of any shape when not save."""
     dim, groups = A.shape[0], B.shape[2]
     width = summed_block_width(dim, groups) if sum_groups else block_layout(dim, groups)[1]
-    _forward_kernel(*_delta_args(delta, low_rank), bias, softplus, u, A, B, C, D, pos, u_shared, y, sum_groups,
+    _forward_kernel(*_delta_args(delta, proj), bias, softplus, u, A, B, C, D, pos, u_shared, y, sum_groups,
                     checkpoints, last, save, width)
 
 
-def backward(delta, low_rank, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, gy, sum_groups: bool,
+def backward(delta, proj, bias, softplus: bool, u, A, B, C, D, pos, u_shared: bool, gy, sum_groups: bool,
              checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low=None, g_proj=None) -> None:
-    """See :func:`_backward_kernel`; delta and low_rank as in :func:`forward`; g_delta is None with low_rank, g_low
-    and g_proj None without."""
+    """See :func:`_backward_kernel`; delta and proj as in :func:`forward`; g_delta is None with proj, g_low and
+    g_proj None without."""
     dummy = np.zeros((1, 1, 1, 1, 1), g_u.dtype)
     g_delta = dummy[0, 0] if g_delta is None else g_delta
     g_low = dummy if g_low is None else g_low
     g_proj = dummy[0, 0] if g_proj is None else g_proj
-    _backward_kernel(*_delta_args(delta, low_rank), bias, softplus, u, A, B, C, D, pos, u_shared, gy, sum_groups,
+    _backward_kernel(*_delta_args(delta, proj), bias, softplus, u, A, B, C, D, pos, u_shared, gy, sum_groups,
                      checkpoints, g_last, g_u, g_delta, g_A, g_B, g_C, g_D, g_bias, g_low, g_proj,
                      block_layout(g_u.shape[2], B.shape[2])[1])
