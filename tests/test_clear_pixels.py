@@ -1,0 +1,88 @@
+"""The cloud removers' clear-pixel detector (rsrestore.models.clear_pixels.cloud_mask): clouds and their faint edges
+go to the network, bright ground alone and the dark ground of a cloud-free scene do not, and a cloud-free scene comes
+out of the bundled cloud models unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from typer.testing import CliRunner
+
+from rsrestore.cli import app
+from rsrestore.losses.carl import pixel_cloud_score, shadow_mask
+from rsrestore.models.clear_pixels import MIN_CLOUD_SHARE, clear_statistics, cloud_mask
+from rsrestore.models.registry import load_model
+from rsrestore.raster import sar_to_unit
+from rsrestore.tiling import restore_array
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sen12mscr"
+CLEAN = DATA / "ROIs1970_fall_s2" / "s2_139" / "ROIs1970_fall_s2_139_p839.tif"
+S1 = DATA / "ROIs1970_fall_s1" / "s1_139" / "ROIs1970_fall_s1_139_p839.tif"
+
+
+def ground(size: int = 64) -> torch.Tensor:
+    """A 13-band scene of vegetation (B2 0.04, NIR 0.35) with a dark lake in one corner (which the shadow test, with
+    thresholds from the image, flags)."""
+    spectrum = torch.tensor([0.12, 0.04, 0.07, 0.04, 0.2, 0.3, 0.35, 0.35, 0.35, 0.1, 0.002, 0.18, 0.09])
+    x = spectrum.view(1, 13, 1, 1).repeat(1, 1, size, size)
+    x[:, :, :12, :12] = torch.tensor([0.1, 0.03, 0.05, 0.03, 0.03, 0.03, 0.03, 0.02, 0.02, 0.01, 0.002, 0.01,
+                                      0.005]).view(1, 13, 1, 1)
+    return x
+
+
+def whiten(x: torch.Tensor, ys: slice, xs: slice, opacity: float) -> None:
+    """Blend a flat white cloud (reflectance 0.8) over a region, in place."""
+    x[:, :, ys, xs] = (1 - opacity) * x[:, :, ys, xs] + opacity * 0.8
+
+
+def test_faint_cloud_counts_beside_a_cloud_and_not_alone():
+    x = ground()
+    whiten(x, slice(30, 50), slice(20, 36), 0.6)   # a cloud
+    whiten(x, slice(30, 50), slice(36, 40), 0.16)  # its faint edge
+    whiten(x, slice(2, 6), slice(50, 62), 0.16)    # the same faintness far from any cloud
+    m = cloud_mask(x)[0, 0]
+    assert m[30:50, 20:36].all() and m[32:48, 36:40].all()
+    assert not m[2:6, 50:62].any()
+    # Alone, that faint patch passes the lower threshold: only the hysteresis keeps it out.
+    own = pixel_cloud_score(x)[0, 0, 2:6, 50:62]
+    assert (own >= 0.1).all() and (own < 0.2).all()
+
+
+def test_shadow_test_applies_only_to_scenes_with_cloud():
+    x = ground()
+    assert shadow_mask(x)[0, 0, 3:9, 3:9].all()  # the lake reads as shadow by the test alone
+    assert not cloud_mask(x).any()  # but there is no cloud to cast it
+    assert float(clear_statistics(x)["cloud_share"]) < MIN_CLOUD_SHARE
+    cloudy = x.clone()
+    whiten(cloudy, slice(30, 50), slice(30, 50), 0.7)
+    assert cloud_mask(cloudy)[0, 0, 3:9, 3:9].all()
+    # A tile restored with its scene's statistics follows the scene: a clear tile of a cloudy scene keeps the test.
+    tile = x[..., :32, :32]
+    assert not cloud_mask(tile).any()
+    assert cloud_mask(tile, stats=clear_statistics(cloudy))[0, 0, 3:9, 3:9].all()
+
+
+@pytest.mark.parametrize("name", ["sarcr", "dsen2cr"])
+def test_cloud_free_scene_passes_through_the_bundled_cloud_models_unchanged(name, tmp_path):
+    if not CLEAN.exists():
+        pytest.skip(f"SEN12MS-CR patch 139_p839 not found under {DATA} (the shared data folder is absent)")
+    out = tmp_path / "out.tif"
+    result = CliRunner().invoke(app, ["restore", str(CLEAN), "--sar", str(S1), "--method", name, "-o", str(out),
+                                      "--device", "cpu", "--tile", "128", "--overlap", "16"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(CLEAN) as a, rasterio.open(out) as b:
+        assert np.array_equal(a.read(), b.read())
+    # The network itself would change it: the detector is what keeps it.
+    with rasterio.open(CLEAN) as ds:
+        clean = np.clip(ds.read().astype(np.float32) / 10000.0, 0.0, 1.0)
+    with rasterio.open(S1) as ds:
+        sar = sar_to_unit(ds.read())
+    model = load_model(name)
+    free = load_model(name, config={**dataclasses.asdict(model.cfg), "keep_clear": False}).eval()
+    free.load_state_dict(model.state_dict())
+    assert np.abs(restore_array(free, clean, sar=sar, tile=128, overlap=16) - clean).max() > 0.01
