@@ -153,13 +153,67 @@ def test_dape_noise_loss_falls_on_a_fixed_draw():
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# The residual form: DAPE diffuses the correction to APEM's inversion
+
+
+RESIDUAL = dict(TINY, residual=True, prediction="pred_x0")
+
+
+def test_untrained_residual_form_is_apems_inversion_and_a_clear_scene_stays():
+    torch.manual_seed(0)
+    model = ASPDiff(ASPDiffConfig(**RESIDUAL)).eval()
+    hazy, clean = hazy_pair()
+    with torch.no_grad():
+        priors = model.priors(hazy)
+        apem_alone = model.base(hazy, priors)
+        restored = model(hazy)
+    assert torch.equal(restored, apem_alone.clamp(0, 1))  # zero correction, HARM the identity: APEM's output
+    assert psnr(restored, clean) > psnr(hazy, clean)
+    # The paper's form samples the image from noise: untrained, it is nowhere near the input.
+    paper = ASPDiff(ASPDiffConfig(**TINY)).eval()
+    with torch.no_grad():
+        assert psnr(paper(hazy), clean) < psnr(hazy, clean) - 3
+
+
+def test_residual_form_learns_to_leave_a_clear_scene_alone():
+    """Trained on clean-to-clean pairs, the correction goes to APEM's own change of the clear scene, whichever noise
+    the sampler starts from."""
+    torch.manual_seed(0)
+    model = ASPDiff(ASPDiffConfig(**RESIDUAL))
+    _, clear = hazy_pair(seed=1)
+    with torch.no_grad():
+        before = psnr(model.eval()(clear), clear)
+    model.train()
+    optim = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        parts = model(clear, target=clear)
+        optim.zero_grad()
+        parts["total"].backward()
+        optim.step()
+        losses.append(parts["total"].item())
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+    model.eval()
+    with torch.no_grad():
+        outs = [model(clear, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    assert min(psnr(o, clear) for o in outs) > max(before + 3, 30)
+    assert psnr(outs[0], outs[1]) > 40  # the starting noise hardly matters
+
+
+def test_residual_form_rejects_an_unknown_prediction():
+    with pytest.raises(ValueError, match="pred_x0"):
+        ASPDiff(ASPDiffConfig(**dict(RESIDUAL, prediction="pred_res")))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Ablation switches, through the trainer's objective
 
 
+@pytest.mark.parametrize("residual", (False, True))
 @pytest.mark.parametrize("switch", (None, *SWITCHES))
-def test_every_ablation_switch_builds_and_trains_a_step(switch):
+def test_every_ablation_switch_builds_and_trains_a_step(switch, residual):
     torch.manual_seed(0)
-    cfg = ASPDiffConfig(**TINY, **({switch: False} if switch else {}))
+    cfg = ASPDiffConfig(**(RESIDUAL if residual else TINY), **({switch: False} if switch else {}))
     model = ASPDiff(cfg)
     hazy, clean = hazy_pair()
     batch = {"input": hazy, "target": clean}

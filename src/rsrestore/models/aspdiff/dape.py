@@ -15,6 +15,13 @@ Zhang et al., "ASPDiff: Atmospheric Scattering Prior embedded Diffusion Model fo
   step; the constant ones (hazy image, t, A) pass the first convolution once per image
   (:meth:`PriorUNet.encode_condition`), which is linear, so splitting it changes nothing.
 * Without APEM (an ablation) the denoiser is conditioned on the hazy image alone and has no injection.
+* **Residual form** (``residual=True``; this project's departure from the paper, off by default): the diffusion runs
+  on the correction ``J - base`` to a first estimate ``base`` (the restorer passes APEM's inversion of the scattering
+  model), which joins the condition; the haze injection re-hazes ``base + state``. With ``prediction="pred_x0"`` the
+  denoiser predicts that correction itself rather than the noise. A clear scene, which APEM leaves nearly as it is,
+  then needs a correction near zero, which a few DDIM steps can return; sampling the image itself from noise in two
+  steps re-draws the whole scene (a clear input came out 23 dB from itself), and a noise prediction read at the
+  first steps (alphabar near 0) amplifies its error by up to 1 / sqrt(alphabar), about 160.
 
 The denoiser, :class:`PriorUNet`, is a compact time-conditioned U-Net built from DS-RDMPD's blocks
 (:class:`~rsrestore.models.dsrdmpd.unetres.ResnetBlock` with the timestep as scale-shift, linear attention in the
@@ -36,6 +43,7 @@ from ...diffusion import (
     random_timesteps,
     to_signed,
 )
+from ...diffusion.objectives import DDPM_OBJECTIVES, check_objective
 from ..dsrdmpd.unetres import LinearAttention, PreNormResidual, ResnetBlock, SinusoidalTimeEmbedding
 from .apem import Priors, band_transmission
 
@@ -116,65 +124,89 @@ class DAPE(nn.Module):
     ablation: the same network read as the clean image from an all-zero state at step 0) for restoring.
 
     Images in [0, 1] in and out of the public methods; [-1, 1] inside. ``priors`` None conditions on the hazy image
-    alone (build with ``use_priors=False``).
+    alone (build with ``use_priors=False``). Built with ``residual=True`` every public method takes ``base``, the
+    first estimate (B, bands, H, W) in [0, 1] whose correction is diffused (see the module docstring); ``prediction``
+    is what the denoiser predicts, ``"pred_noise"`` (DDPM's, the paper's) or ``"pred_x0"``.
     """
 
     def __init__(self, bands: int = 3, dim: int = 64, dim_mults: tuple[int, ...] = (1, 2, 4, 8),
                  use_priors: bool = True, timesteps: int = 1000, schedule: str = "linear", heads: int = 4,
-                 dim_head: int = 32) -> None:
+                 dim_head: int = 32, residual: bool = False, prediction: str = "pred_noise") -> None:
         super().__init__()
-        self.bands, self.use_priors = bands, use_priors
-        cond_channels = bands + (1 + bands if use_priors else 0)
+        check_objective(prediction, DDPM_OBJECTIVES)
+        self.bands, self.use_priors, self.residual, self.prediction = bands, use_priors, residual, prediction
+        cond_channels = bands + (1 + bands if use_priors else 0) + (bands if residual else 0)
         self.net = PriorUNet(bands, cond_channels, dim, dim_mults, inject=use_priors, heads=heads, dim_head=dim_head)
+        if residual and prediction == "pred_x0":
+            # A zero correction to start with: untrained, the sample is the first estimate itself.
+            nn.init.zeros_(self.net.out.weight)
+            nn.init.zeros_(self.net.out.bias)
         self.schedule = DDPMSchedule.named(schedule, timesteps)
 
     @property
     def stride(self) -> int:
         return self.net.stride
 
-    def condition(self, hazy: Tensor, priors: Priors | None) -> Tensor:
-        """concat(hazy, t, A as a map) in [-1, 1]: the condition that stays fixed over sampling."""
-        if not self.use_priors:
-            return to_signed(hazy)
-        if priors is None:
-            raise ValueError("DAPE built with use_priors needs the refined priors")
-        a = priors.airlight[:, :, None, None].expand_as(hazy)
-        return to_signed(torch.cat([hazy, priors.t, a], dim=1))
+    def condition(self, hazy: Tensor, priors: Priors | None, base: Tensor | None = None) -> Tensor:
+        """concat(hazy, t, A as a map[, base]) in [-1, 1]: the condition that stays fixed over sampling."""
+        parts = [hazy]
+        if self.use_priors:
+            if priors is None:
+                raise ValueError("DAPE built with use_priors needs the refined priors")
+            parts += [priors.t, priors.airlight[:, :, None, None].expand_as(hazy)]
+        if self.residual:
+            parts.append(self._base(base))
+        return to_signed(torch.cat(parts, dim=1))
 
-    def denoiser(self, hazy: Tensor, priors: Priors | None):
+    def _base(self, base: Tensor | None) -> Tensor:
+        if base is None:
+            raise ValueError("DAPE built with residual=True needs the first estimate `base`")
+        return base
+
+    def _state_image(self, x_t: Tensor, base: Tensor | None) -> Tensor:
+        """The image a state stands for, in [-1, 1]: the state itself, or in the residual form base + state."""
+        return to_signed(base + x_t) if self.residual else x_t
+
+    def _image(self, x0: Tensor, base: Tensor | None) -> Tensor:
+        """A clean-sample estimate of the diffused quantity as an image in [0, 1]."""
+        return base + x0 if self.residual else (x0 + 1) / 2
+
+    def denoiser(self, hazy: Tensor, priors: Priors | None, base: Tensor | None = None):
         """``denoise(x_t, t, cond_features)`` for the samplers, with the condition's features computed once."""
-        features = self.net.encode_condition(self.condition(hazy, priors))
+        features = self.net.encode_condition(self.condition(hazy, priors, base))
 
         def denoise(x_t: Tensor, t: Tensor, cond_features: Tensor = features) -> Tensor:
-            injection = haze_injection(x_t, priors) if self.use_priors else None
+            injection = haze_injection(self._state_image(x_t, base), priors) if self.use_priors else None
             return self.net(x_t, t, cond_features, injection).float()
 
         return denoise, features
 
     def loss(self, hazy: Tensor, clean: Tensor, priors: Priors | None,
-             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """The simplified DDPM loss (MSE on the noise) at a random step, and the clean-image estimate read from that
-        prediction (in [0, 1], with gradients) for the image-space losses."""
-        x0 = to_signed(clean)
+             generator: torch.Generator | None = None, base: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The simplified DDPM loss (MSE on the predicted quantity) at a random step, and the clean-image estimate
+        read from that prediction (in [0, 1], with gradients) for the image-space losses."""
+        x0 = clean - self._base(base) if self.residual else to_signed(clean)
         t = random_timesteps(self.schedule.num_timesteps, x0.shape[0], generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=generator.device if generator else None)
         ex = ddpm_training_example(self.schedule, x0, t, noise.to(x0))
-        denoise, _ = self.denoiser(hazy, priors)
-        eps = denoise(ex.x_t, t)
-        estimate = ddpm_estimate(self.schedule, "pred_noise", eps, ex.x_t, t, clip=True).x0
-        return F.mse_loss(eps, ex.target("pred_noise")), (estimate + 1) / 2
+        denoise, _ = self.denoiser(hazy, priors, base)
+        out = denoise(ex.x_t, t)
+        estimate = ddpm_estimate(self.schedule, self.prediction, out, ex.x_t, t, clip=True).x0
+        return F.mse_loss(out, ex.target(self.prediction)), self._image(estimate, base)
 
-    def regress(self, hazy: Tensor, priors: Priors | None) -> Tensor:
+    def regress(self, hazy: Tensor, priors: Priors | None, base: Tensor | None = None) -> Tensor:
         """The one-step regressor (ablation without diffusion): the clean image in [0, 1], with gradients."""
-        denoise, _ = self.denoiser(hazy, priors)
+        denoise, _ = self.denoiser(hazy, priors, base)
         zeros = torch.zeros_like(hazy)
-        return (denoise(zeros, torch.zeros(hazy.shape[0], dtype=torch.long, device=hazy.device)) + 1) / 2
+        return self._image(denoise(zeros, torch.zeros(hazy.shape[0], dtype=torch.long, device=hazy.device)), base)
 
     @torch.no_grad()
     def sample(self, hazy: Tensor, priors: Priors | None, steps: int, eta: float = 0.0,
-               generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None) -> Tensor:
+               generator: torch.Generator | None = None, noise_fn: NoiseFn | None = None,
+               base: Tensor | None = None) -> Tensor:
         """DDIM in ``steps`` steps from noise (``generator`` or ``noise_fn``); the clean image in [0, 1]."""
-        denoise, features = self.denoiser(hazy, priors)
+        denoise, features = self.denoiser(hazy, priors, base)
         out = ddim_sample(lambda x, t, c: denoise(x, t, c), self.schedule, tuple(hazy.shape), features, steps=steps,
-                          eta=eta, generator=generator, noise_fn=noise_fn, device=hazy.device)
-        return (out + 1) / 2
+                          eta=eta, objective=self.prediction, generator=generator, noise_fn=noise_fn,
+                          device=hazy.device)
+        return self._image(out, base)

@@ -45,7 +45,7 @@ from ..dsrdmpd.shared_statistics import (
     exceeds_statistics_side,
     restore_with_scene_statistics,
 )
-from .apem import APEM, APEMConfig, Priors, apem_loss, total_variation
+from .apem import APEM, APEMConfig, Priors, apem_loss, invert_priors, total_variation
 from .dape import DAPE
 from .harm import HARM, dct_matrix
 
@@ -77,6 +77,11 @@ class ASPDiffConfig:
         refine_priors: False uses the dark channel prior's t0 and A0 unrefined (ablation "DCP priors").
         prior_supervision: False trains APEM's refinement only through the downstream losses (ablation
             "refinement without prior supervision").
+        residual: DAPE diffuses the correction to APEM's inversion of the scattering model, ``J - J_APEM``, instead
+            of the image (False: the paper's). This project's departure, for clear scenes: see :mod:`.dape`. Without
+            APEM the correction is to the hazy image itself.
+        prediction: what the denoiser predicts, "pred_noise" (the paper's DDPM) or "pred_x0" (the diffused quantity
+            itself; the residual form's choice).
         w_reconstruction, w_apem, w_frequency, w_perceptual, w_tv: loss weights (1, 0.5, 0.1, 0.04, 0.01; chosen:
             the noise loss has weight 1; the VGG term counts only when VGG19 weights are given to the loss).
     """
@@ -100,6 +105,8 @@ class ASPDiffConfig:
     use_harm: bool = True
     refine_priors: bool = True
     prior_supervision: bool = True
+    residual: bool = False
+    prediction: str = "pred_noise"
     w_reconstruction: float = 1.0
     w_apem: float = 0.5
     w_frequency: float = 0.1
@@ -168,7 +175,8 @@ class ASPDiff(nn.Module):
         self.cfg = cfg = cfg or ASPDiffConfig()
         self.apem = APEM(cfg.apem_config) if cfg.use_apem else None
         self.dape = DAPE(cfg.in_channels, cfg.dim, cfg.dim_mults, use_priors=cfg.use_apem, timesteps=cfg.timesteps,
-                         schedule=cfg.schedule, heads=cfg.heads, dim_head=cfg.dim_head)
+                         schedule=cfg.schedule, heads=cfg.heads, dim_head=cfg.dim_head, residual=cfg.residual,
+                         prediction=cfg.prediction)
         self.harm = HARM(cfg.in_channels, cfg.harm_width, use_priors=cfg.use_apem) if cfg.use_harm else None
         self.stride = self.dape.stride
 
@@ -222,6 +230,15 @@ class ASPDiff(nn.Module):
     def priors(self, x: Tensor, stats: dict[str, Tensor] | None = None) -> Priors | None:
         return self.apem(x, stats=stats or None) if self.apem is not None else None
 
+    def base(self, x: Tensor, priors: Priors | None) -> Tensor | None:
+        """The first estimate whose correction DAPE diffuses in the residual form (None otherwise): APEM's inversion
+        of the scattering model, clamped to [0, 1], or without APEM the hazy image."""
+        if not self.cfg.residual:
+            return None
+        if priors is None:
+            return x
+        return invert_priors(x, priors, t_min=self.cfg.apem_config.t_min).clamp(0.0, 1.0)
+
     def refine(self, estimate: Tensor, hazy: Tensor, priors: Priors | None) -> Tensor:
         return self.harm(estimate, hazy, priors) if self.harm is not None else estimate
 
@@ -233,12 +250,13 @@ class ASPDiff(nn.Module):
         h, w = x.shape[-2:]
         x, _ = pad_to_multiple(x.float(), self.stride)
         priors = self.priors(x, stats)
+        base = self.base(x, priors)
         if self.cfg.use_dape:
             if generator is None and noise_fn is None:
                 generator = torch.Generator(device=x.device).manual_seed(self.cfg.seed)
-            estimate = self.dape.sample(x, priors, steps or self.cfg.steps, self.cfg.eta, generator, noise_fn)
+            estimate = self.dape.sample(x, priors, steps or self.cfg.steps, self.cfg.eta, generator, noise_fn, base)
         else:
-            estimate = self.dape.regress(x, priors)
+            estimate = self.dape.regress(x, priors, base)
         return self.refine(estimate, x, priors)[..., :h, :w].clamp(0.0, 1.0)
 
     def losses(self, hazy: Tensor, clean: Tensor, generator: torch.Generator | None = None,
@@ -250,11 +268,14 @@ class ASPDiff(nn.Module):
         hazy, _ = pad_to_multiple(hazy.float(), self.stride)
         clean, _ = pad_to_multiple(clean.float(), self.stride)
         priors = self.priors(hazy)
+        # The first estimate is a fixed starting point: the priors learn through their own losses and HARM.
+        base = self.base(hazy, priors)
+        base = None if base is None else base.detach()
         parts: dict[str, Tensor] = {}
         if cfg.use_dape:
-            parts["diffusion"], estimate = self.dape.loss(hazy, clean, priors, generator)
+            parts["diffusion"], estimate = self.dape.loss(hazy, clean, priors, generator, base)
         else:
-            estimate = self.dape.regress(hazy, priors)
+            estimate = self.dape.regress(hazy, priors, base)
         out = self.refine(estimate, hazy, priors)
         parts["reconstruction"] = cfg.w_reconstruction * F.l1_loss(out, clean)
         parts["frequency"] = cfg.w_frequency * frequency_consistency_loss(out, clean)
