@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _sample_crops import clear_sample_crops
 
 import rsrestore
 from rsrestore.metrics.full_reference import compute_metrics
@@ -156,16 +157,7 @@ def test_bundled_weights_leave_clean_scenes_alone(model):
     """Do no harm: 128^2 crops of two shipped clear sample scenes (Rocky Mountain NP, a source the weights never
     trained on, and NAIP) come out at least 36 dB from their input, 38 dB on average (the weights before the
     clean-pair fine-tune: 34.0 at worst, 35.7 on average)."""
-    import rasterio
-
-    sample = Path(rsrestore.__file__).parent / "sample_data"
-    crops = []
-    for name in ("rmnp_rgb.tif", "naip_4band_crop.tif"):
-        with rasterio.open(sample / name) as ds:
-            img = torch.from_numpy(ds.read([1, 2, 3]).astype(np.float32) / 255.0)
-        h, w = img.shape[-2:]
-        crops += [img[:, y:y + 128, x:x + 128] for y in (0, h // 2) for x in (0, w // 2)]
-    x = torch.stack(crops)
+    x = clear_sample_crops()
     with torch.inference_mode():
         psnr = compute_metrics(model(x).clamp(0, 1), x, names=("psnr",))["psnr"]
     assert min(psnr) >= 36.0 and float(np.mean(psnr)) >= 38.0, psnr
