@@ -9,10 +9,10 @@ the CARL loss uses), widened by ``SOFTEN_PX`` and feathered over as many pixels 
 the input's at a cloud's edge instead of meeting them along a seam.
 
 Which pixels are cloud. A pixel is cloud when its smoothed cloud score reaches ``CONFIDENT`` (DSen2-CR's 0.2) or its
-own tests reach ``PIXEL_CONFIDENT``, or when either reaches ``threshold`` (0.1; or the pixel's own tests do) within ``NEAR_PX`` pixels of such a confident
-pixel: a hysteresis that follows a cloud's faint edges without taking in bright ground on its own. At 0.1 alone, the
-score took bright land for cloud: 85 % of the cloud-free SEN12MS-CR patch 139_p839 (TOA blue near 0.14 is enough),
-so a cloud remover changed a clean scene (32.5 dB from itself for ``sarcr``).
+own tests reach ``PIXEL_CONFIDENT``, or when either reaches ``threshold`` (0.1) within ``NEAR_PX`` pixels of such a
+confident pixel: a hysteresis that follows a cloud's faint edges without taking in bright ground on its own. At 0.1
+alone, the score took bright land for cloud: 85 % of the cloud-free SEN12MS-CR patch 139_p839 (TOA blue near 0.14 is
+enough), so a cloud remover changed a clean scene (33.5 dB from itself for ``sarcr``).
 
 Shadows. The shadow test compares each pixel with thresholds taken from the whole image (Zhai et al. 2018), so it
 flags the darkest ground of any scene, cloudy or not. A shadow needs a cloud, so the test applies only to scenes where

@@ -14,7 +14,8 @@ learning rates carry over, and the output is mapped back to the library's [0, 1]
 
 Clear pixels (``keep_clear``, on by default): the output is the network's only on cloud and cloud shadow and the input
 elsewhere, bit for bit (:mod:`rsrestore.models.clear_pixels`): with the ``mask`` passed to ``forward`` (known in
-training on synthetic clouds), else with the rule-based cloud/shadow mask the CARL loss uses, detected on the input.
+training on synthetic clouds), else with a mask detected on the input from the rule-based cloud score and shadow test
+the CARL loss uses (with a hysteresis, and shadows only in scenes with cloud).
 This is not in the paper, whose CARL loss only pulls clear pixels toward the input; it adds no parameter.
 """
 
@@ -39,7 +40,8 @@ class DSen2CRConfig:
     optical_gain: float = 5.0
     # The paper's SAR range is [0, 2] (``max_val_sar = 2``).
     sar_gain: float = 2.0
-    # Output = input on pixels without cloud or shadow (module docstring); the detector's cloud-score threshold.
+    # Output = input on pixels without cloud or shadow (module docstring); the detector's lower cloud-score
+    # threshold, which counts within a few pixels of confident cloud (rsrestore.models.clear_pixels).
     keep_clear: bool = True
     clear_threshold: float = 0.1
 

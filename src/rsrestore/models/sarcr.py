@@ -23,8 +23,8 @@ SAR image (Sentinel-1 VV, VH) and predicts the cloud-free optical image. Stages,
 
 Clear pixels (``keep_clear``, on by default): the output is the network's only on cloud and cloud shadow and the input
 elsewhere, bit for bit (:mod:`rsrestore.models.clear_pixels`): with the ``mask`` passed to ``forward`` (known in
-training on synthetic clouds), else with DSen2-CR's rule-based cloud/shadow mask detected on the input. It adds no
-parameter.
+training on synthetic clouds), else with a mask detected on the input from DSen2-CR's rule-based cloud score and
+shadow test (with a hysteresis, and shadows only in scenes with cloud). It adds no parameter.
 
 Where the description leaves details open (widths, the form of the max selection, positional encoding) the
 choices are documented on the config and in the modules below. Inputs of any H, W are reflect-padded to a multiple
@@ -77,7 +77,8 @@ class SARCRConfig:
     # Add the cloudy input to the output (the network then predicts a correction, as DSen2-CR does). Off by
     # default: the architecture described maps features straight to the optical bands.
     input_skip: bool = False
-    # Output = input on pixels without cloud or shadow (module docstring); the detector's cloud-score threshold.
+    # Output = input on pixels without cloud or shadow (module docstring); the detector's lower cloud-score
+    # threshold, which counts within a few pixels of confident cloud (rsrestore.models.clear_pixels).
     keep_clear: bool = True
     clear_threshold: float = 0.1
 
