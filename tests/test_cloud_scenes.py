@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -65,3 +67,40 @@ def test_known_mask_reaches_a_sar_model_in_training(tmp_path):
     assert clear_px.any() and (~clear_px).any()
     assert torch.equal(out[0][:, clear_px], batch["input"][0][:, clear_px])
     assert not torch.equal(out[0][:, ~clear_px], batch["input"][0][:, ~clear_px])
+
+
+def test_real_sar_set_puts_synthetic_clouds_over_the_real_triplets_with_their_own_sentinel1(tmp_path):
+    """The cross-source cloud set: each window of each cloud-free SEN12MS-CR patch (here a made-up one in the
+    official layout) under thin and thick clouds, with the patch's own Sentinel-1 window, its clean window as the
+    target and the known mask; the loader reads it as SEN12MS-CR."""
+    import rasterio
+
+    from rsrestore.train.cloud_scenes import REAL_SAR_DRAWS, REAL_SAR_ROI, build_real_sar_set, real_sar_record
+
+    root = tmp_path / "sen12mscr"
+    clean = np.rint(clear_scene(2, 256) * 10000).astype(np.uint16)
+    sar = np.stack([np.linspace(-20, -5, 256 * 256), np.linspace(-28, -12, 256 * 256)]).reshape(2, 256, 256)
+    for folder, name, data in (("ROIs1970_fall_s2/s2_7", "ROIs1970_fall_s2_7_p3.tif", clean),
+                               ("ROIs1970_fall_s1/s1_7", "ROIs1970_fall_s1_7_p3.tif", sar.astype(np.float32))):
+        (root / folder).mkdir(parents=True)
+        with rasterio.open(root / folder / name, "w", driver="GTiff", count=data.shape[0], height=256, width=256,
+                           dtype=str(data.dtype)) as ds:
+            ds.write(data)
+    (root / "ROIs1970_fall_s2/s2_8").mkdir(parents=True)  # a patch without its Sentinel-1 is left out
+    out = tmp_path / "test_real_sar"
+    manifest = build_real_sar_set(root, out, seed=0)
+    assert manifest["record"] == real_sar_record(root, 0)
+    assert manifest["record"]["patches"] == ["ROIs1970_fall_s2_7_p3.tif"]
+    assert len(manifest["test"]) == 4 * 2 * REAL_SAR_DRAWS  # four 128-px windows, thin and thick draws
+    ds = SEN12MSCRDataset(out, split="all")
+    assert len(ds) == len(manifest["test"])
+    by_patch = {int(Path(ds[i]["meta"]["path"]).stem.rsplit("_p", 1)[1]): ds[i] for i in range(len(ds))}
+    for entry in manifest["test"]:
+        item, y, x = by_patch[entry["patch"]], entry["row"], entry["col"]
+        np.testing.assert_allclose(item["target"].numpy(), clean[:, y:y + 128, x:x + 128] / 10000.0, atol=1e-6)
+        expected_sar = (np.clip(sar[:, y:y + 128, x:x + 128], [[[-25.0]], [[-32.5]]], 0) - [[[-25.0]], [[-32.5]]]) \
+            / [[[25.0]], [[32.5]]]
+        np.testing.assert_allclose(item["sar"].numpy(), expected_sar, atol=1e-5)
+        changed = (item["input"] - item["target"]).abs().amax(0) > 1e-4
+        assert changed.any() and (item["mask"][0][changed] == 1).all()
+    assert (out / f"{REAL_SAR_ROI}_mask").is_dir()

@@ -232,6 +232,10 @@ def test_pipeline_section_is_checked_and_ignored_by_the_trainer(tmp_path):
     bad["pipeline"]["links"]["split/train"].append("landsat/train")
     with pytest.raises(ConfigError, match="landsat/train"):
         load_config(write_config(tmp_path / "c.yaml", bad))
+    bad = json.loads(json.dumps(data))
+    bad["pipeline"]["build"] = {"kind": "cloud_triplets", "source": "neon", "real_sar": "sen12mscr"}
+    with pytest.raises(ConfigError, match="pipeline.build.real_sar: 'sen12mscr'"):
+        load_config(write_config(tmp_path / "d.yaml", bad))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def _write_tif(path: Path, data: np.ndarray) -> None:
 
 def write_triplet(
     root: Path, scene: int, patch: int, cloudy: np.ndarray, clear: np.ndarray, sar_db: np.ndarray,
-    mask: np.ndarray | None = None,
+    mask: np.ndarray | None = None, roi: str = ROI,
 ) -> None:
     """One SEN12MS-CR triplet, and with ``mask`` ((1, H, W), 1 = cloud or shadow) the known cloud/shadow mask in
     ``{ROI}_mask/mask_{scene}/`` (uint8 0/1), which the ``sen12mscr`` loader reads where it exists."""
@@ -112,11 +112,11 @@ def write_triplet(
     def dn(x: np.ndarray) -> np.ndarray:
         return np.clip(np.rint(x * 10000.0), 0, 65535).astype(np.uint16)
 
-    _write_tif(root / f"{ROI}_s2_cloudy" / f"s2_cloudy_{scene}" / f"{ROI}_s2_cloudy_{scene}_p{patch}.tif", dn(cloudy))
-    _write_tif(root / f"{ROI}_s2" / f"s2_{scene}" / f"{ROI}_s2_{scene}_p{patch}.tif", dn(clear))
-    _write_tif(root / f"{ROI}_s1" / f"s1_{scene}" / f"{ROI}_s1_{scene}_p{patch}.tif", sar_db.astype(np.float32))
+    _write_tif(root / f"{roi}_s2_cloudy" / f"s2_cloudy_{scene}" / f"{roi}_s2_cloudy_{scene}_p{patch}.tif", dn(cloudy))
+    _write_tif(root / f"{roi}_s2" / f"s2_{scene}" / f"{roi}_s2_{scene}_p{patch}.tif", dn(clear))
+    _write_tif(root / f"{roi}_s1" / f"s1_{scene}" / f"{roi}_s1_{scene}_p{patch}.tif", sar_db.astype(np.float32))
     if mask is not None:
-        _write_tif(root / f"{ROI}_mask" / f"mask_{scene}" / f"{ROI}_mask_{scene}_p{patch}.tif",
+        _write_tif(root / f"{roi}_mask" / f"mask_{scene}" / f"{roi}_mask_{scene}_p{patch}.tif",
                    (mask > 0).astype(np.uint8))
 
 
@@ -185,4 +185,70 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
     data.mkdir(parents=True, exist_ok=True)
     (data / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A held-out set with real Sentinel-1
+
+
+REAL_SAR_ROI = "ROIs9002_realsar"
+REAL_SAR_WINDOW = 128
+REAL_SAR_DRAWS = 2  # cloud draws of each kind per window
+
+
+def real_sar_pairs(sen12mscr: Path) -> list[tuple[Path, Path]]:
+    """(cloud-free optical, Sentinel-1) files of every SEN12MS-CR patch under ``sen12mscr`` that has both."""
+    out = []
+    for s2 in sorted(sen12mscr.glob("*_s2/s2_*/*_s2_*.tif")):
+        season = s2.parent.parent.name[: -len("_s2")]
+        scene = s2.parent.name[len("s2_"):]
+        s1 = sen12mscr / f"{season}_s1" / f"s1_{scene}" / s2.name.replace("_s2_", "_s1_")
+        if s1.is_file():
+            out.append((s2, s1))
+    return out
+
+
+def real_sar_record(sen12mscr: Path, seed: int) -> dict:
+    """What a real-SAR set is made from and how: a set whose manifest records the same is current."""
+    return {"seed": seed, "roi": REAL_SAR_ROI, "window": REAL_SAR_WINDOW, "draws": REAL_SAR_DRAWS,
+            "patches": [s2.name for s2, _ in real_sar_pairs(sen12mscr)]}
+
+
+def build_real_sar_set(sen12mscr: Path, out: Path, seed: int = 0) -> dict:
+    """Synthetic thin and thick clouds (with shadows) over the cloud-free SEN12MS-CR patches, each with its real
+    Sentinel-1 scene, written as SEN12MS-CR triplets (and their cloud/shadow masks) under ``out``: every
+    ``REAL_SAR_WINDOW``-pixel window of each patch under ``REAL_SAR_DRAWS`` thin and as many thick cloud draws. The cloud models train
+    on the two Sentinel-2 scenes with a SAR stand-in; this set is another place, another season and real backscatter.
+    Returns the manifest (also written to ``out/manifest.json``)."""
+    t0 = time.perf_counter()
+    pairs = real_sar_pairs(sen12mscr)
+    if not pairs:
+        raise FileNotFoundError(f"no cloud-free SEN12MS-CR patch with its Sentinel-1 scene under {sen12mscr}")
+    manifest: dict = {
+        "format": "SEN12MS-CR layout (ROI, s1 / s2 / s2_cloudy / mask folders)", "roi": REAL_SAR_ROI, "seed": seed,
+        "window": REAL_SAR_WINDOW, "sar": "real Sentinel-1 (the patch's own, dB as stored)",
+        "clouds": f"rsrestore.physics.clouds.synthesize_clouds, {REAL_SAR_DRAWS} thin and {REAL_SAR_DRAWS} thick draws "
+                  "per window, shadows on",
+        "record": real_sar_record(sen12mscr, seed), "patches": [], "test": [],
+    }
+    k = 0
+    for scene, (s2, s1) in enumerate(pairs, start=1):
+        with rasterio.open(s2) as ds:
+            clean = np.clip(ds.read().astype(np.float32) / 10000.0, 0.0, 1.0)
+        with rasterio.open(s1) as ds:
+            sar_db = ds.read().astype(np.float32)
+        manifest["patches"].append({"scene": scene, "s2": s2.name, "s1": s1.name})
+        w = REAL_SAR_WINDOW
+        for y in range(0, clean.shape[1] - w + 1, w):
+            for x in range(0, clean.shape[2] - w + 1, w):
+                clear = clean[:, y : y + w, x : x + w]
+                for kind in ("thin", "thick") * REAL_SAR_DRAWS:
+                    cloudy, mask, info = _clouds(clear, kind, seed=700_000 + 1000 * seed + k)
+                    write_triplet(out, scene, k, cloudy, clear, sar_db[:, y : y + w, x : x + w], mask, REAL_SAR_ROI)
+                    manifest["test"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
+                    k += 1
+    manifest["seconds"] = round(time.perf_counter() - t0, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

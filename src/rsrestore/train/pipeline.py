@@ -57,6 +57,8 @@ The ``pipeline:`` section (paths are relative to the project root; ``sources.*.p
         planet: {source: planet, n: 60, size: 256, seed: 20261201, folder: runs/other/heldout/planet}
         real: {root: "{data}/sen12mscr", dataset: sen12mscr, verdict: false}   # scored, not part of the verdict
       build: {kind: cloud_triplets, source: sentinel2, per_scene: 160, seed: 0}   # instead of links (clouds)
+      #   with real_sar: sen12mscr, also <work>/test_real_sar: synthetic clouds over the cloud-free SEN12MS-CR
+      #   patches with their real Sentinel-1 (a test set then reads it with root: <work>/test_real_sar)
 
 A training file (resolved) that is also a validation or test file, in any source, is refused at ``prepare``.
 """
@@ -111,10 +113,15 @@ class TestSetSpec:
 
 @dataclass
 class BuildSpec:
+    """Built triplets instead of link folders (clouds): ``cloud_triplets`` from ``source``, and with ``real_sar`` (a
+    source holding SEN12MS-CR patches) a held-out set of synthetic clouds over its cloud-free patches with their real
+    Sentinel-1, in ``<work>/test_real_sar`` (:func:`~rsrestore.train.cloud_scenes.build_real_sar_set`)."""
+
     kind: str
     source: str
     per_scene: int = 160
     seed: int = 0
+    real_sar: str | None = None
 
 
 @dataclass
@@ -191,8 +198,10 @@ def parse_pipeline(data: Mapping[str, Any], model_name: str | None = None) -> Pi
     if spec.build is not None:
         if spec.build.kind not in BUILDERS:
             raise ConfigError(f"pipeline.build.kind: must be one of {', '.join(BUILDERS)}, got {spec.build.kind!r}")
-        if spec.build.source not in spec.source_specs:
-            raise ConfigError(f"pipeline.build.source: {spec.build.source!r} is not in pipeline.sources")
+        for key in ("source", "real_sar"):
+            name = getattr(spec.build, key)
+            if name is not None and name not in spec.source_specs:
+                raise ConfigError(f"pipeline.build.{key}: {name!r} is not in pipeline.sources")
     if not any(t.verdict for t in spec.test_specs.values()):
         raise ConfigError("pipeline.test_sets: at least one held-out set must decide the verdict")
     return spec
@@ -330,6 +339,20 @@ def _build_current(plan: Plan) -> bool:
         "masks" in m
 
 
+def _build_real_sar(plan: Plan) -> str:
+    """The real-Sentinel-1 held-out set of a cloud build, made unless its manifest says it is current."""
+    from .cloud_scenes import build_real_sar_set, real_sar_record
+
+    b, out = plan.spec.build, plan.work / "test_real_sar"
+    root = plan.data / plan.spec.source_specs[b.real_sar].path
+    manifest = out / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("record") == real_sar_record(root, b.seed):
+        return "current"
+    shutil.rmtree(out, ignore_errors=True)
+    build_real_sar_set(root, out, seed=b.seed)
+    return "written"
+
+
 def prepare(plan: Plan, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """The ``prepare`` stage: split lists, link folders (or built triplets) and held-out sets; returns what it did."""
     from ..synthesize import synthesize_dataset
@@ -363,6 +386,8 @@ def prepare(plan: Plan, progress: bool = True, log: Callable[[str], None] | None
             build_cloud_triplets(plan.data / spec.source_specs[b.source].path, plan.work, per_scene=b.per_scene,
                                  seed=b.seed, progress=progress)
             done["build"] = "written"
+        if spec.build.real_sar is not None:
+            done["build real_sar"] = _build_real_sar(plan)
     for name, t in spec.test_specs.items():
         if t.source is None:
             continue
@@ -389,6 +414,9 @@ def prepared(plan: Plan) -> list[str]:
     missing = [str(plan.work / f) for f in plan.spec.links if not (plan.work / f).is_dir()]
     if plan.spec.build is not None and not (plan.work / "manifest.json").is_file():
         missing.append(str(plan.work))
+    if plan.spec.build is not None and plan.spec.build.real_sar is not None and \
+            not (plan.work / "test_real_sar" / "manifest.json").is_file():
+        missing.append(str(plan.work / "test_real_sar"))
     missing += [str(plan.test_folder(n)) for n, t in plan.spec.test_specs.items()
                 if t.source is not None and not (plan.test_folder(n) / "manifest.json").is_file()]
     return missing
