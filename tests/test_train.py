@@ -282,6 +282,17 @@ def test_losses():
     assert float(total) == pytest.approx(float(F.l1_loss(pred, target))) and parts["l1"] == pytest.approx(float(total))
     # A tuple output (AOSR-Net's (J, Phi)) is reduced to its image.
     assert float(build_loss("l1")((pred, None), {"target": target})[0]) == pytest.approx(float(total))
+    # The spectral term: zero for a spectrum scaled by a constant (same angle), positive for a reshaped one.
+    spectral = build_loss("l1", spectral_weight=2.0)
+    _, parts = spectral(0.5 * target, {"target": target})
+    assert parts["spectral"] == pytest.approx(0.0, abs=1e-6) and parts["l1"] > 0
+    reshaped = target.flip(1)
+    total, parts = spectral(reshaped, {"target": target})
+    angle = (1 - F.cosine_similarity(reshaped, target, dim=1)).mean()
+    assert parts["spectral"] == pytest.approx(float(angle), rel=1e-5)
+    assert float(total) == pytest.approx(float(F.l1_loss(reshaped, target) + 2.0 * angle), rel=1e-5)
+    with pytest.raises(ValueError, match="spectral_weight"):
+        build_loss("l1", spectral_weight=-1.0)
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("ssim")
     with pytest.raises(ValueError, match="accepted"):

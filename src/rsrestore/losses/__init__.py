@@ -53,16 +53,30 @@ def _batch_tensor(batch: Mapping[str, Any], key: str, like: Tensor) -> Tensor:
 
 
 class L1Loss(nn.Module):
-    """Mean absolute error between the prediction and ``batch["target"]`` over all pixels and bands."""
+    """Mean absolute error between the prediction and ``batch["target"]`` over all pixels and bands, plus, with
+    ``spectral_weight``, that weight times the mean spectral-angle term ``1 - cos`` between each pixel's predicted
+    and target spectra (the smooth form of SAM: arccos has an infinite slope where the angle is 0). For multispectral
+    outputs, where L1 alone can leave a spectrum's shape wrong at a small mean error."""
 
     model_kwargs: dict[str, Any] = {}
+
+    def __init__(self, spectral_weight: float = 0.0) -> None:
+        super().__init__()
+        if spectral_weight < 0:
+            raise ValueError(f"spectral_weight must be >= 0, got {spectral_weight}")
+        self.spectral_weight = spectral_weight
 
     def forward(self, output: Any, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
         pred = prediction_of(output)
         target = _batch_tensor(batch, "target", pred)
         # In float32 even under autocast: a bf16 mean over a large batch loses the small differences late in training.
-        loss = F.l1_loss(pred.float(), target.float())
-        return loss, {"l1": float(loss.detach())}
+        pred, target = pred.float(), target.float()
+        l1 = F.l1_loss(pred, target)
+        if not self.spectral_weight:
+            return l1, {"l1": float(l1.detach())}
+        angle = (1.0 - F.cosine_similarity(pred, target, dim=1, eps=1e-6)).mean()
+        loss = l1 + self.spectral_weight * angle
+        return loss, {"l1": float(l1.detach()), "spectral": float(angle.detach())}
 
 
 class CARLLoss(nn.Module):
