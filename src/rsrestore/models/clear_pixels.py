@@ -59,10 +59,17 @@ def clear_statistics(x: Tensor) -> dict[str, Tensor]:
     thresholds, the share of confident cloud pixels); empty unless ``x`` has the 13 Sentinel-2 bands it reads."""
     if x.ndim != 4 or x.shape[1] != 13:
         return {}
-    from ..losses.carl import cloud_score, shadow_thresholds
+    from ..losses.carl import cloud_score
 
     x32 = x.float()
-    share = (cloud_score(x32) >= CONFIDENT).double().mean(dim=(1, 2, 3))
+    return _statistics(x32, cloud_score(x32))
+
+
+def _statistics(x32: Tensor, score: Tensor) -> dict[str, Tensor]:
+    """:func:`clear_statistics` of a float32 image whose cloud score is already known."""
+    from ..losses.carl import shadow_thresholds
+
+    share = (score >= CONFIDENT).double().mean(dim=(1, 2, 3))
     return {"shadow_levels": shadow_thresholds(x32), "cloud_share": share}
 
 
@@ -71,9 +78,10 @@ def cloud_mask(x: Tensor, threshold: float = 0.1, stats: dict[str, Tensor] | Non
     ``stats`` are the scene's (:func:`clear_statistics`), by default the image's own."""
     from ..losses.carl import cloud_score, pixel_cloud_score, shadow_mask
 
-    stats = stats if stats and "cloud_share" in stats else clear_statistics(x)
     x32 = x.float()
     score, own = cloud_score(x32), pixel_cloud_score(x32)
+    if not stats or "cloud_share" not in stats:
+        stats = _statistics(x32, score)  # the image's own, from the score just computed
     confident = ((score >= CONFIDENT) | (own >= PIXEL_CONFIDENT)).float()
     faint = ((score >= threshold) | (own >= threshold)).float()
     near = F.max_pool2d(confident, 2 * NEAR_PX + 1, stride=1, padding=NEAR_PX)

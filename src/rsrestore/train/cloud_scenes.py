@@ -218,8 +218,9 @@ def real_sar_record(sen12mscr: Path, seed: int) -> dict:
 def build_real_sar_set(sen12mscr: Path, out: Path, seed: int = 0) -> dict:
     """Synthetic thin and thick clouds (with shadows) over the cloud-free SEN12MS-CR patches, each with its real
     Sentinel-1 scene, written as SEN12MS-CR triplets (and their cloud/shadow masks) under ``out``: every
-    ``REAL_SAR_WINDOW``-pixel window of each patch under ``REAL_SAR_DRAWS`` thin and as many thick cloud draws. The cloud models train
-    on the two Sentinel-2 scenes with a SAR stand-in; this set is another place, another season and real backscatter.
+    ``REAL_SAR_WINDOW``-pixel window of each patch under ``REAL_SAR_DRAWS`` thin and as many thick cloud draws. The
+    cloud models train on the two Sentinel-2 scenes with a SAR stand-in; this set is another place, another season
+    and real backscatter.
     Returns the manifest (also written to ``out/manifest.json``)."""
     t0 = time.perf_counter()
     pairs = real_sar_pairs(sen12mscr)
@@ -234,8 +235,7 @@ def build_real_sar_set(sen12mscr: Path, out: Path, seed: int = 0) -> dict:
     }
     k = 0
     for scene, (s2, s1) in enumerate(pairs, start=1):
-        with rasterio.open(s2) as ds:
-            clean = np.clip(ds.read().astype(np.float32) / 10000.0, 0.0, 1.0)
+        clean = np.clip(_read(s2), 0.0, 1.0)
         with rasterio.open(s1) as ds:
             sar_db = ds.read().astype(np.float32)
         manifest["patches"].append({"scene": scene, "s2": s2.name, "s1": s1.name})
