@@ -12,10 +12,11 @@ each bundled model's output against its own clean input (infinite when the outpu
 
 Detector: synthetic thin and thick clouds with shadows (``rsrestore.physics.clouds.synthesize_clouds``, two draws of
 each per clean scene) give a known cloud/shadow mask; reported are the share of visibly changed pixels (more than
-0.02 in some band) the detector misses, and of all the pixels the clouds changed; and on the two real cloudy
-SEN12MS-CR patches, the share it flags. ``--legacy`` also scores the detector as it was before the hysteresis and
-the shadow gate (cloud score >= 0.1 alone, shadow test on every scene), and the models restoring with it, for
-comparison.
+0.02 in some band) the detector misses, and of all the pixels the clouds changed; the share of the pixels the
+clouds left untouched that it flags (the clear ground of a cloudy scene, which the network would then rewrite); and
+on the two real cloudy SEN12MS-CR patches, the share it flags. ``--legacy`` also scores the detector with the shadow test's levels measured on
+the whole image (clouds included), and as it was before the hysteresis and the shadow gate (cloud score >= 0.1
+alone, shadow test on every scene), and the models restoring with the latter, for comparison.
 
 Usage: python benchmarks/bench_cloud_clean_scenes.py [--crops 4] [--legacy]
        -> benchmarks/results/cloud_clean_scenes.json (--out to write elsewhere)
@@ -33,10 +34,10 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
-from rsrestore.losses.carl import cloud_shadow_mask, pixel_cloud_score
+from rsrestore.losses.carl import cloud_shadow_mask, pixel_cloud_score, shadow_thresholds
 from rsrestore.metrics.full_reference import psnr
 from rsrestore.models import clear_pixels
-from rsrestore.models.clear_pixels import SOFTEN_PX, cloud_mask
+from rsrestore.models.clear_pixels import SOFTEN_PX, clear_statistics, cloud_mask
 from rsrestore.models.registry import load_model
 from rsrestore.physics.clouds import synthesize_clouds
 from rsrestore.physics.sar_standin import sar_standin
@@ -83,6 +84,13 @@ def legacy_mask(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(cloud_shadow_mask(x, 0.1), (pixel_cloud_score(x) >= 0.1).float())
 
 
+def whole_image_shadow_levels(x: torch.Tensor) -> torch.Tensor:
+    """The detector with the shadow test's levels measured on the whole image, clouds included (before they were
+    measured on the clear ground alone)."""
+    stats = clear_statistics(x)
+    return cloud_mask(x, stats={**stats, "shadow_levels": shadow_thresholds(x.float())})
+
+
 def widened(mask: torch.Tensor) -> torch.Tensor:
     """Every pixel the weight of `cloud_weight` touches: the mask widened by twice SOFTEN_PX."""
     return F.max_pool2d(mask, 4 * SOFTEN_PX + 1, stride=1, padding=2 * SOFTEN_PX)
@@ -100,7 +108,7 @@ def detector_rows(scenes: list[dict], detectors: dict) -> dict:
     real = [_read_s2(p) for p in sorted(SEN12.glob("*_s2_cloudy/*/*.tif"))]
     for name, detect in detectors.items():
         clean_flag = [float(widened(detect(torch.from_numpy(s["image"])[None])).mean()) for s in scenes]
-        miss_visible, miss_all = [], []
+        miss_visible, miss_all, clear_flag = [], [], []
         for i, s in enumerate(scenes):
             clean = torch.from_numpy(s["image"])[None]
             for kind in ("thin", "thick"):
@@ -112,12 +120,16 @@ def detector_rows(scenes: list[dict], detectors: dict) -> dict:
                     kept = 1.0 - widened(detect(syn["input"]))
                     miss_visible.append(float((kept * visible).sum() / visible.sum().clamp(min=1)))
                     miss_all.append(float((kept * truth).sum() / truth.sum().clamp(min=1)))
+                    untouched = (1.0 - truth) * (1.0 - visible)
+                    clear_flag.append(float(((1.0 - kept) * untouched).sum() / untouched.sum().clamp(min=1)))
         rows[name] = {
             "clean_flagged_share": {s["name"]: round(v, 4) for s, v in zip(scenes, clean_flag)},
             "synthetic_visible_cloud_missed": {"mean": round(float(np.mean(miss_visible)), 4),
                                                "max": round(float(np.max(miss_visible)), 4)},
             "synthetic_cloud_and_shadow_missed": {"mean": round(float(np.mean(miss_all)), 4),
                                                   "max": round(float(np.max(miss_all)), 4)},
+            "synthetic_clear_pixels_flagged": {"mean": round(float(np.mean(clear_flag)), 4),
+                                               "max": round(float(np.max(clear_flag)), 4)},
             "real_cloudy_flagged_share": [round(float(widened(detect(torch.from_numpy(r)[None])).mean()), 4)
                                           for r in real],
         }
@@ -153,6 +165,7 @@ def main() -> None:
     scenes = clean_scenes(args.crops)
     detectors = {"detector": lambda x: cloud_mask(x)}
     if args.legacy:
+        detectors["shadow levels from the whole image"] = whole_image_shadow_levels
         detectors["legacy (0.1 alone, shadows everywhere)"] = legacy_mask
     result = {
         "what": __doc__.split("\n\n")[0],

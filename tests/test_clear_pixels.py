@@ -14,8 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from rsrestore.cli import app
-from rsrestore.losses.carl import pixel_cloud_score, shadow_mask
-from rsrestore.models.clear_pixels import MIN_CLOUD_SHARE, clear_statistics, cloud_mask
+from rsrestore.losses.carl import pixel_cloud_score, shadow_mask, shadow_thresholds
+from rsrestore.models.clear_pixels import MIN_CLOUD_SHARE, clear_statistics, cloud_mask, compose
 from rsrestore.models.registry import load_model
 from rsrestore.raster import sar_to_unit
 from rsrestore.tiling import restore_array
@@ -65,6 +65,63 @@ def test_shadow_test_applies_only_to_scenes_with_cloud():
     tile = x[..., :32, :32]
     assert not cloud_mask(tile).any()
     assert cloud_mask(tile, stats=clear_statistics(cloudy))[0, 0, 3:9, 3:9].all()
+
+
+def test_shadow_levels_come_from_the_clear_ground_not_the_clouds():
+    x = ground()
+    x[:, :, 40:52, 4:16] *= 0.4                      # a cast shadow on the vegetation
+    whiten(x, slice(0, 64), slice(24, 64), 0.7)      # a cloud over most of the scene
+    # Premise: levels from the whole image are lifted by the cloud until the clear vegetation reads as shadow.
+    whole = shadow_mask(x, shadow_thresholds(x))[0, 0]
+    assert whole[20:36, 4:20].all()
+    m = cloud_mask(x)[0, 0]
+    assert not m[20:36, 4:20].any()                  # the clear vegetation stays clear
+    assert m[42:50, 6:14].all()                      # the shadow is still found
+    assert m[:, 26:].all()                           # and the cloud
+
+
+def test_shadow_levels_fall_back_to_the_whole_image_when_little_is_clear():
+    x = ground()
+    exclude = torch.ones(1, 1, 64, 64, dtype=torch.bool)
+    exclude[..., :4, :4] = False                     # 16 pixels left: too few to measure levels on
+    assert torch.equal(shadow_thresholds(x, exclude), shadow_thresholds(x))
+    exclude[..., :, :32] = False
+    assert not torch.equal(shadow_thresholds(x, exclude), shadow_thresholds(x))
+
+
+def test_training_on_detected_pixels_hands_them_to_the_network_too():
+    x = ground()
+    whiten(x, slice(30, 50), slice(30, 50), 0.7)     # a cloud the detector finds, missing from the known mask
+    known = torch.zeros(1, 1, 64, 64)
+    known[..., 2:10, 40:60] = 1                      # a known cloud the detector does not see
+    pred = torch.full_like(x, 0.5)
+    only_known = compose(pred, x, enabled=True, mask=known, stats=None)
+    both = compose(pred, x, enabled=True, mask=known, stats=None, with_detected=True)
+    assert torch.equal(only_known[..., 35:45, 35:45], x[..., 35:45, 35:45])
+    assert (both[..., 35:45, 35:45] == 0.5).all()
+    assert (both[..., 2:10, 40:60] == 0.5).all() and (only_known[..., 2:10, 40:60] == 0.5).all()
+    assert torch.equal(both[..., 54:, 4:20], x[..., 54:, 4:20])   # clear vegetation stays the input's
+
+
+@pytest.mark.parametrize("name", ["sarcr", "dsen2cr"])
+def test_train_on_detected_applies_in_training_only(name):
+    cfg = {"optical_bands": 13, "sar_bands": 2, "keep_clear": True, "train_on_detected": True}
+    if name == "sarcr":
+        cfg |= {"width": 8, "heads": 2, "patch": 4, "embed_dim": 16, "base_blocks": 1, "expand": 2}
+    else:
+        cfg |= {"features": 8, "blocks": 1}
+    model = load_model(name, weights=None, config=cfg)
+    x = ground()
+    whiten(x, slice(30, 50), slice(30, 50), 0.7)
+    sar = torch.rand(1, 2, 64, 64)
+    known = torch.zeros(1, 1, 64, 64)
+    with torch.no_grad():
+        model.train()
+        trained = model(x, sar, mask=known)
+        model.eval()
+        restored = model(x, sar, mask=known)
+    assert torch.equal(restored, x)                  # a known mask is obeyed as given when restoring
+    assert not torch.equal(trained[..., 35:45, 35:45], x[..., 35:45, 35:45])
 
 
 @pytest.mark.parametrize("name", ["sarcr", "dsen2cr"])

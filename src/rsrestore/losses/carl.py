@@ -98,6 +98,10 @@ def cloud_score(cloudy13: torch.Tensor) -> torch.Tensor:
     return score.clamp(1e-5, 1.0)
 
 
+MIN_LEVEL_PIXELS = 64
+"""Fewest pixels left after ``exclude`` for :func:`shadow_thresholds` to measure the levels on them alone."""
+
+
 def pixel_cloud_score(cloudy13: torch.Tensor) -> torch.Tensor:
     """The minimum of :func:`cloud_score`'s tests at each pixel, (B, 1, H, W), before the closing and the box mean
     (and unclipped: clear pixels go well below 0, which is why the box mean loses thin cloud edges next to them)."""
@@ -115,17 +119,30 @@ def pixel_cloud_score(cloudy13: torch.Tensor) -> torch.Tensor:
     return score
 
 
-def shadow_thresholds(cloudy13: torch.Tensor) -> torch.Tensor:
+def shadow_thresholds(cloudy13: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """The per-image thresholds of :func:`shadow_mask`, (B, 2) float64: T3 = min + 3/4 (mean - min) of the cloud-shadow
     index CSI = (B8 + B11) / 2 and T4 = min + 5/6 (mean - min) of B2 (Zhai et al. 2018, as in DSen2-CR). A restorer
-    computes them once on the whole scene so that every tile of it applies the same test."""
+    computes them once on the whole scene so that every tile of it applies the same test.
+
+    ``exclude`` ((B, 1, H, W) bool, True = left out) takes pixels out of the minimum and the mean, for example the
+    clouds, whose brightness otherwise lifts the mean until most clear ground falls below it; an image with fewer than
+    ``MIN_LEVEL_PIXELS`` pixels left is measured whole."""
     x = _check_s2(cloudy13)
+    keep = None
+    if exclude is not None:
+        keep = ~exclude.to(device=x.device, dtype=torch.bool)
+        enough = keep.flatten(1).sum(1) >= MIN_LEVEL_PIXELS
+        keep = keep | ~enough.view(-1, 1, 1, 1)
 
     def _level(band: torch.Tensor, frac: float) -> torch.Tensor:
         # Statistics in float64: a float32 mean of a flat scene can round above its minimum and flag every pixel.
         band = band.double()
-        lo = band.amin(dim=(1, 2, 3))
-        return lo + frac * (band.mean(dim=(1, 2, 3)) - lo)
+        if keep is None:
+            lo, mean = band.amin(dim=(1, 2, 3)), band.mean(dim=(1, 2, 3))
+        else:
+            lo = torch.where(keep, band, torch.inf).amin(dim=(1, 2, 3))
+            mean = (band * keep).sum(dim=(1, 2, 3)) / keep.sum(dim=(1, 2, 3))
+        return lo + frac * (mean - lo)
 
     csi = 0.5 * (x[:, _B8 : _B8 + 1] + x[:, _B11 : _B11 + 1])
     return torch.stack([_level(csi, 3 / 4), _level(x[:, _B2 : _B2 + 1], 5 / 6)], dim=1)

@@ -44,6 +44,9 @@ class DSen2CRConfig:
     # threshold, which counts within a few pixels of confident cloud (rsrestore.models.clear_pixels).
     keep_clear: bool = True
     clear_threshold: float = 0.1
+    # In training with a known cloud mask, also hand the pixels the detector flags to the network (and so to the
+    # loss): it learns to leave as they are the clear pixels the detector takes for cloud when it restores.
+    train_on_detected: bool = False
 
 
 class ResBlock(nn.Module):
@@ -113,4 +116,4 @@ class DSen2CR(KeepsClearPixels, nn.Module):
             inp = opt
         y = self.tail(self.body(self.head(inp))) + opt
         return compose(y / cfg.optical_gain, x, enabled=cfg.keep_clear, mask=mask, stats=stats,
-                       threshold=cfg.clear_threshold)
+                       threshold=cfg.clear_threshold, with_detected=cfg.train_on_detected and self.training)

@@ -81,6 +81,9 @@ class SARCRConfig:
     # threshold, which counts within a few pixels of confident cloud (rsrestore.models.clear_pixels).
     keep_clear: bool = True
     clear_threshold: float = 0.1
+    # In training with a known cloud mask, also hand the pixels the detector flags to the network (and so to the
+    # loss): it learns to leave as they are the clear pixels the detector takes for cloud when it restores.
+    train_on_detected: bool = False
 
 
 def _check_pair(x: torch.Tensor, sar: torch.Tensor | None, optical_bands: int, sar_bands: int) -> None:
@@ -325,4 +328,4 @@ class SARCloudRemoval(KeepsClearPixels, nn.Module):
         if cfg.input_skip:
             y = y + xp
         return compose(y[..., :h, :w], x, enabled=cfg.keep_clear, mask=mask, stats=stats,
-                       threshold=cfg.clear_threshold)
+                       threshold=cfg.clear_threshold, with_detected=cfg.train_on_detected and self.training)
