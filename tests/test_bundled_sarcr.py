@@ -1,0 +1,86 @@
+"""The bundled SAR-guided cloud-removal weights: they load through the MODELS table with the config they were trained
+with, their metadata records the held-out verdict they shipped on (the cloudy input beaten on PSNR, SSIM, CIEDE2000,
+MAE and SAM on the synthetic columns and on the real-Sentinel-1 set), and over the cloud-free SEN12MS-CR patch with
+its real Sentinel-1 scene (a place and season they never trained on) they remove synthetic clouds while leaving the
+ground the clouds never touched as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+import rsrestore
+from rsrestore.models.registry import MODELS
+from rsrestore.physics.clouds import synthesize_clouds
+from rsrestore.raster import sar_to_unit
+from rsrestore.tiling import restore_array
+
+WEIGHTS = Path(rsrestore.__file__).resolve().parent / "weights" / "sarcr_cloud_s2.safetensors"
+META = WEIGHTS.with_suffix(".json")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sen12mscr"
+CLEAN = DATA / "ROIs1970_fall_s2" / "s2_139" / "ROIs1970_fall_s2_139_p839.tif"
+S1 = DATA / "ROIs1970_fall_s1" / "s1_139" / "ROIs1970_fall_s1_139_p839.tif"
+
+pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason="bundled weights sarcr_cloud_s2.safetensors missing")
+
+
+@pytest.fixture(scope="module")
+def meta() -> dict:
+    return json.loads(META.read_text())
+
+
+def sam_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    cos = (a * b).sum(0) / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0) + 1e-12)
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def test_sha256_metadata_and_the_verdict_they_shipped_on(meta):
+    assert meta["sha256"] == hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
+    assert meta["method"] == "sarcr" and meta["task"] == "cloud" and meta["bands"] == 13
+    decision = meta["heldout_decision"]
+    assert decision["wins"] and decision["baseline"] == "input"
+    assert {"synthetic", "real_sar"} == set(decision["deciding_sets"])
+    for name in decision["deciding_sets"]:
+        ours, cloudy = meta["scores"][name], meta["baseline_scores"][name]["input"]
+        assert ours["psnr"] > cloudy["psnr"] and ours["ssim"] > cloudy["ssim"]
+        assert ours["ciede2000"] < cloudy["ciede2000"] and ours["sam"] < cloudy["sam"]
+
+
+def test_registry_loads_the_config_they_trained_with(meta):
+    model = rsrestore.load_model("sarcr")
+    assert MODELS["sarcr"].weights_path == WEIGHTS and MODELS["sarcr"].experimental
+    assert not model.training and model.cfg.keep_clear
+    for key in ("width", "patch", "embed_dim", "input_skip"):
+        assert getattr(model.cfg, key) == meta["config"][key]
+
+
+def test_clouds_removed_over_real_sentinel1_and_untouched_ground_kept():
+    if not CLEAN.exists():
+        pytest.skip(f"SEN12MS-CR patch 139_p839 not found under {DATA} (the shared data folder is absent)")
+    with rasterio.open(CLEAN) as ds:
+        clean = np.clip(ds.read().astype(np.float32) / 10000.0, 0.0, 1.0)[:, :128, 128:]
+    with rasterio.open(S1) as ds:
+        sar = sar_to_unit(ds.read())[:, :128, 128:]
+    model = rsrestore.load_model("sarcr")
+    gains, kept_sam = [], []
+    for seed, kind in ((3, "thick"), (4, "thin")):
+        syn = synthesize_clouds(torch.from_numpy(clean)[None], torch.Generator().manual_seed(seed), kind=kind,
+                                shadow=True)
+        cloudy = syn["input"][0].numpy()
+        out = np.clip(restore_array(model, cloudy, sar=sar, tile=512, overlap=32), 0.0, 1.0)
+        err_in, err_out = np.abs(cloudy - clean).mean(), np.abs(out - clean).mean()
+        gains.append(err_in / err_out)
+        untouched = (torch.maximum(syn["mask"], syn["shadow"])[0, 0].numpy() == 0) & \
+            (np.abs(cloudy - clean).max(0) == 0)
+        kept_sam.append(float(sam_degrees(out, clean)[untouched].mean()))
+    # Measured: mean absolute error 10x and 13x below the cloudy input's; the untouched ground the detector still
+    # hands to the network stays within 0.65 and 1.58 deg (the former 550-step weights: 0.81 and 2.09).
+    assert min(gains) > 5.0, gains
+    assert max(kept_sam) < 2.0, kept_sam
