@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -395,3 +396,16 @@ def test_rsdehamba_with_numba_scan_matches_reference():
     assert rel_err(y_nb, y_ref) < 1e-5
     for name, grad in g_ref.items():
         assert rel_err(g_nb[name], grad) < 1e-4, name
+
+
+@needs_numba
+def test_numba_float32_kernels_call_no_scalar_libm():
+    """float32 arithmetic stays float32 inside the kernels: a stray Python float in an expression makes it float64,
+    whose exp and log1p are libm's scalar functions, which do not vectorise (the sigmoid of the backward once spent a
+    quarter of its time there)."""
+    from rsrestore.models import scan_numba
+
+    for kernel in (scan_numba._forward_kernel, scan_numba._backward_kernel):
+        float32_sig = next(sig for sig in kernel.signatures if sig[0].dtype == scan_numba.types.float32)
+        calls = set(re.findall(r"\$(\w+)", kernel.inspect_asm(float32_sig)))
+        assert not calls & {"exp", "expf", "log1p", "log1pf", "exp2", "exp2f"}, calls

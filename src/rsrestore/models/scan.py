@@ -36,8 +36,8 @@ Implementations (all numerically the same recurrence):
   on the fly, a task's (N, channels) state in a small local array, no (L, D, N) tensor; a fused backward that
   recomputes states from checkpoints every ``scan_numba.CHECKPOINT`` steps; parallel (``prange``) over (batch,
   group, channel block) on ``torch.get_num_threads()`` threads, at most ``$RSRESTORE_SCAN_THREADS``. The default on
-  the CPU: forward+backward 4.4-4.9x faster than the chunked scan on one thread (CPU time) and 6.5x on two (wall
-  time) at L = 128^2 on a loaded 2-core Xeon. numba is imported (and the kernels compiled, or loaded from numba's
+  the CPU: forward+backward at L = 128^2 5.3x faster than the chunked scan on two threads (wall) and 3.2x on one,
+  on a quiet 2-core AMD EPYC (``benchmarks/results/scan.json``). numba is imported (and the kernels compiled, or loaded from numba's
   cache) on first use, never at import time. :func:`cross_scan_numba` runs G scans of one sequence taken in G
   orders (VMamba's and RSDehamba's four-direction scan) without reordered copies; it takes the step sizes as their
   low-rank factors (Mamba's dt_proj, made in the kernels) and can sum the G outputs as they are made.
@@ -822,7 +822,7 @@ def selective_scan(
     """The selective scan by the best available implementation (or the one named by ``impl``).
 
     ``auto``: the ``mamba_ssm`` CUDA kernel for CUDA tensors when it imports; on the CPU the fused numba kernels when
-    numba imports (forward+backward 5-7x faster than the chunked scan at L = 128^2 on one thread, and parallel;
+    numba imports (forward+backward 3.2x faster than the chunked scan at L = 128^2 on one thread, 5.3x on two;
     ``benchmarks/results/scan.json``), otherwise the chunked scan (plain PyTorch). The numba kernels are compiled
     once per installation (about a minute) and loaded from numba's cache afterwards.
     """

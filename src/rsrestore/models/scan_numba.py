@@ -21,7 +21,9 @@ independent and each sums in a fixed order, so the result does not depend on the
 Backward: the forward keeps the state every ``CHECKPOINT`` steps (L / CHECKPOINT states). The backward walks the
 segments in reverse; for each it recomputes the segment's step sizes, states and decays from its checkpoint into
 per-task buffers of (CHECKPOINT + 1, N, width) values (about 130 kB) and runs the transposed recurrence
-``dh_{t-1} = a_t (dh_t + C_t gy_t)`` through them.
+``dh_{t-1} = a_t (dh_t + C_t gy_t)`` through them. The recompute, which walks forward in time, also copies the
+segment's rows of u, gy, B and C into small buffers, so the reverse walk never waits on main memory (reading them
+there in reverse order cost a fifth of the backward's time at L = 128^2, whose inputs outgrow the caches).
 
 float32 uses :func:`_exp2_32`, a polynomial 2^x written here because numba's LLVM (without Intel's SVML) calls the
 scalar libm ``expf`` for ``math.exp``, which does not vectorise; ``A`` is scaled by log2(e) once per task, so a
@@ -325,6 +327,9 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, 
         acc_bias = np.zeros(w, ft)
         proj_v = _block_rows(proj, d0, w, low_rank)
         rank = proj_v.shape[0]
+        # in the arrays' precision: a Python float would turn float32 arithmetic into float64, and float64's 2^x is
+        # libm's scalar exp (once a quarter of the float32 backward's time)
+        minus_log2e = -ft.type(_LOG2E)
         acc_proj = np.zeros((rank, w), ft)
         for n in range(n_state):
             for j in range(w):
@@ -344,6 +349,12 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, 
         dts = np.empty((CHECKPOINT, w), ft)
         gdt = np.empty(w, ft)
         gdu = np.empty(w, ft)
+        # the segment's rows of u, gy, B and C, copied while the recompute walks forward in time (hardware
+        # prefetchers follow that), so that the backward walk reads cache-resident buffers
+        us = np.empty((CHECKPOINT, w), ft)
+        gys = np.empty((CHECKPOINT, w), ft)
+        bs = np.empty((CHECKPOINT, n_state), ft)
+        cs = np.empty((CHECKPOINT, n_state), ft)
         for s in range(n_seg - 1, -1, -1):
             t0 = s * CHECKPOINT
             steps = min(CHECKPOINT, length - t0)
@@ -353,7 +364,15 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, 
                     hs[0, n, j] = ck[j]
             for k in range(steps):
                 p = pos[g, t0 + k]
-                ur, xk, dtr = u[bi, p, u0:u0 + w], xs[k], dts[k]
+                ur, xk, dtr = us[k], xs[k], dts[k]
+                urg, gyg = u[bi, p, u0:u0 + w], gy[bi, p, y0:y0 + w]
+                gyk = gys[k]
+                for j in range(w):
+                    ur[j] = urg[j]
+                    gyk[j] = gyg[j]
+                for n in range(n_state):
+                    bs[k, n] = B[bi, p, g, n]
+                    cs[k, n] = C[bi, p, g, n]
                 _delta_row(delta, low, proj_v, low_rank, bi, p, g, d0, bias_v, xk)
                 if softplus:
                     for j in range(w):
@@ -362,19 +381,19 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, 
                     for j in range(w):
                         dtr[j] = xk[j]
                 for n in range(n_state):
-                    bn = B[bi, p, g, n]
+                    bn = bs[k, n]
                     for j in range(w):
                         a = _exp2(dtr[j] * a2[n, j])
                         decay[k, n, j] = a
                         hs[k + 1, n, j] = a * hs[k, n, j] + dtr[j] * ur[j] * bn
             for k in range(steps - 1, -1, -1):
                 p = pos[g, t0 + k]
-                dtr, xk, ur, gyr = dts[k], xs[k], u[bi, p, u0:u0 + w], gy[bi, p, y0:y0 + w]
+                dtr, xk, ur, gyr = dts[k], xs[k], us[k], gys[k]
                 for j in range(w):
                     gdt[j] = 0
                     gdu[j] = 0
                 for n in range(n_state):
-                    bn, cn = B[bi, p, g, n], C[bi, p, g, n]
+                    bn, cn = bs[k, n], cs[k, n]
                     sb = ft.type(0)
                     sc = ft.type(0)
                     for j in range(w):
@@ -392,7 +411,7 @@ def _backward_kernel(delta, low, proj, low_rank, bias, softplus, u, A, B, C, D, 
                 for j in range(w):
                     gd = gdt[j] + gdu[j] * ur[j]  # gradient of dt
                     if softplus:  # d softplus(x) / dx = sigmoid(x) = 1 / (1 + 2^(-x log2 e))
-                        gd = gd / (_ONE + _exp2(-xk[j] * _LOG2E))
+                        gd = gd / (_ONE + _exp2(xk[j] * minus_log2e))
                     gdt[j] = gd  # now the gradient of delta
                     acc_bias[j] += gd
                     acc_d[j] += gyr[j] * ur[j]
