@@ -1,8 +1,8 @@
-"""The bundled SAR-guided cloud-removal weights (sarcr and dsen2cr): they load through the MODELS table with the config they were trained
-with, their metadata records the held-out verdict they shipped on (the cloudy input beaten on PSNR, SSIM, CIEDE2000,
-MAE and SAM on the synthetic columns and on the real-Sentinel-1 set), and over the cloud-free SEN12MS-CR patch with
-its real Sentinel-1 scene (a place and season they never trained on) they remove synthetic clouds while leaving the
-ground the clouds never touched as it was.
+"""The bundled SAR-guided cloud-removal weights (sarcr and dsen2cr): they load through the MODELS table with the config
+they were trained with, their metadata records the held-out verdict they shipped on (the cloudy input beaten on PSNR,
+SSIM, CIEDE2000, MAE and SAM on the synthetic columns and on the real-Sentinel-1 set), and over the cloud-free
+SEN12MS-CR patch with its real Sentinel-1 scene (a place and season they never trained on) they remove synthetic
+clouds while leaving the ground the clouds never touched as it was.
 """
 
 from __future__ import annotations
@@ -28,30 +28,34 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sen12mscr"
 CLEAN = DATA / "ROIs1970_fall_s2" / "s2_139" / "ROIs1970_fall_s2_139_p839.tif"
 S1 = DATA / "ROIs1970_fall_s1" / "s1_139" / "ROIs1970_fall_s1_139_p839.tif"
 
-# method: (config keys that must match the weights' metadata, largest spectral angle in degrees allowed on the
-# ground the clouds never touched)
-# Measured: sarcr's mean absolute error 10x and 13x below the cloudy input's, the untouched ground within 0.64 and
-# 1.57 deg (its former 550-step weights: 0.81 and 2.09); dsen2cr's 7.8x and 9.2x, 0.43 and 1.08 deg (its former
-# 1,100-step weights: 5.2x and 6.6x, 0.84 and 2.04 deg).
-CASES = {"sarcr": (("width", "patch", "embed_dim", "input_skip"), 2.0),
-         "dsen2cr": (("features", "blocks", "res_scale", "train_on_detected"), 2.0)}
+# method: the config keys that must match the weights' metadata
+CONFIG_KEYS = {"sarcr": ("width", "patch", "embed_dim", "input_skip"),
+               "dsen2cr": ("features", "blocks", "res_scale", "train_on_detected")}
+# Largest spectral angle (degrees) allowed on the ground the clouds never touched. Measured: sarcr's mean absolute
+# error 10x and 13x below the cloudy input's, the untouched ground within 0.64 and 1.57 deg (its former 550-step
+# weights: 0.81 and 2.09); dsen2cr's 7.8x and 9.2x, 0.43 and 1.08 deg (its former 1,100-step weights: 5.2x and 6.6x,
+# 0.84 and 2.04 deg).
+UNTOUCHED_SAM_MAX = 2.0
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+def weights_path(method: str) -> Path:
+    return WEIGHTS_DIR / f"{method}_cloud_s2.safetensors"
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIG_KEYS))
 def method(request) -> str:
-    if not (WEIGHTS_DIR / f"{request.param}_cloud_s2.safetensors").exists():
-        pytest.skip(f"bundled weights {request.param}_cloud_s2.safetensors missing")
+    if not weights_path(request.param).exists():
+        pytest.skip(f"bundled weights {weights_path(request.param).name} missing")
     return request.param
 
 
 @pytest.fixture(scope="module")
 def meta(method) -> dict:
-    return json.loads((WEIGHTS_DIR / f"{method}_cloud_s2.json").read_text())
+    return json.loads(weights_path(method).with_suffix(".json").read_text())
 
 
 def test_sha256_metadata_and_the_verdict_they_shipped_on(method, meta):
-    weights = WEIGHTS_DIR / f"{method}_cloud_s2.safetensors"
-    assert meta["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert meta["sha256"] == hashlib.sha256(weights_path(method).read_bytes()).hexdigest()
     assert meta["method"] == method and meta["task"] == "cloud" and meta["bands"] == 13
     decision = meta["heldout_decision"]
     assert decision["wins"] and decision["baseline"] == "input"
@@ -64,9 +68,9 @@ def test_sha256_metadata_and_the_verdict_they_shipped_on(method, meta):
 
 def test_registry_loads_the_config_they_trained_with(method, meta):
     model = rsrestore.load_model(method)
-    assert MODELS[method].weights_path == WEIGHTS_DIR / f"{method}_cloud_s2.safetensors" and MODELS[method].experimental
+    assert MODELS[method].weights_path == weights_path(method) and MODELS[method].experimental
     assert not model.training and model.cfg.keep_clear
-    for key in CASES[method][0]:
+    for key in CONFIG_KEYS[method]:
         assert getattr(model.cfg, key) == meta["config"][key]
 
 
@@ -90,4 +94,4 @@ def test_clouds_removed_over_real_sentinel1_and_untouched_ground_kept(method):
             torch.from_numpy(np.abs(cloudy - clean).max(0) == 0)
         kept_sam.append(float(sam(torch.from_numpy(out)[None], torch.from_numpy(clean)[None], mask=untouched[None])[0]))
     assert min(gains) > 5.0, gains
-    assert max(kept_sam) < CASES[method][1], kept_sam
+    assert max(kept_sam) < UNTOUCHED_SAM_MAX, kept_sam

@@ -32,13 +32,13 @@ Implementations (all numerically the same recurrence):
   its working memory is three buffers of ``GROUP_ELEMENTS`` values whatever L. Measured on a 2-core Xeon, one
   thread, D = 4 x 48, N = 16 (``benchmarks/bench_scan.py``): forward+backward 5-6x faster than mambapy's parallel
   scan and than the unbind loop at L = 64^2 and 128^2, and 1/100 of their saved memory.
-* :func:`selective_scan_numba` -- fused CPU kernels compiled by numba (:mod:`.scan_numba`): exp(delta A) computed
-  on the fly, a task's (N, channels) state in a small local array, no (L, D, N) tensor; a fused backward that
-  recomputes states from checkpoints every ``scan_numba.CHECKPOINT`` steps; parallel (``prange``) over (batch,
-  group, channel block) on ``torch.get_num_threads()`` threads, at most ``$RSRESTORE_SCAN_THREADS``. The default on
-  the CPU: forward+backward at L = 128^2 5.3x faster than the chunked scan on two threads (wall) and 3.2x on one,
-  on a quiet 2-core AMD EPYC (``benchmarks/results/scan.json``). numba is imported (and the kernels compiled, or loaded from numba's
-  cache) on first use, never at import time. :func:`cross_scan_numba` runs G scans of one sequence taken in G
+* :func:`selective_scan_numba` -- fused CPU kernels compiled by numba (:mod:`.scan_numba`): exp(delta A) computed on
+  the fly, a task's (N, channels) state in a small local array, no (L, D, N) tensor; a fused backward that recomputes
+  states from checkpoints every ``scan_numba.CHECKPOINT`` steps; parallel (``prange``) over (batch, group, channel
+  block) on ``torch.get_num_threads()`` threads, at most ``$RSRESTORE_SCAN_THREADS``. The default on the CPU:
+  forward+backward at L = 128^2 5.3x faster than the chunked scan on two threads (wall) and 3.2x on one, on a quiet
+  2-core AMD EPYC (``benchmarks/results/scan.json``). numba is imported (and the kernels compiled, or loaded from
+  numba's cache) on first use, never at import time. :func:`cross_scan_numba` runs G scans of one sequence taken in G
   orders (VMamba's and RSDehamba's four-direction scan) without reordered copies; it takes the step sizes as their
   low-rank factors (Mamba's dt_proj, made in the kernels) and can sum the G outputs as they are made.
 * :func:`selective_scan_cuda` -- the CUDA kernel of ``mamba_ssm``, imported on first use, never at import time.
