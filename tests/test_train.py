@@ -121,6 +121,7 @@ run: {steps: 10}
         ({"model": {"name": "aosrnet", "config": {"alpha": 0.5}}}, ["model.config", "alpha"]),
         ({"model": {"name": "nope"}}, ["nope", "dcp"]),
         ({"model": {"name": "dcp"}}, ["model.name", "training-free"]),
+        ({"run": {"steps": 3, "final_weights": "first"}}, ["run.final_weights", "'best'"]),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, aosrnet, change, words):
@@ -426,6 +427,27 @@ def test_sar_model_with_carl_loss(tmp_path, monkeypatch):
     data["model"]["config"]["sar_bands"] = 0
     data["run"]["out_dir"] = str(tmp_path / "run3")
     assert train(parse_config(data)).finished
+
+
+def test_final_weights_best_are_those_of_the_best_validation(tmp_path, aosrnet):
+    """``run.final_weights: best`` (early stopping by a validation set): final.safetensors holds the weights that
+    scored best, not the last ones. A learning rate far too high makes the run get worse after its first steps."""
+    pairs = make_pairs(tmp_path / "pairs")
+    out = tmp_path / "run"
+    data = base_config(pairs, out, steps=8, log_every=1, val_every=1, ckpt_every=8)
+    data["model"]["config"]["width"] = 8
+    data["data"]["val"] = {"kind": "paired", "root": str(pairs)}
+    data["optim"] = {"name": "adam", "lr": 0.5}
+    data["run"]["final_weights"] = "best"
+    train(parse_config(data))
+    meta = json.loads((out / "final.json").read_text())
+    assert meta["final_weights"] == "best" and meta["steps"] == 8
+    assert meta["final_step"] == meta["best_step"] < 8
+    final = registry.read_state_dict(out / "final.safetensors")
+    best = registry.read_state_dict(out / "best.safetensors")
+    last = registry.read_state_dict(out / "checkpoints" / "step_0000008" / "model.safetensors")
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    assert any(not torch.equal(final[k], last[k]) for k in final)
 
 
 def test_dataset_smaller_than_a_batch_is_an_error(tmp_path, aosrnet):

@@ -28,6 +28,9 @@ SCHEDULES = ("constant", "cosine", "exponential", "step")
 INTERVALS = ("step", "epoch")
 DEVICES = ("auto", "cpu", "cuda")
 
+FINAL_WEIGHTS = ("last", "best")  # what a run's final.safetensors holds (see RunConfig)
+
+
 class ConfigError(ValueError):
     """A training configuration that cannot be used, with the dotted key at fault in the message."""
 
@@ -128,6 +131,9 @@ class RunConfig:
     exponential moving average of the weights (e.g. 0.999), used for validation and the final weights.
     ``amp`` runs forward passes under autocast (bfloat16 on the CPU and on GPUs that support it, else float16 with
     loss scaling). ``keep_checkpoints`` keeps only that many newest checkpoints (None keeps all).
+    ``final_weights``: what ``final.safetensors`` holds, the weights at the ``last`` step or those that scored
+    ``best`` on the validation set (with validation data; its step is recorded as ``final_step`` in ``final.json``).
+    Validating on a source never trained on, ``best`` is early stopping by transfer.
     """
 
     out_dir: str = "runs/train"
@@ -146,6 +152,7 @@ class RunConfig:
     max_val_images: int | None = None
     find_unused_parameters: bool = False
     progress: bool = True
+    final_weights: str = "last"
 
 
 @dataclass
@@ -347,6 +354,7 @@ def _validate(cfg: TrainConfig, check_model: bool) -> None:
     _positive("run.keep_checkpoints", run.keep_checkpoints, allow_none=True)
     _positive("run.max_val_images", run.max_val_images, allow_none=True)
     _choice("run.device", run.device, DEVICES)
+    _choice("run.final_weights", run.final_weights, FINAL_WEIGHTS)
     if not run.out_dir:
         raise ConfigError("run.out_dir: must be a folder path")
     if cfg.pipeline is not None:

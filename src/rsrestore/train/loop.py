@@ -8,6 +8,7 @@ by PSNR; every ``ckpt_every`` steps and at the end it writes a checkpoint (:mod:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -347,7 +348,14 @@ class Trainer:
 
     def write_final(self, data_description: dict[str, Any]) -> Path:
         path = self.out_dir / "final.safetensors"
-        atomic_save_weights(self.final_module(), path, {"model": self.cfg.model.name, "step": str(self.step)})
+        best = self.out_dir / "best.safetensors"
+        final_step = self.step
+        if self.cfg.run.final_weights == "best" and self.best_step is not None and best.is_file():
+            final_step = self.best_step
+            atomic_save_weights(_loaded(self.final_module(), best), path,
+                                {"model": self.cfg.model.name, "step": str(final_step)})
+        else:
+            atomic_save_weights(self.final_module(), path, {"model": self.cfg.model.name, "step": str(self.step)})
         meta = {
             "model": self.cfg.model.name,
             "config": plain(dataclasses.asdict(self.model_cfg)),
@@ -355,6 +363,8 @@ class Trainer:
             "file": path.name,
             "ema": self.ema is not None,
             "steps": self.step,
+            "final_weights": self.cfg.run.final_weights,
+            "final_step": final_step,
             "epochs": self.step / self.steps_per_epoch,
             "global_batch_size": self.cfg.data.batch_size * self.ctx.world_size,
             "world_size": self.ctx.world_size,
@@ -494,6 +504,13 @@ class Trainer:
             best_psnr=self.best_psnr,
             wall_time_s=self.elapsed(),
         )
+
+
+def _loaded(module: nn.Module, path: Path) -> nn.Module:
+    """A copy of ``module`` holding the weights of the safetensors file ``path`` (the run's own, same tensors)."""
+    twin = copy.deepcopy(module)
+    twin.load_state_dict(registry.read_state_dict(path))
+    return twin
 
 
 def load_init_weights(model: nn.Module, path: str) -> dict[str, Any]:
