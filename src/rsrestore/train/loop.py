@@ -349,13 +349,10 @@ class Trainer:
     def write_final(self, data_description: dict[str, Any]) -> Path:
         path = self.out_dir / "final.safetensors"
         best = self.out_dir / "best.safetensors"
-        final_step = self.step
+        module, final_step = self.final_module(), self.step
         if self.cfg.run.final_weights == "best" and self.best_step is not None and best.is_file():
-            final_step = self.best_step
-            atomic_save_weights(_loaded(self.final_module(), best), path,
-                                {"model": self.cfg.model.name, "step": str(final_step)})
-        else:
-            atomic_save_weights(self.final_module(), path, {"model": self.cfg.model.name, "step": str(self.step)})
+            module, final_step = _loaded(module, best), self.best_step
+        atomic_save_weights(module, path, {"model": self.cfg.model.name, "step": str(final_step)})
         meta = {
             "model": self.cfg.model.name,
             "config": plain(dataclasses.asdict(self.model_cfg)),
