@@ -143,3 +143,33 @@ def test_every_shared_source_gives_rgb_crops(shared_data: Path):
         assert item["target"].shape == (3, 48, 48), item["meta"]["path"]
         assert item["meta"]["crop"]["invalid"] <= 0.05, item["meta"]["path"]
         assert 0.05 < float(item["target"].mean()) < 0.95, item["meta"]["path"]  # neither black nor blown out
+
+
+def test_dark_object_levels_are_the_files_own_darkest_values_per_band(tmp_path: Path):
+    data = (ramp(3, 60, 60) * 255).astype(np.uint8)  # band b starts at 0.1 + 0.1 b, darkest in the top-left corner
+    path = make_geotiff(tmp_path / "veiled.tif", data)
+    level = CleanCrops([path], 32).dark_levels(0)
+    assert np.allclose(level, data.reshape(3, -1).min(1) / 255, atol=2 / 255)
+    # a stretched file: the level in stretched units, where the stretch floor (0.5 %) is already near zero
+    dn = (6000 + 3000 * ramp(3, 60, 60) / ramp(3, 60, 60).max()).astype(np.uint16)
+    stretched = CleanCrops([make_geotiff(tmp_path / "dn.tif", dn)], 32, stretch="auto").dark_levels(0)
+    assert (stretched >= 0).all() and (stretched < 0.01).all()
+
+
+def test_dark_object_targets_take_the_files_level_off_and_keep_the_input(tmp_path: Path):
+    data = (ramp(3, 80, 80) * 255).astype(np.uint8)
+    path = make_geotiff(tmp_path / "veiled.tif", data)
+    options = dict(size=32, length=6, seed=3, colour_jitter=0.05, clean_fraction=0.3)
+    plain = SyntheticDataset(path, **options)
+    dark = SyntheticDataset(path, dark_object=True, **options)
+    level = torch.from_numpy(dark.crops.dark_levels(0))
+    assert (level > 0.09).all()
+    for i in range(6):
+        a, b = plain[i], dark[i]
+        assert torch.equal(a["input"], b["input"])  # the hazy (or clean) input is made from the crop as it is
+        gains = torch.tensor(b["meta"]["crop"]["gains"])
+        want = (a["target"] - (level * gains)[:, None, None]).clamp_min(0)
+        assert torch.allclose(b["target"], want, atol=1e-6)
+        assert np.allclose(b["meta"]["dark_object"], (level * gains).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="dark_object"):
+        SyntheticDataset(path, dark_object="yes")

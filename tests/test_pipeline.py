@@ -340,3 +340,15 @@ def test_a_held_out_set_cut_with_another_offset_is_stale(trained, tmp_path):
     other = pl.make_plan(write_config(tmp_path / "offset.yaml", changed), data=data)
     assert not pl._test_set_current(other, "planet", None)
     assert pl._test_set_current(other, "neon", None)  # an untiled source's set is unaffected
+
+
+def test_a_held_out_set_with_dark_object_references_is_its_own_set(trained, tmp_path):
+    """Turning on dark_object makes the set stale (its references differ); the table says what its references are."""
+    tmp, config, data, _, _ = trained
+    changed = yaml.safe_load(config.read_text())
+    changed["pipeline"]["test_sets"]["neon"]["dark_object"] = True
+    plan = pl.make_plan(write_config(tmp_path / "dark.yaml", changed), data=data)
+    assert not pl._test_set_current(plan, "neon", None)
+    assert pl._test_set_current(plan, "planet", None)
+    assert "dark-object subtracted" in pl.test_descriptions(plan)["neon"]["references"]
+    assert "references" not in pl.test_descriptions(plan)["planet"]

@@ -245,3 +245,35 @@ def test_sensor_effects_in_written_datasets(rgb_folder: Path, tmp_path: Path):
         assert (restore_from_phi(i_u, torch.from_numpy(stored["phi"])) - j_u).abs().max() < 1e-6
     with pytest.raises(ValueError, match="jpeg_strength"):
         synthesize_dataset(rgb_folder, tmp_path / "bad", "haze", n=1, progress=False, sensor={"jpeg_strength": 1})
+
+
+def test_dark_object_references_keep_the_inputs_and_regenerate(tmp_path: Path):
+    for seed in range(2):  # scenes under a veil: nothing darker than 50 / 255 in any band
+        path = write_png(tmp_path / "veiled" / f"{seed}.png", 48, 48, seed)
+        Image.fromarray((50 + np.asarray(Image.open(path)) * 0.7).astype(np.uint8)).save(path)
+    src = tmp_path / "veiled"
+    plain = synthesize_dataset(src, tmp_path / "p", "haze", n=4, size=32, seed=5, progress=False)
+    dark = synthesize_dataset(src, tmp_path / "d", "haze", n=4, size=32, seed=5, progress=False, dark_object=True)
+    m = load_manifest(dark)
+    assert m["dark_object"] is True and load_manifest(plain)["dark_object"] is False
+    for rec in m["samples"]:
+        stored, before = read_sample(dark, rec["index"]), read_sample(plain, rec["index"])
+        assert np.array_equal(stored["input"], before["input"])
+        level = np.asarray(rec["dark_object"])
+        assert level.shape == (3,) and (level >= 49 / 255).all() and (level < 60 / 255).all()
+        want = np.clip(before["target"].astype(np.float64) / 255 - level[:, None, None], 0, None)
+        assert np.abs(stored["target"].astype(np.float64) / 255 - want).max() <= 0.5 / 255 + 1e-9
+        again = regenerate_sample(dark, rec["index"])
+        assert all(np.array_equal(again[k], stored[k]) for k in stored)
+
+
+def test_cli_dark_object_flag(rgb_folder: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from rsrestore.cli import app
+
+    r = CliRunner().invoke(app, ["synthesize", str(rgb_folder), "-o", str(tmp_path / "d"), "--kind", "haze", "--n",
+                                 "2", "--size", "32", "-q", "--dark-object"])
+    assert r.exit_code == 0, r.output
+    m = load_manifest(tmp_path / "d")
+    assert m["dark_object"] is True and all(len(s["dark_object"]) == 3 for s in m["samples"])

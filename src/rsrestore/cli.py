@@ -431,6 +431,9 @@ def synthesize(
     size: int = typer.Option(256, help="Crop size in pixels."),
     seed: int = typer.Option(0, help="Seed: the same seed regenerates the dataset bit for bit."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder."),
+    dark_object: bool = typer.Option(False, "--dark-object", help="Targets less each source file's dark-object "
+                                     "level per band (its 0.1 % percentile: the path radiance, itself a veil of "
+                                     "haze); the inputs are unchanged."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Synthesise degraded/clean pairs from clean imagery with the physics models.
@@ -445,7 +448,7 @@ def synthesize(
 
     sources = clean[0] if len(clean) == 1 else list(clean)
     path = _run(synthesize_dataset, sources, out, kind, preset=preset, n=n, size=size, seed=seed, progress=not quiet,
-                overwrite=overwrite)
+                overwrite=overwrite, dark_object=dark_object)
     typer.echo(f"wrote {n} {kind} pairs to {path}")
 
 

@@ -299,8 +299,10 @@ def _make_sample(
     wavelengths_nm: Sequence[float] | None,
     shadow: bool,
     sensor: bool | float | dict = 0.0,
+    dark: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """Generate one sample (arrays exactly as stored, plus its manifest record) from its seed."""
+    """Generate one sample (arrays exactly as stored, plus its manifest record) from its seed; `dark` (per band) is
+    taken off the stored target only."""
     g = torch.Generator().manual_seed(sample_seed_)
     _, height, width = image_shape(path)
     window = draw_window(g, height, width, size)
@@ -316,7 +318,8 @@ def _make_sample(
         degraded, drawn = degrade_sensor(degraded, g, effects)
         sensor_params = sample_params(drawn, 0)
 
-    stored = {"input": _stored(degraded[0].numpy()), "target": _stored(clean)}
+    target = clean if dark is None else np.clip(clean - dark[:, None, None], 0.0, None).astype(clean.dtype)
+    stored = {"input": _stored(degraded[0].numpy()), "target": _stored(target)}
     if kind == "dust":
         # Phi for the stored, quantised pair, so Eq. 5 maps the file `input` to the file `target`.
         i_q = torch.from_numpy(_as_unit(stored["input"]))
@@ -333,6 +336,8 @@ def _make_sample(
     }
     if chance > 0:
         record["sensor"] = sensor_params
+    if dark is not None:
+        record["dark_object"] = [round(float(v), 6) for v in dark]
     return stored, record
 
 
@@ -352,6 +357,7 @@ def synthesize_dataset(
     shadow: bool = True,
     overwrite: bool = False,
     sensor: bool | float | dict = 0.0,
+    dark_object: bool = False,
 ) -> Path:
     """Write a synthetic paired dataset of `n` crops of `size` x `size` degraded by `kind` (see the module docstring).
 
@@ -368,6 +374,9 @@ def synthesize_dataset(
         sensor: chance that a sample's degraded input also gets blur, noise, JPEG and band misregistration (or a
             mapping of :class:`~rsrestore.physics.sensor.SensorPreset` fields plus ``probability``), as the
             ``synthetic`` dataset's option of the same name; the drawn effects go into the manifest.
+        dark_object: each target is the clean crop less its source file's dark-object level per band (the 0.1 %
+            percentile of the file), as the ``synthetic`` dataset's option of the same name; the inputs are those
+            made without it (the same seed gives the same inputs).
 
     Returns the output folder.
     """
@@ -405,10 +414,18 @@ def synthesize_dataset(
             from tqdm import tqdm
 
             it = tqdm(it, desc=f"synthesize {kind}", unit="img")
+        levels = None
+        if dark_object:
+            from .data.clean_crops import CleanCrops
+
+            one_based = None if bands is None else [int(b) + 1 for b in bands]
+            levels = CleanCrops(files, size, one_based, scale)
         for i in it:
-            path = files[order[i % len(files)]]
+            fi = order[i % len(files)]
+            path = files[fi]
             stored, record = _make_sample(kind, path, sample_seed(seed, i), size, preset, scale, bands,
-                                          wavelengths_nm, shadow, sensor)
+                                          wavelengths_nm, shadow, sensor,
+                                          None if levels is None else levels.dark_levels(fi))
             bands_seen.add(stored["target"].shape[0])
             if len(bands_seen) > 1:
                 raise ValueError(f"sources have different band counts ({sorted(bands_seen)}); pass bands= to pick some")
@@ -433,6 +450,7 @@ def synthesize_dataset(
             "wavelengths_nm": None if wavelengths_nm is None else [float(w) for w in wavelengths_nm],
             "shadow": shadow,
             "sensor": sensor,
+            "dark_object": bool(dark_object),
             "clean_root": str(root),
             "num_sources": len(files),
             "phi": {"alpha": PHI_ALPHA, "beta": PHI_BETA} if kind == "dust" else None,
@@ -513,7 +531,8 @@ def regenerate_sample(dataset: str | Path | dict, index: int, clean_root: str | 
     if not path.is_file():
         raise FileNotFoundError(f"clean source {path} not found; pass clean_root= to say where the images are")
     stored, again = _make_sample(m["kind"], path, rec["seed"], m["size"], m["preset"], m["scale"], m["bands"],
-                                 m["wavelengths_nm"], m["shadow"], m.get("sensor", 0.0))
+                                 m["wavelengths_nm"], m["shadow"], m.get("sensor", 0.0),
+                                 None if "dark_object" not in rec else np.asarray(rec["dark_object"], np.float32))
     if again["window"] != rec["window"] or again["preset"] != rec["preset"]:
         raise RuntimeError(f"sample {index}: the regenerated crop/preset differ from the manifest "
                            f"({again['window']}, {again['preset']} vs {rec['window']}, {rec['preset']})")

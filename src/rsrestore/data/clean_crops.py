@@ -40,6 +40,7 @@ __all__ = ["CleanCrops", "rgb_bands_of", "STRETCH_MODES"]
 
 STRETCH_MODES = ("none", "auto", "all")
 _MAX_TRIES = 8
+DARK_OBJECT_PERCENTILE = 0.1
 # Sentinel-2 and Landsat 8/9 number red, green and blue alike (B4, B3, B2); Landsat 4-7 do not, so a bare "B3" is only
 # read as red-green-blue by these numbers when the file says nothing else.
 _NAMES = {"red": 0, "green": 1, "blue": 2}
@@ -131,6 +132,7 @@ class CleanCrops:
         self.colour_jitter = float(colour_jitter)
         self._info: dict[int, Any] = {}
         self._stretch: dict[int, tuple[float, float] | None] = {}
+        self._dark: dict[int, np.ndarray] = {}
 
     # -- per file --------------------------------------------------------------------------------------------------
 
@@ -168,16 +170,33 @@ class CleanCrops:
             self._stretch[fi] = self._percentiles(fi) if wanted else None
         return self._stretch[fi]
 
-    def _percentiles(self, fi: int) -> tuple[np.ndarray, np.ndarray]:
+    def dark_levels(self, fi: int) -> np.ndarray:
+        """Per-band dark-object level of file `fi` in crop units (after its stretch): the 0.1 % percentile of its
+        valid pixels, the path radiance a dark-object subtraction (Chavez 1988) takes off the whole scene."""
+        if fi not in self._dark:
+            sample = self._sample(fi)
+            level = np.percentile(sample, DARK_OBJECT_PERCENTILE, axis=1) if sample.size else np.zeros(len(sample))
+            limits = self.stretch_of(fi)
+            if limits is not None:
+                level = (level - limits[0]) / (limits[1] - limits[0])
+            self._dark[fi] = np.clip(level, 0.0, 1.0).astype(np.float32)
+        return self._dark[fi]
+
+    def _sample(self, fi: int) -> np.ndarray:
+        """Up to about a quarter-million valid pixels (C, N) of file `fi`, for its percentiles (not kept: a source of
+        thousands of tiles would hold them all)."""
         from ..raster import read_raster
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             values, valid, _ = read_raster(self.files[fi], bands=self.bands_of(fi), scale=self.scale)
         step = max(1, int(math.sqrt(valid.size / 250_000)))  # a quarter-million pixels are plenty for percentiles
-        sample = values[:, ::step, ::step][:, valid[::step, ::step]]
+        return values[:, ::step, ::step][:, valid[::step, ::step]]
+
+    def _percentiles(self, fi: int) -> tuple[np.ndarray, np.ndarray]:
+        sample = self._sample(fi)
         if sample.size == 0:
-            return np.zeros(len(values), np.float32), np.ones(len(values), np.float32)
+            return np.zeros(len(sample), np.float32), np.ones(len(sample), np.float32)
         # per band: top-of-atmosphere data (Landsat L1 DN, Sentinel-2 L1C) carry the atmosphere's blue offset, which a
         # joint stretch would keep as a cyan cast
         lo, hi = np.percentile(sample, [0.5, 99.5], axis=1)

@@ -111,6 +111,7 @@ class SyntheticDataset(Dataset):
         rotate: bool = False,
         brightness_jitter: float = 0.0,
         colour_jitter: float = 0.0,
+        dark_object: bool = False,
     ) -> None:
         if crop is not None:
             size = crop
@@ -145,6 +146,9 @@ class SyntheticDataset(Dataset):
         self.clean_fraction = clean_fraction
         self.sensor = sensor
         self.epoch = 0
+        if not isinstance(dark_object, bool):
+            raise ValueError(f"dark_object must be true or false; got {dark_object!r}")
+        self.dark_object = dark_object
         crop_options = {"band_map": band_map, "stretch": stretch, "scale_jitter": scale_jitter, "rotate": rotate,
                         "brightness_jitter": brightness_jitter, "colour_jitter": colour_jitter}
         self.crops = CleanCrops(self.files, size, self.bands, scale, max_invalid=max_invalid, **crop_options)
@@ -191,6 +195,11 @@ class SyntheticDataset(Dataset):
         # Draws that a feature switched off would make are skipped, so items stay as they were without it.
         keep_clean = self.clean_fraction > 0 and bool(uniform(g, 1)[0] < self.clean_fraction)
         item: dict[str, Any] = {"target": clean}
+        dark = None
+        if self.dark_object:
+            gains = cut["gains"]
+            dark = torch.from_numpy(self.crops.dark_levels(fi)) * (1.0 if gains is None else torch.tensor(gains))
+            item["target"] = (clean - dark[:, None, None]).clamp_min(0.0)
         sensor_params = None
         if keep_clean:
             preset, params = "clean", {}
@@ -213,7 +222,7 @@ class SyntheticDataset(Dataset):
                 item["mask"] = out["mask"][0].contiguous()
         if kind == "dust":
             # Eq. 5 of AOSR-Net maps this input (clean, or after the sensor) to the target exactly.
-            item["phi"] = phi_from_clean(clean, item["input"], PHI_ALPHA, PHI_BETA).contiguous()
+            item["phi"] = phi_from_clean(item["target"], item["input"], PHI_ALPHA, PHI_BETA).contiguous()
         item["meta"] = {
             "name": f"{path.stem}_{index}",
             "path": str(path),
@@ -229,6 +238,8 @@ class SyntheticDataset(Dataset):
         }
         if self.sensor > 0:
             item["meta"]["sensor"] = sensor_params
+        if dark is not None:
+            item["meta"]["dark_object"] = [round(float(v), 6) for v in dark]
         if self._crop_options:
             item["meta"]["crop"] = {k: cut[k] for k in ("zoom", "angle", "gains", "stretch", "invalid", "bands")}
         return item

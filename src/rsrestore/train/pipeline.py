@@ -93,7 +93,8 @@ class TestSetSpec:
     """A held-out set: ``n`` crops of ``size`` synthesised (``kind``, default the task's) from the test files of
     ``source`` into ``folder`` (default ``<work>/heldout/<name>``), or an existing dataset at ``root`` (``{data}``
     is the data root) read as ``dataset`` (its ``split``: default the evaluator's, the test split of a dataset that
-    has splits). ``verdict: false`` scores it without letting it decide."""
+    has splits). ``verdict: false`` scores it without letting it decide; ``dark_object: true`` takes each source
+    file's dark-object level off the references (see the ``synthetic`` dataset's option)."""
 
     source: str | None = None
     n: int | None = None
@@ -109,6 +110,7 @@ class TestSetSpec:
     split: str | None = None
     verdict: bool = True
     describe: str = ""
+    dark_object: bool = False
 
 
 @dataclass
@@ -301,8 +303,8 @@ def _test_set_current(plan: Plan, name: str, files: Sequence[Path] | None) -> bo
         return False
     m = json.loads(manifest.read_text())
     want = {"kind": t.kind or plan.spec.task, "n": t.n, "size": t.size, "seed": t.seed, "preset": t.preset,
-            "scale": t.scale, "bands": t.bands}
-    if any(m.get(k) != v for k, v in want.items()):
+            "scale": t.scale, "bands": t.bands, "dark_object": t.dark_object}
+    if any(m.get(k, False if k == "dark_object" else None) != v for k, v in want.items()):
         return False
     source = plan.spec.source_specs[t.source] if t.source else None
     if source is not None and source.tiles and _tiles_made(Path(m.get("clean_root", "")), source) != \
@@ -403,7 +405,8 @@ def prepare(plan: Plan, progress: bool = True, log: Callable[[str], None] | None
             files = [tile for f in plan.test_files(name) for tile in valid_tiles(f, tiles_dir, s.tiles, s.offset)]
             (tiles_dir / TILES_RECORD).write_text(json.dumps(_tiles_wanted(s)) + "\n")
         synthesize_dataset(files, plan.test_folder(name), kind=t.kind or spec.task, preset=t.preset, n=t.n,
-                           size=t.size, seed=t.seed, progress=progress, scale=t.scale, bands=t.bands, overwrite=True)
+                           size=t.size, seed=t.seed, progress=progress, scale=t.scale, bands=t.bands, overwrite=True,
+                           dark_object=t.dark_object)
         done[f"heldout {name}"] = "written"
     log("prepare: " + ", ".join(f"{k} {v}" for k, v in done.items()))
     return done
@@ -631,6 +634,8 @@ def test_descriptions(plan: Plan) -> dict:
             d |= {"images": t.n, "size": t.size, "seed": t.seed, "kind": t.kind or plan.spec.task,
                   "presets": t.preset or "classic, drawn per image", "scale": t.scale,
                   "clean_files": len(plan.test_files(name)), "from": frm}
+            if t.dark_object:
+                d["references"] = "dark-object subtracted (each source file's 0.1 % percentile per band taken off)"
         if t.describe:
             d["describe"] = t.describe
         out[name] = d
@@ -687,6 +692,8 @@ def write_table(plan: Plan, scores: Mapping, decision: Mapping) -> tuple[Path, P
         n = next(iter(table.values())).get("n")
         head = (f"{n} crops of {t['size']}x{t['size']} from {t['from']}" if "from" in t
                 else f"{n} images: {t.get('describe') or t['folder']}")
+        if "references" in t:
+            head += f"; references {t['references']}"
         lines += [f"## {name}: {head}" + ("" if t["decides"] else " (recorded, not deciding)"), ""]
         lines += score_table(table, labels)
         worse = [k for k, ok in decision[f"vs_{spec.baseline}"].get(name, {}).items() if not ok]
