@@ -11,7 +11,7 @@ import torch
 from conftest import make_geotiff
 from PIL import Image
 
-from rsrestore.data.clean_crops import CleanCrops, rgb_bands_of
+from rsrestore.data.clean_crops import CleanCrops, remove_veil, rgb_bands_of
 from rsrestore.data.synthetic import SyntheticDataset
 from rsrestore.raster import inspect_raster
 
@@ -156,7 +156,20 @@ def test_dark_object_levels_are_the_files_own_darkest_values_per_band(tmp_path: 
     assert (stretched >= 0).all() and (stretched < 0.01).all()
 
 
-def test_dark_object_targets_take_the_files_level_off_and_keep_the_input(tmp_path: Path):
+def test_remove_veil_inverts_a_white_veil_and_keeps_greys_and_whites():
+    j = torch.rand(3, 16, 16)
+    j[:, 0, 0] = 1.0
+    j[:, 1, 1] = torch.tensor([0.0, 0.3, 0.6])
+    veiled = j * 0.8 + 0.2  # a uniform white veil of 0.2
+    out, veil = remove_veil(veiled, [0.25, 0.2, 0.3])  # the lowest band level is the veil
+    assert veil == pytest.approx(0.2) and torch.allclose(out, j, atol=1e-6)
+    grey = torch.full((3, 4, 4), 0.6)
+    lifted, _ = remove_veil(grey, [0.1, 0.2, 0.3])
+    assert torch.allclose(lifted, torch.full_like(grey, 0.5 / 0.9))
+    assert remove_veil(torch.ones(3, 2, 2), [0.4])[0].eq(1).all()
+
+
+def test_dark_object_targets_lift_the_files_veil_and_keep_the_input(tmp_path: Path):
     data = (ramp(3, 80, 80) * 255).astype(np.uint8)
     path = make_geotiff(tmp_path / "veiled.tif", data)
     options = dict(size=32, length=6, seed=3, colour_jitter=0.05, clean_fraction=0.3)
@@ -167,9 +180,8 @@ def test_dark_object_targets_take_the_files_level_off_and_keep_the_input(tmp_pat
     for i in range(6):
         a, b = plain[i], dark[i]
         assert torch.equal(a["input"], b["input"])  # the hazy (or clean) input is made from the crop as it is
-        gains = torch.tensor(b["meta"]["crop"]["gains"])
-        want = (a["target"] - (level * gains)[:, None, None]).clamp_min(0)
-        assert torch.allclose(b["target"], want, atol=1e-6)
-        assert np.allclose(b["meta"]["dark_object"], (level * gains).numpy(), atol=1e-5)
+        veil = float((level * torch.tensor(b["meta"]["crop"]["gains"])).min())
+        assert b["meta"]["dark_object"] == pytest.approx(veil, abs=1e-5)
+        assert torch.allclose(b["target"], ((a["target"] - veil) / (1 - veil)).clamp(0, 1), atol=1e-5)
     with pytest.raises(ValueError, match="dark_object"):
         SyntheticDataset(path, dark_object="yes")

@@ -350,5 +350,5 @@ def test_a_held_out_set_with_dark_object_references_is_its_own_set(trained, tmp_
     plan = pl.make_plan(write_config(tmp_path / "dark.yaml", changed), data=data)
     assert not pl._test_set_current(plan, "neon", None)
     assert pl._test_set_current(plan, "planet", None)
-    assert "dark-object subtracted" in pl.test_descriptions(plan)["neon"]["references"]
+    assert "without their scene's veil" in pl.test_descriptions(plan)["neon"]["references"]
     assert "references" not in pl.test_descriptions(plan)["planet"]

@@ -299,10 +299,10 @@ def _make_sample(
     wavelengths_nm: Sequence[float] | None,
     shadow: bool,
     sensor: bool | float | dict = 0.0,
-    dark: np.ndarray | None = None,
+    dark: Sequence[float] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """Generate one sample (arrays exactly as stored, plus its manifest record) from its seed; `dark` (per band) is
-    taken off the stored target only."""
+    """Generate one sample (arrays exactly as stored, plus its manifest record) from its seed; the veil of the
+    dark-object levels `dark` (:func:`~rsrestore.data.clean_crops.remove_veil`) is taken off the stored target only."""
     g = torch.Generator().manual_seed(sample_seed_)
     _, height, width = image_shape(path)
     window = draw_window(g, height, width, size)
@@ -318,7 +318,12 @@ def _make_sample(
         degraded, drawn = degrade_sensor(degraded, g, effects)
         sensor_params = sample_params(drawn, 0)
 
-    target = clean if dark is None else np.clip(clean - dark[:, None, None], 0.0, None).astype(clean.dtype)
+    target, veil = clean, None
+    if dark is not None:
+        from .data.clean_crops import remove_veil
+
+        lifted, veil = remove_veil(torch.from_numpy(clean), dark)
+        target = lifted.numpy().astype(clean.dtype)
     stored = {"input": _stored(degraded[0].numpy()), "target": _stored(target)}
     if kind == "dust":
         # Phi for the stored, quantised pair, so Eq. 5 maps the file `input` to the file `target`.
@@ -336,8 +341,8 @@ def _make_sample(
     }
     if chance > 0:
         record["sensor"] = sensor_params
-    if dark is not None:
-        record["dark_object"] = [round(float(v), 6) for v in dark]
+    if veil is not None:
+        record["dark_object"] = round(veil, 6)
     return stored, record
 
 
@@ -374,9 +379,9 @@ def synthesize_dataset(
         sensor: chance that a sample's degraded input also gets blur, noise, JPEG and band misregistration (or a
             mapping of :class:`~rsrestore.physics.sensor.SensorPreset` fields plus ``probability``), as the
             ``synthetic`` dataset's option of the same name; the drawn effects go into the manifest.
-        dark_object: each target is the clean crop less its source file's dark-object level per band (the 0.1 %
-            percentile of the file), as the ``synthetic`` dataset's option of the same name; the inputs are those
-            made without it (the same seed gives the same inputs).
+        dark_object: each target is the clean crop without its source file's veil (the lowest of its bands' 0.1 %
+            percentiles, :func:`~rsrestore.data.clean_crops.remove_veil`), as the ``synthetic`` dataset's option of
+            the same name; the inputs are those made without it (the same seed gives the same inputs).
 
     Returns the output folder.
     """
@@ -532,7 +537,7 @@ def regenerate_sample(dataset: str | Path | dict, index: int, clean_root: str | 
         raise FileNotFoundError(f"clean source {path} not found; pass clean_root= to say where the images are")
     stored, again = _make_sample(m["kind"], path, rec["seed"], m["size"], m["preset"], m["scale"], m["bands"],
                                  m["wavelengths_nm"], m["shadow"], m.get("sensor", 0.0),
-                                 None if "dark_object" not in rec else np.asarray(rec["dark_object"], np.float32))
+                                 None if "dark_object" not in rec else [rec["dark_object"]])
     if again["window"] != rec["window"] or again["preset"] != rec["preset"]:
         raise RuntimeError(f"sample {index}: the regenerated crop/preset differ from the manifest "
                            f"({again['window']}, {again['preset']} vs {rec['window']}, {rec['preset']})")

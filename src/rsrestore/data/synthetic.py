@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from ..physics.noise import randint, uniform
 from ..physics.sanddust import PHI_ALPHA, PHI_BETA, phi_from_clean
 from ..physics.sensor import degrade_sensor, sensor_setting
-from .clean_crops import CleanCrops
+from .clean_crops import CleanCrops, remove_veil
 from .common import check_bands
 from ..synthesize import (
     KINDS,
@@ -195,11 +195,11 @@ class SyntheticDataset(Dataset):
         # Draws that a feature switched off would make are skipped, so items stay as they were without it.
         keep_clean = self.clean_fraction > 0 and bool(uniform(g, 1)[0] < self.clean_fraction)
         item: dict[str, Any] = {"target": clean}
-        dark = None
+        veil = None
         if self.dark_object:
             gains = cut["gains"]
-            dark = torch.from_numpy(self.crops.dark_levels(fi)) * (1.0 if gains is None else torch.tensor(gains))
-            item["target"] = (clean - dark[:, None, None]).clamp_min(0.0)
+            levels = torch.from_numpy(self.crops.dark_levels(fi)) * (1.0 if gains is None else torch.tensor(gains))
+            item["target"], veil = remove_veil(clean, levels)
         sensor_params = None
         if keep_clean:
             preset, params = "clean", {}
@@ -238,8 +238,8 @@ class SyntheticDataset(Dataset):
         }
         if self.sensor > 0:
             item["meta"]["sensor"] = sensor_params
-        if dark is not None:
-            item["meta"]["dark_object"] = [round(float(v), 6) for v in dark]
+        if veil is not None:
+            item["meta"]["dark_object"] = round(veil, 6)
         if self._crop_options:
             item["meta"]["crop"] = {k: cut[k] for k in ("zoom", "angle", "gains", "stretch", "invalid", "bands")}
         return item

@@ -93,8 +93,8 @@ class TestSetSpec:
     """A held-out set: ``n`` crops of ``size`` synthesised (``kind``, default the task's) from the test files of
     ``source`` into ``folder`` (default ``<work>/heldout/<name>``), or an existing dataset at ``root`` (``{data}``
     is the data root) read as ``dataset`` (its ``split``: default the evaluator's, the test split of a dataset that
-    has splits). ``verdict: false`` scores it without letting it decide; ``dark_object: true`` takes each source
-    file's dark-object level off the references (see the ``synthetic`` dataset's option)."""
+    has splits). ``verdict: false`` scores it without letting it decide; ``dark_object: true`` lifts each source
+    file's veil off the references (see the ``synthetic`` dataset's option)."""
 
     source: str | None = None
     n: int | None = None
@@ -635,7 +635,8 @@ def test_descriptions(plan: Plan) -> dict:
                   "presets": t.preset or "classic, drawn per image", "scale": t.scale,
                   "clean_files": len(plan.test_files(name)), "from": frm}
             if t.dark_object:
-                d["references"] = "dark-object subtracted (each source file's 0.1 % percentile per band taken off)"
+                d["references"] = ("without their scene's veil (the lowest of the source file's per-band 0.1 % "
+                                   "percentiles, lifted as a white haze)")
         if t.describe:
             d["describe"] = t.describe
         out[name] = d
