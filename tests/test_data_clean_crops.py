@@ -172,14 +172,19 @@ def test_remove_veil_inverts_a_white_veil_and_keeps_greys_and_whites():
 def test_dark_object_targets_lift_the_files_veil_and_keep_the_input(tmp_path: Path):
     data = (ramp(3, 80, 80) * 255).astype(np.uint8)
     path = make_geotiff(tmp_path / "veiled.tif", data)
-    options = dict(size=32, length=6, seed=3, colour_jitter=0.05, clean_fraction=0.3)
+    options = dict(size=32, length=10, seed=3, colour_jitter=0.05, clean_fraction=0.3)
     plain = SyntheticDataset(path, **options)
     dark = SyntheticDataset(path, dark_object=True, **options)
     level = torch.from_numpy(dark.crops.dark_levels(0))
     assert (level > 0.09).all()
-    for i in range(6):
+    presets = [dark[i]["meta"]["preset"] for i in range(10)]
+    assert "clean" in presets and len(set(presets)) > 1
+    for i in range(10):
         a, b = plain[i], dark[i]
         assert torch.equal(a["input"], b["input"])  # the hazy (or clean) input is made from the crop as it is
+        if b["meta"]["preset"] == "clean":  # a clear scene is left as it is
+            assert torch.equal(b["target"], b["input"]) and "dark_object" not in b["meta"]
+            continue
         veil = float((level * torch.tensor(b["meta"]["crop"]["gains"])).min())
         assert b["meta"]["dark_object"] == pytest.approx(veil, abs=1e-5)
         assert torch.allclose(b["target"], ((a["target"] - veil) / (1 - veil)).clamp(0, 1), atol=1e-5)

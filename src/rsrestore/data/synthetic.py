@@ -195,11 +195,6 @@ class SyntheticDataset(Dataset):
         # Draws that a feature switched off would make are skipped, so items stay as they were without it.
         keep_clean = self.clean_fraction > 0 and bool(uniform(g, 1)[0] < self.clean_fraction)
         item: dict[str, Any] = {"target": clean}
-        veil = None
-        if self.dark_object:
-            gains = cut["gains"]
-            levels = torch.from_numpy(self.crops.dark_levels(fi)) * (1.0 if gains is None else torch.tensor(gains))
-            item["target"], veil = remove_veil(clean, levels)
         sensor_params = None
         if keep_clean:
             preset, params = "clean", {}
@@ -220,6 +215,11 @@ class SyntheticDataset(Dataset):
             item["input"] = degraded[0].contiguous()
             if kind == "cloud":
                 item["mask"] = out["mask"][0].contiguous()
+        veil = None
+        if self.dark_object and not keep_clean:  # a clear scene is left as it is
+            gains = cut["gains"]
+            levels = torch.from_numpy(self.crops.dark_levels(fi)) * (1.0 if gains is None else torch.tensor(gains))
+            item["target"], veil = remove_veil(clean, levels)
         if kind == "dust":
             # Eq. 5 of AOSR-Net maps this input (clean, or after the sensor) to the target exactly.
             item["phi"] = phi_from_clean(item["target"], item["input"], PHI_ALPHA, PHI_BETA).contiguous()
