@@ -431,9 +431,10 @@ def synthesize(
     size: int = typer.Option(256, help="Crop size in pixels."),
     seed: int = typer.Option(0, help="Seed: the same seed regenerates the dataset bit for bit."),
     overwrite: bool = typer.Option(False, help="Replace an existing dataset folder."),
-    dark_object: bool = typer.Option(False, "--dark-object", help="Targets less each source file's dark-object "
-                                     "level per band (its 0.1 % percentile: the path radiance, itself a veil of "
-                                     "haze); the inputs are unchanged."),
+    dark_object: bool = typer.Option(False, "--dark-object", help="Targets without their scene's veil: v, the "
+                                     "lowest of the source file's per-band 0.1 % percentiles (path radiance, itself "
+                                     "a thin haze), lifted as a white haze, (x - v) / (1 - v); the inputs are "
+                                     "unchanged."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Synthesise degraded/clean pairs from clean imagery with the physics models.
