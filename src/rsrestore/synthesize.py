@@ -342,7 +342,7 @@ def _make_sample(
     if chance > 0:
         record["sensor"] = sensor_params
     if veil is not None:
-        record["dark_object"] = round(veil, 6)
+        record["dark_object"] = veil  # unrounded: regenerate_sample lifts the same veil, bit for bit
     return stored, record
 
 

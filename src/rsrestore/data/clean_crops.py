@@ -81,7 +81,8 @@ def rgb_bands_of(info: Any) -> list[int] | None:
 
 def remove_veil(x: Tensor, levels: Sequence[float] | Tensor) -> tuple[Tensor, float]:
     """A clean crop `x` (C, H, W) in [0, 1] without its scene's veil, and the veil: with v the lowest of the scene's
-    per-band dark-object `levels`, ``(x - v) / (1 - v)``, clipped to [0, 1].
+    per-band dark-object `levels` (bounded to [0, 0.95], so the division stays tame), ``(x - v) / (1 - v)``, clipped
+    to [0, 1].
 
     The path radiance that top-of-atmosphere scenes and many aerial images carry is itself a thin haze, ``x = J (1 -
     v) + v`` with a white airlight; this inverts it. One level for all bands keeps a grey a grey and a white cloud
