@@ -190,3 +190,28 @@ def test_dark_object_targets_lift_the_files_veil_and_keep_the_input(tmp_path: Pa
         assert torch.allclose(b["target"], ((a["target"] - veil) / (1 - veil)).clamp(0, 1), atol=1e-5)
     with pytest.raises(ValueError, match="dark_object"):
         SyntheticDataset(path, dark_object="yes")
+
+
+def test_clean_veil_free_items_show_the_veil_free_crop_in_and_out(tmp_path: Path):
+    data = (ramp(3, 80, 80) * 255).astype(np.uint8)
+    path = make_geotiff(tmp_path / "veiled.tif", data)
+    options = dict(size=32, length=10, seed=3, colour_jitter=0.05, clean_fraction=0.3, dark_object=True)
+    kept = SyntheticDataset(path, **options)
+    lifted = SyntheticDataset(path, clean_veil_free=True, **options)
+    level = torch.from_numpy(lifted.crops.dark_levels(0))
+    seen_clean = False
+    for i in range(10):
+        a, b = kept[i], lifted[i]
+        if b["meta"]["preset"] != "clean":  # degraded items are the same either way
+            assert torch.equal(a["input"], b["input"]) and torch.equal(a["target"], b["target"])
+            continue
+        seen_clean = True
+        veil = float((level * torch.tensor(b["meta"]["crop"]["gains"])).min())
+        assert veil > 0.09 and b["meta"]["dark_object"] == pytest.approx(veil, abs=1e-5)
+        assert torch.equal(b["input"], b["target"])  # a veil-free clear scene stays as it is
+        assert torch.allclose(b["target"], ((a["input"] - veil) / (1 - veil)).clamp(0, 1), atol=1e-5)
+    assert seen_clean
+    with pytest.raises(ValueError, match="clean_veil_free needs dark_object"):
+        SyntheticDataset(path, clean_veil_free=True, size=32, clean_fraction=0.3)
+    with pytest.raises(ValueError, match="clean_veil_free needs dark_object"):
+        SyntheticDataset(path, clean_veil_free=True, dark_object=True, size=32)

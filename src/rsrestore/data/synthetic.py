@@ -83,6 +83,10 @@ class SyntheticDataset(Dataset):
             cut (:class:`rsrestore.data.clean_crops.CleanCrops`): bands by file-name pattern, a per-file stretch of
             16-bit data ('none' | 'auto' | 'all'), the no-data share that makes a window be drawn again, a zoom range
             such as [0.5, 2.0], any-angle rotation, and brightness / per-band gain jitter (0.1 = +-10 %).
+        dark_object: targets without their file's veil (:func:`rsrestore.data.clean_crops.remove_veil`, the level
+            scaled by the drawn gains); inputs are made from the crop as it is. Clean items keep the crop as it is.
+        clean_veil_free: with `dark_object`, clean items show the crop without its veil as both input and target
+            (a veil-free clear scene stays as it is), so no item teaches a model to keep a veil.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class SyntheticDataset(Dataset):
         brightness_jitter: float = 0.0,
         colour_jitter: float = 0.0,
         dark_object: bool = False,
+        clean_veil_free: bool = False,
     ) -> None:
         if crop is not None:
             size = crop
@@ -149,6 +154,11 @@ class SyntheticDataset(Dataset):
         if not isinstance(dark_object, bool):
             raise ValueError(f"dark_object must be true or false; got {dark_object!r}")
         self.dark_object = dark_object
+        if not isinstance(clean_veil_free, bool):
+            raise ValueError(f"clean_veil_free must be true or false; got {clean_veil_free!r}")
+        if clean_veil_free and not (dark_object and clean_fraction > 0):
+            raise ValueError("clean_veil_free needs dark_object: true and a clean_fraction above 0")
+        self.clean_veil_free = clean_veil_free
         crop_options = {"band_map": band_map, "stretch": stretch, "scale_jitter": scale_jitter, "rotate": rotate,
                         "brightness_jitter": brightness_jitter, "colour_jitter": colour_jitter}
         self.crops = CleanCrops(self.files, size, self.bands, scale, max_invalid=max_invalid, **crop_options)
@@ -216,10 +226,12 @@ class SyntheticDataset(Dataset):
             if kind == "cloud":
                 item["mask"] = out["mask"][0].contiguous()
         veil = None
-        if self.dark_object and not keep_clean:  # a clear scene is left as it is
+        if self.dark_object and (not keep_clean or self.clean_veil_free):  # else a clear scene is left as it is
             gains = cut["gains"]
             levels = torch.from_numpy(self.crops.dark_levels(fi)) * (1.0 if gains is None else torch.tensor(gains))
             item["target"], veil = remove_veil(clean, levels)
+            if keep_clean:
+                item["input"] = item["target"].clone()
         if kind == "dust":
             # Eq. 5 of AOSR-Net maps this input (clean, or after the sensor) to the target exactly.
             item["phi"] = phi_from_clean(item["target"], item["input"], PHI_ALPHA, PHI_BETA).contiguous()

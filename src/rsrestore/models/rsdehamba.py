@@ -7,6 +7,13 @@ arXiv:2405.10030, 2024.
   with (2, 3, 3) blocks at levels 1, 2, 3 (level 3 is the bottleneck; the decoder repeats levels 2 and 1 with 3 and
   2 blocks), stride-2 convolutions down, 2x2 transposed convolutions up, and skip connections fused by concatenation
   and a 1x1 convolution. A final 3x3 convolution predicts a residual that is added to the input.
+* ``head="affine"`` (this project's addition, not the paper's): a second 3x3 convolution predicts a per-pixel gain
+  too, J = (1 + g) I + r. Inverting the scattering model, J = I / t - A (1 - t) / t, is per pixel an affine map of I
+  whose gain 1 / t and offset vary only as slowly as the haze does, so the detail of a hazy scene comes out amplified
+  by 1 / t. The residual alone must rebuild that amplified detail from features, and briefly trained weights do not:
+  their outputs are softer than the reference (gradient energy 0.5 of it on the held-out sets, where ``dcp``, an
+  affine map of I, keeps 0.99). The gain convolution starts at zero, so weights of the residual head load unchanged
+  and start from exactly the model they were.
 * VDB: x <- x + SSM(LN(conv(x))); x <- x + FFN(conv(LN(x))), with depth-wise 3x3 convolutions for the local
   mixing.
 * SSM: two branches. Branch 1 = linear + SiLU. Branch 2 = linear -> depth-wise conv -> SiLU -> Direction-aware Scan
@@ -41,6 +48,8 @@ __all__ = ["RSDehambaConfig", "RSDehamba", "VisionDehambaBlock", "DirectionAware
 PAPER_PARAMETERS = 1.80e6
 #: Scan directions of the DSM: row-major, column-major, and both reversed.
 DIRECTIONS = 4
+#: Output heads: the paper's residual, or a per-pixel gain and a residual (see the module's docstring).
+HEADS = ("residual", "affine")
 
 
 @dataclass
@@ -64,6 +73,8 @@ class RSDehambaConfig:
             the decoder must learn to cancel, and briefly trained weights do not (160-218x the input's energy at
             that period on real cloud, ``benchmarks/results/detail.json``). Same parameters, so weights trained
             either way load either way.
+        head: ``"residual"`` (the paper: J = I + r) or ``"affine"`` (a per-pixel gain too: J = (1 + g) I + r; see the
+            module's docstring).
     """
 
     in_channels: int = 3
@@ -78,6 +89,7 @@ class RSDehambaConfig:
     dt_max: float = 1e-1
     scan_impl: str = "auto"
     tied_last_upsampling: bool = False
+    head: str = "residual"
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -96,6 +108,8 @@ class RSDehambaConfig:
             raise ValueError(f"d_conv must be a positive odd kernel size, got {self.d_conv}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
 
     @property
     def widths(self) -> tuple[int, int, int]:
@@ -245,6 +259,11 @@ class RSDehamba(nn.Module):
         self.fuse1 = nn.Conv2d(2 * c1, c1, 1)
         self.dec1 = nn.Sequential(*[VisionDehambaBlock(c1, cfg) for _ in range(n1)])
         self.head = nn.Conv2d(c1, cfg.in_channels, 3, padding=1)
+        if cfg.head == "affine":
+            # zero at the start: the model is the residual one until the gain is learned
+            self.gain_head = nn.Conv2d(c1, cfg.in_channels, 3, padding=1)
+            nn.init.zeros_(self.gain_head.weight)
+            nn.init.zeros_(self.gain_head.bias)
 
     def forward(self, x: Tensor, sar: Tensor | None = None) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
@@ -259,6 +278,8 @@ class RSDehamba(nn.Module):
         d2 = self.dec2(self.fuse2(torch.cat([self.up2(f3), f2], dim=1)))
         d1 = self.dec1(self.fuse1(torch.cat([self._last_upsampling(d2), f1], dim=1)))
         out = xp + self.head(d1)
+        if self.cfg.head == "affine":
+            out = out + self.gain_head(d1) * xp
         return out[..., :h, :w].contiguous()
 
     def _last_upsampling(self, x: Tensor) -> Tensor:
