@@ -294,6 +294,18 @@ def test_losses():
     assert float(total) == pytest.approx(float(F.l1_loss(reshaped, target) + 2.0 * angle), rel=1e-5)
     with pytest.raises(ValueError, match="spectral_weight"):
         build_loss("l1", spectral_weight=-1.0)
+    # The gradient term: zero for a prediction off by a constant (same edges), charges faint detail.
+    edges = build_loss("l1", gradient_weight=3.0)
+    total, parts = edges(target + 0.1, {"target": target})
+    assert parts["gradient"] == pytest.approx(0.0, abs=1e-6) and float(total) == pytest.approx(0.1, rel=1e-5)
+    faint = 0.5 * target + 0.25
+    total, parts = edges(faint, {"target": target})
+    expected = (F.l1_loss(0.5 * target.diff(dim=-1), target.diff(dim=-1))
+                + F.l1_loss(0.5 * target.diff(dim=-2), target.diff(dim=-2))) / 2
+    assert parts["gradient"] == pytest.approx(float(expected), rel=1e-5) and parts["gradient"] > 0.05
+    assert float(total) == pytest.approx(float(F.l1_loss(faint, target) + 3.0 * expected), rel=1e-5)
+    with pytest.raises(ValueError, match="gradient_weight"):
+        build_loss("l1", gradient_weight=-1.0)
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("ssim")
     with pytest.raises(ValueError, match="accepted"):

@@ -53,18 +53,27 @@ def _batch_tensor(batch: Mapping[str, Any], key: str, like: Tensor) -> Tensor:
 
 
 class L1Loss(nn.Module):
-    """Mean absolute error between the prediction and ``batch["target"]`` over all pixels and bands, plus, with
-    ``spectral_weight``, that weight times the mean spectral-angle term ``1 - cos`` between each pixel's predicted
-    and target spectra (the smooth form of SAM: arccos has an infinite slope where the angle is 0). For multispectral
-    outputs, where L1 alone can leave a spectrum's shape wrong at a small mean error."""
+    """Mean absolute error between the prediction and ``batch["target"]`` over all pixels and bands, plus
+
+    - with ``spectral_weight``, that weight times the mean spectral-angle term ``1 - cos`` between each pixel's
+      predicted and target spectra (the smooth form of SAM: arccos has an infinite slope where the angle is 0). For
+      multispectral outputs, where L1 alone can leave a spectrum's shape wrong at a small mean error;
+    - with ``gradient_weight``, that weight times the mean absolute error of the horizontal and vertical differences
+      of neighbouring pixels (an edge loss). A haze veil over fine detail leaves most of the L1 error in the level,
+      so L1 alone lets a model lift the veil and leave the detail as faint as the hazy input had it; this term
+      charges faint detail directly.
+    """
 
     model_kwargs: dict[str, Any] = {}
 
-    def __init__(self, spectral_weight: float = 0.0) -> None:
+    def __init__(self, spectral_weight: float = 0.0, gradient_weight: float = 0.0) -> None:
         super().__init__()
         if spectral_weight < 0:
             raise ValueError(f"spectral_weight must be >= 0, got {spectral_weight}")
+        if gradient_weight < 0:
+            raise ValueError(f"gradient_weight must be >= 0, got {gradient_weight}")
         self.spectral_weight = spectral_weight
+        self.gradient_weight = gradient_weight
 
     def forward(self, output: Any, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
         pred = prediction_of(output)
@@ -72,11 +81,16 @@ class L1Loss(nn.Module):
         # In float32 even under autocast: a bf16 mean over a large batch loses the small differences late in training.
         pred, target = pred.float(), target.float()
         l1 = F.l1_loss(pred, target)
-        if not self.spectral_weight:
-            return l1, {"l1": float(l1.detach())}
-        angle = (1.0 - F.cosine_similarity(pred, target, dim=1, eps=1e-6)).mean()
-        loss = l1 + self.spectral_weight * angle
-        return loss, {"l1": float(l1.detach()), "spectral": float(angle.detach())}
+        loss, parts = l1, {"l1": float(l1.detach())}
+        if self.spectral_weight:
+            angle = (1.0 - F.cosine_similarity(pred, target, dim=1, eps=1e-6)).mean()
+            loss = loss + self.spectral_weight * angle
+            parts["spectral"] = float(angle.detach())
+        if self.gradient_weight:
+            edges = sum(F.l1_loss(pred.diff(dim=d), target.diff(dim=d)) for d in (-1, -2)) / 2
+            loss = loss + self.gradient_weight * edges
+            parts["gradient"] = float(edges.detach())
+        return loss, parts
 
 
 class CARLLoss(nn.Module):
