@@ -246,16 +246,36 @@ def test_smooth_maps_keep_detail_with_the_affine_form_but_not_with_eq5():
     assert detail(affine) == pytest.approx(detail(clean), rel=1e-6)
 
 
-def test_affine_head_overfits_a_dust_pair():
+@pytest.mark.parametrize("map_smoothing, steps", [(0.0, 40), (1.5, 80)])
+def test_affine_head_overfits_a_dust_pair(map_smoothing, steps):
     torch.manual_seed(0)
-    model = AOSRNet(AOSRNetConfig(head="affine", width=4, num_res_blocks=1)).train()
+    model = AOSRNet(AOSRNetConfig(head="affine", map_smoothing=map_smoothing, width=4, num_res_blocks=1)).train()
     clean, hazy, _, _ = dust_pair(b=1, h=24, w=24)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     losses = []
-    for _ in range(40):
+    for _ in range(steps):
         opt.zero_grad()
         loss = F.l1_loss(model(hazy), clean)
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses[::10]
+
+
+def test_map_smoothing_blurs_the_gain_and_offset_and_keeps_uniform_maps_exact():
+    fine = lambda m: float((m.diff(dim=-1) ** 2).mean() + (m.diff(dim=-2) ** 2).mean())  # noqa: E731
+    torch.manual_seed(0)
+    sharp = AOSRNet(AOSRNetConfig(head="affine", **TINY)).eval()
+    smooth = AOSRNet(AOSRNetConfig(head="affine", map_smoothing=2.0, **TINY)).eval()
+    with torch.no_grad():
+        nn.init.normal_(sharp.conv4.weight, std=0.05)  # maps with pixel-scale structure
+        smooth.load_state_dict(sharp.state_dict())
+        x = torch.rand(1, 3, 40, 36)
+        gains = {m: m(x, return_phi=True)[1] for m in (sharp, smooth)}
+        assert fine(gains[smooth]) < 0.2 * fine(gains[sharp])
+        smooth.conv4.weight.zero_()  # uniform maps are their own blur, to the image's edges
+        smooth.conv4.bias.copy_(torch.tensor([0.5, 0.5, 0.5, -0.1, 0.0, 0.2]))
+        torch.testing.assert_close(smooth(x), (1.5 * x + torch.tensor([-0.1, 0.0, 0.2]).view(1, 3, 1, 1)).clamp(0, 1))
+    with pytest.raises(ValueError, match="map_smoothing"):
+        AOSRNetConfig(map_smoothing=2.0)  # the paper's Phi head has no offset map to smooth
+

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .blocks import pad_to_multiple
+from .blocks import pad_to_multiple, smooth_map
 
 #: The encoder halves the resolution twice, so inputs are padded to a multiple of this.
 STRIDE = 4
@@ -62,6 +62,9 @@ class AOSRNetConfig:
         mix_init: initial xi of the latent and the half-resolution mixups.
         head: ``"phi"`` (the paper: one map, Eq. 5) or ``"affine"`` (a gain and an offset map, J = (1 + g) I + o; see
             the module's docstring).
+        map_smoothing: with the affine head, the standard deviation in pixels of a Gaussian blur of g and o, so that
+            the fine detail of the output can only be the input's times the gain; 0 leaves them per pixel. Our
+            addition; no parameters, so weights load either way.
     """
 
     in_channels: int = 3
@@ -71,6 +74,7 @@ class AOSRNetConfig:
     beta: float = 1.0
     mix_init: tuple[float, float] = (-1.0, -0.6)
     head: str = "phi"
+    map_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -85,6 +89,9 @@ class AOSRNetConfig:
             raise ValueError(f"mix_init needs two values (latent, half resolution), got {self.mix_init}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.map_smoothing < 0 or (self.map_smoothing > 0 and self.head != "affine"):
+            raise ValueError(f"map_smoothing must be >= 0 and needs head='affine'; got {self.map_smoothing} with "
+                             f"head={self.head!r}")
 
 
 def restore_from_phi(hazy: Tensor, phi: Tensor, alpha: float = 1.6, beta: float = 1.0) -> Tensor:
@@ -218,7 +225,7 @@ class AOSRNet(nn.Module):
             phi = maps
             j = restore_from_phi(x, phi, self.cfg.alpha, self.cfg.beta)
         else:
-            gain, offset = maps.chunk(2, dim=1)
+            gain, offset = (smooth_map(m, self.cfg.map_smoothing) for m in maps.chunk(2, dim=1))
             phi = 1.0 + gain  # the per-pixel gain takes Phi's place as the map returned beside J
             j = phi * x + offset
         if not self.training:
