@@ -40,7 +40,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .blocks import pad_to_multiple, smooth_map
+from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
+from .blocks import pad_to_multiple
 
 #: The encoder halves the resolution twice, so inputs are padded to a multiple of this.
 STRIDE = 4
@@ -225,7 +226,7 @@ class AOSRNet(nn.Module):
             phi = maps
             j = restore_from_phi(x, phi, self.cfg.alpha, self.cfg.beta)
         else:
-            gain, offset = (smooth_map(m, self.cfg.map_smoothing) for m in maps.chunk(2, dim=1))
+            gain, offset = (gaussian_blur(m, self.cfg.map_smoothing) for m in maps.chunk(2, dim=1))
             phi = 1.0 + gain  # the per-pixel gain takes Phi's place as the map returned beside J
             j = phi * x + offset
         if not self.training:

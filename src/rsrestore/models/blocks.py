@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
-import kornia
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -45,13 +42,3 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters of a module."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def smooth_map(x: Tensor, sigma: float) -> Tensor:
-    """A Gaussian blur of standard deviation ``sigma`` pixels (kornia's separable kernel, 3 sigma each side), with
-    reflected borders so that an image's or a tile's edge does not pull the map towards zero; ``sigma`` 0 returns
-    ``x``. Used on per-pixel gain and offset maps, which should vary only as slowly as the haze or dust does."""
-    if sigma <= 0:
-        return x
-    k = 2 * math.ceil(3 * sigma) + 1
-    return kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")

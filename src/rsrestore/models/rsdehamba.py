@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import LayerNorm2d, count_parameters, pad_to_multiple, smooth_map
+from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
+from .blocks import LayerNorm2d, count_parameters, pad_to_multiple
 from . import scan as _scan
 from .scan import selective_scan
 
@@ -291,7 +292,7 @@ class RSDehamba(nn.Module):
         if self.cfg.head == "residual":
             return (xp + offset)[..., :h, :w].contiguous()
         gain = self.gain_head(d1)
-        gain, offset = smooth_map(gain, self.cfg.map_smoothing), smooth_map(offset, self.cfg.map_smoothing)
+        gain, offset = gaussian_blur(gain, self.cfg.map_smoothing), gaussian_blur(offset, self.cfg.map_smoothing)
         out = xp + offset + gain * xp
         return out[..., :h, :w].contiguous()
 
