@@ -360,7 +360,8 @@ def compute_scene_statistics(model: nn.Module, source, device: torch.device) -> 
     """Scene statistics of models that use them, and `_fill`: the mean colour of the valid pixels, which stands in
     for invalid pixels everywhere (statistics included) so that nodata, masked and non-finite pixels feed nothing."""
     img, mask = source.decimated(STATS_MAX_SIDE)
-    needs_stats = hasattr(model, "scene_statistics")
+    # a model may have the method and need nothing of it (a learned model without its classical prior)
+    needs_stats = getattr(model, "needs_scene_statistics", hasattr(model, "scene_statistics"))
     if not mask.any():
         if needs_stats:
             raise RasterError(f"{source.name} has no valid pixel (all are nodata, masked or not finite)")

@@ -31,6 +31,9 @@ crops with the exact targets smoothed by a Gaussian of sigma 2 px: Eq. 5's Phi g
 a gain and an offset smoothed over 4-16 px give 0.945-0.952. The affine head predicts the gain and the offset as two
 maps, J = (1 + g) I + o, with the last convolution initialised to zero so that an untrained network is the identity
 (a clean scene passes through) and the detail of the output is the input's, amplified where the dust was thick.
+
+With ``prior="rop"`` (our addition, affine head only) the network sees the rank-one prior's output b beside the input
+and its maps apply to b, J = (1 + g) b + o: before training the model is ``rop`` (see :mod:`.prior`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from torch import Tensor, nn
 
 from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
 from .blocks import pad_to_multiple
+from .prior import PRIORS, PriorConditioned, build_prior
 
 #: The encoder halves the resolution twice, so inputs are padded to a multiple of this.
 STRIDE = 4
@@ -66,6 +70,8 @@ class AOSRNetConfig:
         map_smoothing: with the affine head, the standard deviation in pixels of a Gaussian blur of g and o, so that
             the fine detail of the output can only be the input's times the gain; 0 leaves them per pixel. Our
             addition; no parameters, so weights load either way.
+        prior: ``"none"``, or the classical restorer whose output the affine maps correct (``"rop"``; see
+            :mod:`.prior`).
     """
 
     in_channels: int = 3
@@ -76,6 +82,7 @@ class AOSRNetConfig:
     mix_init: tuple[float, float] = (-1.0, -0.6)
     head: str = "phi"
     map_smoothing: float = 0.0
+    prior: str = "none"
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -93,6 +100,9 @@ class AOSRNetConfig:
         if self.map_smoothing < 0 or (self.map_smoothing > 0 and self.head != "affine"):
             raise ValueError(f"map_smoothing must be >= 0 and needs head='affine'; got {self.map_smoothing} with "
                              f"head={self.head!r}")
+        if self.prior not in PRIORS or (self.prior != "none" and self.head != "affine"):
+            raise ValueError(f"prior must be one of {PRIORS} and needs head='affine' unless 'none'; got "
+                             f"{self.prior!r} with head={self.head!r}")
 
 
 def restore_from_phi(hazy: Tensor, phi: Tensor, alpha: float = 1.6, beta: float = 1.0) -> Tensor:
@@ -155,21 +165,26 @@ class ResidualGroup(nn.Module):
         return x + self.blocks(x)
 
 
-class AOSRNet(nn.Module):
+class AOSRNet(PriorConditioned, nn.Module):
     """AOSR-Net (Si et al., ICTAI 2023): Phi-estimation module plus the post-restoring module of Eq. 5.
 
     ``forward(x)`` returns the restored image J with the shape of ``x``; ``forward(x, return_phi=True)`` returns
     ``(J, Phi)``. Any height and width work: the input is reflect-padded to a multiple of 4 and the outputs are
     cropped back. In eval mode J is clipped to [0, 1]; in training it is left unclipped so that every pixel gets a
-    gradient.
+    gradient. With a prior, ``stats`` are its scene statistics (from :meth:`scene_statistics` of the whole scene).
     """
+
+    correction_heads = ("conv4",)
+    input_conv = "conv1.0"
 
     def __init__(self, cfg: AOSRNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or AOSRNetConfig()
         c, w = cfg.in_channels, cfg.width
-        # Four convolutions and two transposed convolutions, each followed by PReLU, as the paper describes.
-        self.conv1 = nn.Sequential(nn.Conv2d(c, w, 7, padding=3, padding_mode="reflect"), nn.PReLU())
+        self.prior = build_prior(cfg.prior)
+        # Four convolutions and two transposed convolutions, each followed by PReLU, as the paper describes. With a
+        # prior the first one sees the degraded input and the prior's output of it.
+        self.conv1 = nn.Sequential(nn.Conv2d(c * (1 if self.prior is None else 2), w, 7, padding=3, padding_mode="reflect"), nn.PReLU())
         self.conv2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.PReLU())
         self.conv3 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.PReLU())
         self.latent = ResidualGroup(4 * w, cfg.num_res_blocks)
@@ -203,7 +218,7 @@ class AOSRNet(nn.Module):
         return self.conv4(up2)
 
     def forward(
-        self, x: Tensor, sar: Tensor | None = None, return_phi: bool = False
+        self, x: Tensor, sar: Tensor | None = None, return_phi: bool = False, stats: dict[str, Tensor] | None = None
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Restore a sand-dust degraded batch.
 
@@ -212,6 +227,7 @@ class AOSRNet(nn.Module):
             sar: accepted for the common restorer interface and ignored (AOSR-Net is optical only).
             return_phi: also return the estimated Phi (needed by :class:`~rsrestore.losses.aosr.AOSRLoss`); with the
                 affine head, the gain map.
+            stats: the prior's scene statistics; estimated from x when absent.
         """
         del sar
         if x.ndim != 4:
@@ -221,14 +237,16 @@ class AOSRNet(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"AOSRNet expects a float tensor in [0, 1], got {x.dtype}")
         h, w = x.shape[-2:]
-        maps = self.estimate_phi(pad_to_multiple(x, STRIDE)[0])[..., :h, :w]
+        base = x if self.prior is None else self.prior_output(x, stats).to(x.dtype)
+        seen = x if self.prior is None else torch.cat([x, base], dim=1)
+        maps = self.estimate_phi(pad_to_multiple(seen, STRIDE)[0])[..., :h, :w]
         if self.cfg.head == "phi":
             phi = maps
             j = restore_from_phi(x, phi, self.cfg.alpha, self.cfg.beta)
         else:
             gain, offset = (gaussian_blur(m, self.cfg.map_smoothing) for m in maps.chunk(2, dim=1))
             phi = 1.0 + gain  # the per-pixel gain takes Phi's place as the map returned beside J
-            j = phi * x + offset
+            j = phi * base + offset
         if not self.training:
             j = j.clamp(0.0, 1.0)
         return (j, phi) if return_phi else j

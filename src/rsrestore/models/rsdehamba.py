@@ -18,6 +18,9 @@ arXiv:2405.10030, 2024.
   per-pixel maps can still cancel the input's detail and repaint it softer.
 * ``map_smoothing`` (with the affine head): a Gaussian blur of that width (pixels) on the gain and offset maps, so
   they can only vary as slowly as haze does and the fine detail of the output is the input's, amplified by the gain.
+* ``prior`` (this project's addition): ``"dcp"`` makes the model a correction of the dark channel prior's output b,
+  which it computes itself and sees beside the input: J = b + r, or with the affine head J = (1 + g) b + r. The
+  heads start at zero, so before training the model is ``dcp`` (see :mod:`.prior`).
 * VDB: x <- x + SSM(LN(conv(x))); x <- x + FFN(conv(LN(x))), with depth-wise 3x3 convolutions for the local
   mixing.
 * SSM: two branches. Branch 1 = linear + SiLU. Branch 2 = linear -> depth-wise conv -> SiLU -> Direction-aware Scan
@@ -44,6 +47,7 @@ from torch import Tensor, nn
 
 from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
 from .blocks import LayerNorm2d, count_parameters, pad_to_multiple
+from .prior import PRIORS, PriorConditioned, build_prior
 from . import scan as _scan
 from .scan import selective_scan
 
@@ -82,6 +86,7 @@ class RSDehambaConfig:
             module's docstring).
         map_smoothing: with the affine head, the standard deviation in pixels of a Gaussian blur of g and r; 0 leaves
             them per pixel. Our addition; no parameters, so weights load either way.
+        prior: ``"none"``, or the classical restorer whose output the model corrects (``"dcp"``; see :mod:`.prior`).
     """
 
     in_channels: int = 3
@@ -98,6 +103,7 @@ class RSDehambaConfig:
     tied_last_upsampling: bool = False
     head: str = "residual"
     map_smoothing: float = 0.0
+    prior: str = "none"
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -121,6 +127,8 @@ class RSDehambaConfig:
         if self.map_smoothing < 0 or (self.map_smoothing > 0 and self.head != "affine"):
             raise ValueError(f"map_smoothing must be >= 0 and needs head='affine'; got {self.map_smoothing} with "
                              f"head={self.head!r}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
 
     @property
     def widths(self) -> tuple[int, int, int]:
@@ -244,20 +252,25 @@ class VisionDehambaBlock(nn.Module):
         return x + self.ffn(self.conv2(self.norm2(x)))
 
 
-class RSDehamba(nn.Module):
+class RSDehamba(PriorConditioned, nn.Module):
     """RSDehamba restorer: ``forward(x, sar=None)`` maps a hazy (B, C, H, W) image in [0, 1] to the dehazed one.
 
     Any H, W: the input is reflect-padded to a multiple of 4 (two stride-2 levels) and the output cropped back.
+    With a prior, ``stats`` are its scene statistics (from :meth:`scene_statistics` of the whole scene).
     """
 
     stride = 4
+    correction_heads = ("head", "gain_head")
+    input_conv = "embed"
 
     def __init__(self, cfg: RSDehambaConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or RSDehambaConfig()
         c1, c2, c3 = cfg.widths
         n1, n2, n3 = cfg.depths
-        self.embed = nn.Conv2d(cfg.in_channels, c1, 3, padding=1)
+        self.prior = build_prior(cfg.prior)
+        # with a prior the network sees the degraded input and the prior's output of it
+        self.embed = nn.Conv2d(cfg.in_channels * (1 if self.prior is None else 2), c1, 3, padding=1)
         self.enc1 = nn.Sequential(*[VisionDehambaBlock(c1, cfg) for _ in range(n1)])
         self.down1 = nn.Conv2d(c1, c2, 2, stride=2)
         self.enc2 = nn.Sequential(*[VisionDehambaBlock(c2, cfg) for _ in range(n2)])
@@ -275,14 +288,19 @@ class RSDehamba(nn.Module):
             self.gain_head = nn.Conv2d(c1, cfg.in_channels, 3, padding=1)
             nn.init.zeros_(self.gain_head.weight)
             nn.init.zeros_(self.gain_head.bias)
+        if self.prior is not None:  # the correction starts at zero: the model starts as its prior
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: Tensor, sar: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, sar: Tensor | None = None, stats: dict[str, Tensor] | None = None) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
             raise ValueError(f"expected input (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}")
         if sar is not None:
             raise ValueError("RSDehamba does not use SAR; pass sar=None")
-        xp, (h, w) = pad_to_multiple(x, self.stride)
+        base = x if self.prior is None else self.prior_output(x, stats).to(x.dtype)
+        xp, (h, w) = pad_to_multiple(x if self.prior is None else torch.cat([x, base], dim=1), self.stride)
         xp = xp.contiguous(memory_format=torch.channels_last)
+        bp = xp[:, -self.cfg.in_channels:]  # what the heads correct: the input, or the prior's output
         f1 = self.enc1(self.embed(xp))
         f2 = self.enc2(self.down1(f1))
         f3 = self.bottleneck(self.down2(f2))
@@ -290,10 +308,10 @@ class RSDehamba(nn.Module):
         d1 = self.dec1(self.fuse1(torch.cat([self._last_upsampling(d2), f1], dim=1)))
         offset = self.head(d1)
         if self.cfg.head == "residual":
-            return (xp + offset)[..., :h, :w].contiguous()
+            return (bp + offset)[..., :h, :w].contiguous()
         gain = self.gain_head(d1)
         gain, offset = gaussian_blur(gain, self.cfg.map_smoothing), gaussian_blur(offset, self.cfg.map_smoothing)
-        out = xp + offset + gain * xp
+        out = bp + offset + gain * bp
         return out[..., :h, :w].contiguous()
 
     def _last_upsampling(self, x: Tensor) -> Tensor:

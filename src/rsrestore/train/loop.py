@@ -518,6 +518,8 @@ def load_init_weights(model: nn.Module, path: str) -> dict[str, Any]:
         state = registry.read_state_dict(path)
     except registry.ModelError as e:
         raise ConfigError(f"model.init_weights: {e}") from None
+    if hasattr(model, "adapt_init_state"):  # e.g. weights of the same model without its classical prior
+        state = model.adapt_init_state(state)
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     if unknown:

@@ -1,0 +1,101 @@
+"""A classical restorer as the starting point of a learned one: J = baseline(I) + a learned correction.
+
+Our addition to the learned models, not their papers'. Trained on synthetic degradations, a network that rebuilds
+the whole scene from the degraded input transfers badly to sources it never saw: it lifts only part of the haze or
+dust there and its outputs come out soft (gradient energy 0.3-0.6 of the reference's, where the dark channel prior
+keeps about 1.0). A classical restorer transfers in structure (its output is an affine map of the input, so it keeps
+the detail) but not in colour. With ``prior`` set, a model computes the classical output b itself, sees it beside
+the degraded input, and predicts only a correction of b; its output heads start at zero, so before training it *is*
+the classical method, and training moves it only where the correction pays on the training sources.
+
+The prior runs in float32 without gradients (it has no parameters) and takes the scene's statistics from the tiled
+engine, like the classical method alone, so tiles agree. It widens the model's halo by its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PRIORS", "build_prior", "PriorConditioned"]
+
+#: Classical restorers a learned model may start from: the task's baselines.
+PRIORS = ("none", "dcp", "rop")
+#: Context a network needs around a tile, as the tiled engine assumes for a model that declares no ``halo``.
+NETWORK_HALO = 16
+
+
+def build_prior(name: str) -> nn.Module | None:
+    """The classical restorer called ``name`` with its default settings, or None for ``"none"``."""
+    if name not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {name!r}")
+    if name == "dcp":
+        from ..classical.dcp import DarkChannelPrior
+
+        return DarkChannelPrior()
+    if name == "rop":
+        from ..classical.rop import RankOnePrior
+
+        return RankOnePrior()
+    return None
+
+
+class PriorConditioned:
+    """Mixin for a model with an optional ``self.prior`` (set it in ``__init__``, from :func:`build_prior`).
+
+    It gives the tiled engine what the prior needs (``halo``, ``min_size``, ``scene_statistics``) and the model its
+    prior's output (:meth:`prior_output`), and adapts weights of the same model trained without a prior
+    (:meth:`adapt_init_state`).
+    """
+
+    prior: nn.Module | None
+    #: Weight names of the output heads: with a prior they start at zero, so the model starts as the prior.
+    correction_heads: tuple[str, ...] = ()
+    #: Weight name of the first convolution, which sees the degraded input and, with a prior, its output too.
+    input_conv: str = ""
+
+    @property
+    def halo(self) -> int:
+        return NETWORK_HALO + (int(self.prior.halo) if self.prior is not None else 0)
+
+    @property
+    def needs_scene_statistics(self) -> bool:
+        return self.prior is not None
+
+    @property
+    def min_size(self) -> int:
+        return int(getattr(self.prior, "min_size", 1)) if self.prior is not None else 1
+
+    def scene_statistics(self, x: Tensor, mask: Tensor | None = None, *, decimation: float = 1.0) -> dict[str, Tensor]:
+        """The prior's scene-wide statistics (none without a prior)."""
+        if self.prior is None:
+            return {}
+        if "decimation" in _parameters(self.prior.scene_statistics):
+            return self.prior.scene_statistics(x, mask=mask, decimation=decimation)
+        return self.prior.scene_statistics(x, mask=mask)
+
+    def prior_output(self, x: Tensor, stats: dict[str, Tensor] | None) -> Tensor:
+        """The prior's restoration of x, in float32, outside autocast and autograd."""
+        assert self.prior is not None
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            return self.prior(x.float(), stats=stats or None)
+
+    def adapt_init_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Weights of the same model trained without a prior, made to fit this one: the output heads are left out
+        (they stay at zero: the model starts as its prior), and the first convolution's kernel for the prior's
+        channels starts at zero (the features start as they were)."""
+        if self.prior is None:
+            return state
+        state = {k: v for k, v in state.items() if k.split(".")[0] not in self.correction_heads}
+        key = f"{self.input_conv}.weight"
+        own = self.state_dict()[key]  # type: ignore[attr-defined]
+        if key in state and state[key].shape[1] * 2 == own.shape[1]:
+            state[key] = torch.cat([state[key], torch.zeros_like(state[key])], dim=1)
+        return state
+
+
+def _parameters(fn: Any) -> set[str]:
+    return set(inspect.signature(fn).parameters)

@@ -1,0 +1,139 @@
+"""A learned model as a correction of its task's classical restorer: J = baseline(I) + a learned correction."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from rsrestore.classical.dcp import DarkChannelPrior
+from rsrestore.classical.rop import RankOnePrior
+from rsrestore.models.aosrnet import AOSRNet, AOSRNetConfig
+from rsrestore.models.prior import NETWORK_HALO, build_prior
+from rsrestore.models.rsdehamba import RSDehamba, RSDehambaConfig
+from rsrestore.tiling import restore_array
+from rsrestore.train.loop import load_init_weights
+
+
+def _rsdehamba(prior: str = "dcp", head: str = "affine", map_smoothing: float = 0.0) -> RSDehamba:
+    torch.manual_seed(0)
+    return RSDehamba(RSDehambaConfig(embed_dim=8, depths=(1, 1, 1), d_state=4, scan_impl="chunked", head=head,
+                                     map_smoothing=map_smoothing, prior=prior))
+
+
+def _aosrnet(prior: str = "rop", map_smoothing: float = 0.0) -> AOSRNet:
+    torch.manual_seed(0)
+    return AOSRNet(AOSRNetConfig(width=8, num_res_blocks=1, head="affine", map_smoothing=map_smoothing, prior=prior))
+
+
+#: Each model with its task's classical restorer: (build the model with a prior or "none", the prior alone)
+MODELS = {"rsdehamba": (_rsdehamba, "dcp", DarkChannelPrior), "aosrnet": (_aosrnet, "rop", RankOnePrior)}
+
+
+def _hazy(seed: int = 0, size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    clear = torch.stack([0.25 + 0.2 * torch.sin(6 * xx + k) * torch.cos(4 * yy) for k in range(3)])[None]
+    clear = (clear + 0.1 * torch.rand(1, 3, size, size, generator=g)).clamp(0, 1)
+    t = 0.5 + 0.2 * yy
+    airlight = torch.tensor([0.85, 0.9, 0.95]).view(1, 3, 1, 1)
+    return clear * t + airlight * (1 - t), clear
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_before_training_the_model_is_its_prior(name):
+    build, prior, restorer = MODELS[name]
+    x, _ = _hazy()
+    with torch.no_grad():
+        torch.testing.assert_close(build(prior).eval()(x), restorer()(x), rtol=0, atol=1e-6)
+
+
+def test_the_residual_head_starts_as_the_prior_too():
+    x, _ = _hazy()
+    with torch.no_grad():
+        torch.testing.assert_close(_rsdehamba(head="residual").eval()(x), DarkChannelPrior()(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_weights_trained_without_the_prior_load_and_the_model_still_starts_as_the_prior(name, tmp_path):
+    build, prior, restorer = MODELS[name]
+    plain = build("none")
+    with torch.no_grad():  # trained output heads, which must not carry over
+        for p in plain.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = tmp_path / "plain.safetensors"
+    save_file(plain.state_dict(), str(path))
+    model = build(prior)
+    info = load_init_weights(model, str(path))
+    assert info["tensors_not_in_file"] == sum(k.split(".")[0] in model.correction_heads for k in model.state_dict())
+    key = f"{model.input_conv}.weight"
+    own, theirs = model.state_dict()[key], plain.state_dict()[key]
+    torch.testing.assert_close(own[:, :3], theirs)  # the input's kernel is the trained one
+    assert not own[:, 3:].any()  # the prior's channels start unseen
+    x, _ = _hazy()
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), restorer()(x), rtol=0, atol=1e-6)
+
+
+def test_the_scene_statistics_are_the_priors_and_reach_it():
+    model = _rsdehamba().eval()
+    x, _ = _hazy()
+    assert model.needs_scene_statistics and not _rsdehamba(prior="none").needs_scene_statistics
+    stats = model.scene_statistics(x)
+    torch.testing.assert_close(stats["airlight"], DarkChannelPrior().scene_statistics(x)["airlight"])
+    other = {"airlight": torch.tensor([[0.6, 0.6, 0.6]])}
+    with torch.no_grad():  # a tile is restored with the scene's airlight, not its own
+        torch.testing.assert_close(model(x, stats=other), DarkChannelPrior()(x, stats=other), rtol=0, atol=1e-6)
+        assert (model(x, stats=other) - model(x)).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_halo_and_minimum_size_cover_the_prior(name):
+    build, prior, restorer = MODELS[name]
+    assert build(prior).halo == NETWORK_HALO + restorer().halo > NETWORK_HALO
+    assert build(prior).min_size == getattr(restorer(), "min_size", 1)
+    assert build("none").halo == NETWORK_HALO
+
+
+@pytest.mark.filterwarnings("ignore:tile size")  # small tiles, so that a 96-px scene has several
+@pytest.mark.parametrize("name", MODELS)
+def test_tiles_agree_with_the_whole_scene(name):
+    """With the scene's statistics and the prior's halo, a tiled restore matches the whole-image one (a uniform
+    correction: the network's own path is not tile-exact, RSDehamba's scans see the whole tile)."""
+    build, prior, _ = MODELS[name]
+    model = build(prior).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.split(".")[0] in model.correction_heads and name.endswith("bias"):
+                p.copy_(torch.linspace(-0.05, 0.1, p.numel()))
+        x, _ = _hazy(size=96)
+        whole = model(x, stats=model.scene_statistics(x))[0].numpy()
+    tiled = restore_array(model, x[0].numpy(), tile=48, overlap=8, batch_size=2, progress=False)
+    assert np.abs(whole - x[0].numpy()).max() > 0.05
+    np.testing.assert_allclose(tiled, whole, atol=2e-3)
+
+
+def test_an_unknown_prior_is_refused():
+    with pytest.raises(ValueError, match="prior must be one of"):
+        RSDehambaConfig(prior="clahe")
+    with pytest.raises(ValueError, match="prior must be one of"):
+        build_prior("clahe")
+    with pytest.raises(ValueError, match="needs head='affine'"):
+        AOSRNetConfig(prior="rop")  # Eq. 5's one map cannot correct another image
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_model_learns_a_correction_of_its_prior(name):
+    """A few steps take the model well past its prior on a hazy pair."""
+    build, prior, _ = MODELS[name]
+    model = build(prior, map_smoothing=1.0)
+    hazy, clear = _hazy()
+    with torch.no_grad():
+        start = F.l1_loss(model(hazy), clear).item()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = F.l1_loss(model(hazy), clear)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * start, (start, loss.item())
