@@ -184,7 +184,8 @@ class AOSRNet(PriorConditioned, nn.Module):
         self.prior = build_prior(cfg.prior)
         # Four convolutions and two transposed convolutions, each followed by PReLU, as the paper describes. With a
         # prior the first one sees the degraded input and the prior's output of it.
-        self.conv1 = nn.Sequential(nn.Conv2d(c * (1 if self.prior is None else 2), w, 7, padding=3, padding_mode="reflect"), nn.PReLU())
+        seen = c * (1 if self.prior is None else 2)
+        self.conv1 = nn.Sequential(nn.Conv2d(seen, w, 7, padding=3, padding_mode="reflect"), nn.PReLU())
         self.conv2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.PReLU())
         self.conv3 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.PReLU())
         self.latent = ResidualGroup(4 * w, cfg.num_res_blocks)
