@@ -15,15 +15,17 @@ from rsrestore.tiling import restore_array
 from rsrestore.train.loop import load_init_weights
 
 
-def _rsdehamba(prior: str = "dcp", head: str = "affine", map_smoothing: float = 0.0) -> RSDehamba:
+def _rsdehamba(prior: str = "dcp", head: str = "affine", map_smoothing: float = 0.0,
+               input_gain: bool = False) -> RSDehamba:
     torch.manual_seed(0)
     return RSDehamba(RSDehambaConfig(embed_dim=8, depths=(1, 1, 1), d_state=4, scan_impl="chunked", head=head,
-                                     map_smoothing=map_smoothing, prior=prior))
+                                     map_smoothing=map_smoothing, prior=prior, input_gain=input_gain))
 
 
-def _aosrnet(prior: str = "rop", map_smoothing: float = 0.0) -> AOSRNet:
+def _aosrnet(prior: str = "rop", map_smoothing: float = 0.0, input_gain: bool = False) -> AOSRNet:
     torch.manual_seed(0)
-    return AOSRNet(AOSRNetConfig(width=8, num_res_blocks=1, head="affine", map_smoothing=map_smoothing, prior=prior))
+    return AOSRNet(AOSRNetConfig(width=8, num_res_blocks=1, head="affine", map_smoothing=map_smoothing, prior=prior,
+                                 input_gain=input_gain))
 
 
 #: Each model with its task's classical restorer: (build the model with a prior or "none", the prior alone)
@@ -40,12 +42,27 @@ def _hazy(seed: int = 0, size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
     return clear * t + airlight * (1 - t), clear
 
 
+@pytest.mark.parametrize("input_gain", [False, True])
 @pytest.mark.parametrize("name", MODELS)
-def test_before_training_the_model_is_its_prior(name):
+def test_before_training_the_model_is_its_prior(name, input_gain):
     build, prior, restorer = MODELS[name]
     x, _ = _hazy()
     with torch.no_grad():
-        torch.testing.assert_close(build(prior).eval()(x), restorer()(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(build(prior, input_gain=input_gain).eval()(x), restorer()(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_input_gain_adds_a_share_of_the_input(name):
+    build, prior, _ = MODELS[name]
+    model = build(prior, input_gain=True).train()  # AOSR-Net clips its output in eval mode only
+    x, _ = _hazy()
+    with torch.no_grad():
+        before = model(x)
+        for key, p in model.named_parameters():  # h = 0.25 everywhere: the output gains a quarter of the input
+            if key.split(".")[0] in ("input_gain_head", "conv4") and key.endswith("bias"):
+                p[-3:] = 0.25
+        after = model(x)
+    torch.testing.assert_close(after - before, 0.25 * x)
 
 
 def test_the_residual_head_starts_as_the_prior_too():
@@ -120,13 +137,17 @@ def test_an_unknown_prior_is_refused():
         build_prior("clahe")
     with pytest.raises(ValueError, match="needs head='affine'"):
         AOSRNetConfig(prior="rop")  # Eq. 5's one map cannot correct another image
+    with pytest.raises(ValueError, match="input_gain needs a prior"):
+        AOSRNetConfig(head="affine", input_gain=True)
+    with pytest.raises(ValueError, match="input_gain needs a prior"):
+        RSDehambaConfig(head="affine", input_gain=True)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_the_model_learns_a_correction_of_its_prior(name):
     """A few steps take the model well past its prior on a hazy pair."""
     build, prior, _ = MODELS[name]
-    model = build(prior, map_smoothing=1.0)
+    model = build(prior, map_smoothing=1.0, input_gain=True)
     hazy, clear = _hazy()
     with torch.no_grad():
         start = F.l1_loss(model(hazy), clear).item()

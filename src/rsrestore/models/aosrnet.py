@@ -33,7 +33,8 @@ maps, J = (1 + g) I + o, with the last convolution initialised to zero so that a
 (a clean scene passes through) and the detail of the output is the input's, amplified where the dust was thick.
 
 With ``prior="rop"`` (our addition, affine head only) the network sees the rank-one prior's output b beside the input
-and its maps apply to b, J = (1 + g) b + o: before training the model is ``rop`` (see :mod:`.prior`).
+and its maps apply to b, J = (1 + g) b + o, or with ``input_gain`` J = (1 + g) b + h I + o: before training the model
+is ``rop`` (see :mod:`.prior`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class AOSRNetConfig:
             addition; no parameters, so weights load either way.
         prior: ``"none"``, or the classical restorer whose output the affine maps correct (``"rop"``; see
             :mod:`.prior`).
+        input_gain: with a prior, a third map h takes a share of the degraded input too, J = (1 + g) b + h I + o, so
+            the model can fall back on I where the prior fails (starts at zero).
     """
 
     in_channels: int = 3
@@ -83,6 +86,7 @@ class AOSRNetConfig:
     head: str = "phi"
     map_smoothing: float = 0.0
     prior: str = "none"
+    input_gain: bool = False
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -103,6 +107,8 @@ class AOSRNetConfig:
         if self.prior not in PRIORS or (self.prior != "none" and self.head != "affine"):
             raise ValueError(f"prior must be one of {PRIORS} and needs head='affine' unless 'none'; got "
                              f"{self.prior!r} with head={self.head!r}")
+        if self.input_gain and self.prior == "none":
+            raise ValueError("input_gain needs a prior")
 
 
 def restore_from_phi(hazy: Tensor, phi: Tensor, alpha: float = 1.6, beta: float = 1.0) -> Tensor:
@@ -202,7 +208,7 @@ class AOSRNet(PriorConditioned, nn.Module):
             self.conv4 = nn.Sequential(nn.Conv2d(w, c, 7, padding=3, padding_mode="reflect"), nn.PReLU())
         else:
             # Gain and offset maps; zero at the start, so the untrained network returns its input.
-            self.conv4 = nn.Conv2d(w, 2 * c, 7, padding=3, padding_mode="reflect")
+            self.conv4 = nn.Conv2d(w, (3 if cfg.input_gain else 2) * c, 7, padding=3, padding_mode="reflect")
             nn.init.zeros_(self.conv4.weight)
             nn.init.zeros_(self.conv4.bias)
 
@@ -245,9 +251,10 @@ class AOSRNet(PriorConditioned, nn.Module):
             phi = maps
             j = restore_from_phi(x, phi, self.cfg.alpha, self.cfg.beta)
         else:
-            gain, offset = (gaussian_blur(m, self.cfg.map_smoothing) for m in maps.chunk(2, dim=1))
+            maps = gaussian_blur(maps, self.cfg.map_smoothing)  # per channel: the same as blurring each map
+            gain, offset, *input_gain = maps.chunk(3 if self.cfg.input_gain else 2, dim=1)
             phi = 1.0 + gain  # the per-pixel gain takes Phi's place as the map returned beside J
-            j = phi * base + offset
+            j = phi * base + offset + (input_gain[0] * x if input_gain else 0.0)
         if not self.training:
             j = j.clamp(0.0, 1.0)
         return (j, phi) if return_phi else j

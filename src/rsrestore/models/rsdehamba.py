@@ -19,8 +19,9 @@ arXiv:2405.10030, 2024.
 * ``map_smoothing`` (with the affine head): a Gaussian blur of that width (pixels) on the gain and offset maps, so
   they can only vary as slowly as haze does and the fine detail of the output is the input's, amplified by the gain.
 * ``prior`` (this project's addition): ``"dcp"`` makes the model a correction of the dark channel prior's output b,
-  which it computes itself and sees beside the input: J = b + r, or with the affine head J = (1 + g) b + r. The
-  heads start at zero, so before training the model is ``dcp`` (see :mod:`.prior`).
+  which it computes itself and sees beside the input: J = b + r, or with the affine head J = (1 + g) b + r, and with
+  ``input_gain`` J = (1 + g) b + h I + r. The heads start at zero, so before training the model is ``dcp`` (see
+  :mod:`.prior`).
 * VDB: x <- x + SSM(LN(conv(x))); x <- x + FFN(conv(LN(x))), with depth-wise 3x3 convolutions for the local
   mixing.
 * SSM: two branches. Branch 1 = linear + SiLU. Branch 2 = linear -> depth-wise conv -> SiLU -> Direction-aware Scan
@@ -87,6 +88,8 @@ class RSDehambaConfig:
         map_smoothing: with the affine head, the standard deviation in pixels of a Gaussian blur of g and r; 0 leaves
             them per pixel. Our addition; no parameters, so weights load either way.
         prior: ``"none"``, or the classical restorer whose output the model corrects (``"dcp"``; see :mod:`.prior`).
+        input_gain: with a prior and the affine head, a third map h takes a share of the hazy input too,
+            J = (1 + g) b + h I + r, so the model can fall back on I where the prior fails (starts at zero).
     """
 
     in_channels: int = 3
@@ -104,6 +107,7 @@ class RSDehambaConfig:
     head: str = "residual"
     map_smoothing: float = 0.0
     prior: str = "none"
+    input_gain: bool = False
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -129,6 +133,8 @@ class RSDehambaConfig:
                              f"head={self.head!r}")
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if self.input_gain and (self.prior == "none" or self.head != "affine"):
+            raise ValueError("input_gain needs a prior and head='affine'")
 
     @property
     def widths(self) -> tuple[int, int, int]:
@@ -260,7 +266,7 @@ class RSDehamba(PriorConditioned, nn.Module):
     """
 
     stride = 4
-    correction_heads = ("head", "gain_head")
+    correction_heads = ("head", "gain_head", "input_gain_head")
     input_conv = "embed"
 
     def __init__(self, cfg: RSDehambaConfig | None = None):
@@ -288,6 +294,10 @@ class RSDehamba(PriorConditioned, nn.Module):
             self.gain_head = nn.Conv2d(c1, cfg.in_channels, 3, padding=1)
             nn.init.zeros_(self.gain_head.weight)
             nn.init.zeros_(self.gain_head.bias)
+        if cfg.input_gain:
+            self.input_gain_head = nn.Conv2d(c1, cfg.in_channels, 3, padding=1)
+            nn.init.zeros_(self.input_gain_head.weight)
+            nn.init.zeros_(self.input_gain_head.bias)
         if self.prior is not None:  # the correction starts at zero: the model starts as its prior
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -312,6 +322,8 @@ class RSDehamba(PriorConditioned, nn.Module):
         gain = self.gain_head(d1)
         gain, offset = gaussian_blur(gain, self.cfg.map_smoothing), gaussian_blur(offset, self.cfg.map_smoothing)
         out = bp + offset + gain * bp
+        if self.cfg.input_gain:
+            out = out + gaussian_blur(self.input_gain_head(d1), self.cfg.map_smoothing) * xp[:, :self.cfg.in_channels]
         return out[..., :h, :w].contiguous()
 
     def _last_upsampling(self, x: Tensor) -> Tensor:
