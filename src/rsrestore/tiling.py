@@ -49,6 +49,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 from torch import Tensor, nn
 
+from .models.prior import NETWORK_HALO
 from .memory import (MiB, PROBE_SIDE, bound_heap_fragmentation, measure_forward_memory, release_free_memory,
                      resident_bytes, tiles_per_batch)
 
@@ -69,7 +70,6 @@ from .raster import (
 )
 
 GDAL_CACHE_MB = 128  # GDAL block cache while streaming a scene (MB)
-DEFAULT_NETWORK_HALO = 16  # context for learned models that do not declare a `halo`
 STATS_MAX_SIDE = 1024  # scene statistics are estimated on a read decimated to at most this many pixels per side
 MIN_TILE = 16  # smaller tiles are mostly halo and overlap
 SMALL_TILE_WARNING = 64  # below this, a warning: many times slower than the default for the same result
@@ -342,7 +342,7 @@ class RasterSink:
 
 
 def model_halo(model: nn.Module) -> int:
-    return int(getattr(model, "halo", DEFAULT_NETWORK_HALO))
+    return int(getattr(model, "halo", NETWORK_HALO))  # a learned model that declares none: a network's
 
 
 def model_min_size(model: nn.Module) -> int:

@@ -24,7 +24,7 @@ __all__ = ["PRIORS", "build_prior", "PriorConditioned"]
 
 #: Classical restorers a learned model may start from: the task's baselines.
 PRIORS = ("none", "dcp", "rop")
-#: Context a network needs around a tile, as the tiled engine assumes for a model that declares no ``halo``.
+#: Context a network needs around a tile (the tiled engine's default for a model that declares no ``halo``).
 NETWORK_HALO = 16
 
 
