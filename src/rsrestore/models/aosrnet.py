@@ -44,8 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
-from .blocks import pad_to_multiple
+from .blocks import affine_output, pad_to_multiple
 from .prior import PRIORS, PriorConditioned, build_prior
 
 #: The encoder halves the resolution twice, so inputs are padded to a multiple of this.
@@ -251,10 +250,8 @@ class AOSRNet(PriorConditioned, nn.Module):
             phi = maps
             j = restore_from_phi(x, phi, self.cfg.alpha, self.cfg.beta)
         else:
-            maps = gaussian_blur(maps, self.cfg.map_smoothing)  # per channel: the same as blurring each map
-            gain, offset, *input_gain = maps.chunk(3 if self.cfg.input_gain else 2, dim=1)
-            phi = 1.0 + gain  # the per-pixel gain takes Phi's place as the map returned beside J
-            j = phi * base + offset + (input_gain[0] * x if input_gain else 0.0)
+            # the per-pixel gain takes Phi's place as the map returned beside J
+            j, phi = affine_output(base, maps, self.cfg.map_smoothing, x if self.cfg.input_gain else None)
         if not self.training:
             j = j.clamp(0.0, 1.0)
         return (j, phi) if return_phi else j

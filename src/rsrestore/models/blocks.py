@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
+
 __all__ = ["LayerNorm2d", "pad_to_multiple", "count_parameters"]
 
 
@@ -42,3 +44,15 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters of a module."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def affine_output(base: Tensor, maps: Tensor, smoothing: float, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The affine heads' output, J = (1 + g) b + o, or J = (1 + g) b + o + h x when ``x`` is given.
+
+    ``maps`` stacks g, o (and h) along the channels, each with the channels of ``base``; all are blurred by a
+    Gaussian of ``smoothing`` pixels first (0: per pixel). Returns J and the gain 1 + g.
+    """
+    gain, offset, *share = gaussian_blur(maps, smoothing).chunk(2 if x is None else 3, dim=1)
+    phi = 1.0 + gain
+    out = phi * base + offset
+    return (out if x is None else out + share[0] * x), phi

@@ -46,8 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
-from .blocks import LayerNorm2d, count_parameters, pad_to_multiple
+from .blocks import LayerNorm2d, affine_output, count_parameters, pad_to_multiple
 from .prior import PRIORS, PriorConditioned, build_prior
 from . import scan as _scan
 from .scan import selective_scan
@@ -319,11 +318,9 @@ class RSDehamba(PriorConditioned, nn.Module):
         offset = self.head(d1)
         if self.cfg.head == "residual":
             return (bp + offset)[..., :h, :w].contiguous()
-        gain = self.gain_head(d1)
-        gain, offset = gaussian_blur(gain, self.cfg.map_smoothing), gaussian_blur(offset, self.cfg.map_smoothing)
-        out = bp + offset + gain * bp
-        if self.cfg.input_gain:
-            out = out + gaussian_blur(self.input_gain_head(d1), self.cfg.map_smoothing) * xp[:, :self.cfg.in_channels]
+        maps = [self.gain_head(d1), offset] + ([self.input_gain_head(d1)] if self.cfg.input_gain else [])
+        xs = xp[:, :self.cfg.in_channels] if self.cfg.input_gain else None
+        out, _ = affine_output(bp, torch.cat(maps, dim=1), self.cfg.map_smoothing, xs)
         return out[..., :h, :w].contiguous()
 
     def _last_upsampling(self, x: Tensor) -> Tensor:
