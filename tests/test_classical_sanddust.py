@@ -153,6 +153,24 @@ def test_stretch_percentiles_match_numpy():
         assert abs(st["high"][0, ch].item() - hi) < 1e-5
 
 
+def test_max_stretch_caps_the_gain_about_the_midpoint_and_leaves_wide_ranges_alone():
+    # A flat scene: a narrow range, stretched ~20x without the cap.
+    flat = 0.4 + 0.05 * torch.rand(1, 3, 40, 40, generator=_rng(9))
+    plain = RankOnePrior(ROPConfig(smooth_radius=3))
+    capped = RankOnePrior(ROPConfig(smooth_radius=3, max_stretch=4.0))
+    st, st_cap = plain.scene_statistics(flat), capped.scene_statistics(flat)
+    assert float((1 / (st["high"] - st["low"])).min()) > 8.0
+    torch.testing.assert_close(st_cap["high"] - st_cap["low"], torch.full_like(st["low"], 0.25), rtol=0, atol=1e-6)
+    torch.testing.assert_close(st_cap["high"] + st_cap["low"], st["high"] + st["low"], rtol=0, atol=1e-6)
+    assert float(capped(flat).std()) < 0.5 * float(plain(flat).std())
+    # A scene with contrast: a gain under the cap, so the same statistics and output.
+    wide = torch.rand(1, 3, 40, 40, generator=_rng(10))
+    assert float((1 / (plain.scene_statistics(wide)["high"] - plain.scene_statistics(wide)["low"])).max()) < 4.0
+    torch.testing.assert_close(capped(wide), plain(wide), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="max_stretch"):
+        RankOnePrior(ROPConfig(max_stretch=0.5))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # interface contracts: statistics, masks, tiles, bands
 

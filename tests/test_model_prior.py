@@ -143,6 +143,22 @@ def test_an_unknown_prior_is_refused():
         RSDehambaConfig(head="affine", input_gain=True)
 
 
+def test_prior_options_reach_the_prior_and_bad_ones_are_refused():
+    # The options change the prior's settings, and the untrained model equals the prior built with them.
+    x, _ = _hazy()
+    aosr = AOSRNet(AOSRNetConfig(head="affine", prior="rop", prior_options={"max_stretch": 2.0})).eval()
+    rsd = RSDehamba(RSDehambaConfig(head="affine", prior="dcp", prior_options={"omega": 0.5})).eval()
+    assert aosr.prior.cfg.max_stretch == 2.0 and rsd.prior.cfg.omega == 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(aosr(x), build_prior("rop", {"max_stretch": 2.0})(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(rsd(x), build_prior("dcp", {"omega": 0.5})(x), rtol=0, atol=1e-6)
+        assert not torch.allclose(rsd(x), DarkChannelPrior()(x), atol=1e-3)
+    with pytest.raises(ValueError, match="unknown"):
+        build_prior("rop", {"strength": 1.0})
+    with pytest.raises(ValueError, match="need a prior"):
+        RSDehamba(RSDehambaConfig(prior_options={"omega": 0.5}))
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_the_model_learns_a_correction_of_its_prior(name):
     """A few steps take the model well past its prior on a hazy pair."""

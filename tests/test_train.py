@@ -17,6 +17,7 @@ import yaml
 from _train_data import base_config, make_pairs, write_yaml
 
 from rsrestore.losses import build_loss, loss_params
+from rsrestore.metrics.full_reference import ssim
 from rsrestore.models import registry
 from rsrestore.train import (
     EMA,
@@ -306,6 +307,23 @@ def test_losses():
     assert float(total) == pytest.approx(float(F.l1_loss(faint, target) + 3.0 * expected), rel=1e-5)
     with pytest.raises(ValueError, match="gradient_weight"):
         build_loss("l1", gradient_weight=-1.0)
+    # The SSIM term: 1 - SSIM as the metric computes it, zero for the target itself, with a gradient, and finite
+    # under bf16 autocast (where the moments' cancellation would otherwise break it).
+    similarity = build_loss("l1", ssim_weight=0.5)
+    big_pred, big_target = torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24)
+    assert similarity(big_target, {"target": big_target})[1]["ssim"] == pytest.approx(0.0, abs=1e-6)
+    soft = (0.5 * big_target + 0.5 * big_pred).requires_grad_()
+    total, parts = similarity(soft, {"target": big_target})
+    expected_ssim = 1.0 - float(ssim(soft.detach(), big_target).mean())
+    assert parts["ssim"] == pytest.approx(expected_ssim, rel=1e-5) and parts["ssim"] > 0.1
+    assert float(total) == pytest.approx(float(F.l1_loss(soft, big_target)) + 0.5 * expected_ssim, rel=1e-5)
+    total.backward()
+    assert soft.grad is not None and float(soft.grad.abs().sum()) > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, parts_bf16 = similarity(soft.detach(), {"target": big_target})
+    assert parts_bf16["ssim"] == pytest.approx(expected_ssim, rel=1e-4)
+    with pytest.raises(ValueError, match="ssim_weight"):
+        build_loss("l1", ssim_weight=-1.0)
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("ssim")
     with pytest.raises(ValueError, match="accepted"):

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..metrics.full_reference import ssim_differentiable
+
 __all__ = ["LOSSES", "CARLLoss", "L1Loss", "build_loss", "loss_params", "prediction_of"]
 
 
@@ -61,19 +63,22 @@ class L1Loss(nn.Module):
     - with ``gradient_weight``, that weight times the mean absolute error of the horizontal and vertical differences
       of neighbouring pixels (an edge loss). A haze veil over fine detail leaves most of the L1 error in the level,
       so L1 alone lets a model lift the veil and leave the detail as faint as the hazy input had it; this term
-      charges faint detail directly.
+      charges faint detail directly;
+    - with ``ssim_weight``, that weight times ``1 - SSIM`` (the metric's own convention,
+      :func:`rsrestore.metrics.full_reference.ssim_differentiable`). L1 charges a residual veil little where the
+      local contrast is small, SSIM charges the lost contrast itself.
     """
 
     model_kwargs: dict[str, Any] = {}
 
-    def __init__(self, spectral_weight: float = 0.0, gradient_weight: float = 0.0) -> None:
+    def __init__(self, spectral_weight: float = 0.0, gradient_weight: float = 0.0, ssim_weight: float = 0.0) -> None:
         super().__init__()
-        if spectral_weight < 0:
-            raise ValueError(f"spectral_weight must be >= 0, got {spectral_weight}")
-        if gradient_weight < 0:
-            raise ValueError(f"gradient_weight must be >= 0, got {gradient_weight}")
+        for name, weight in (("spectral", spectral_weight), ("gradient", gradient_weight), ("ssim", ssim_weight)):
+            if weight < 0:
+                raise ValueError(f"{name}_weight must be >= 0, got {weight}")
         self.spectral_weight = spectral_weight
         self.gradient_weight = gradient_weight
+        self.ssim_weight = ssim_weight
 
     def forward(self, output: Any, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
         pred = prediction_of(output)
@@ -90,6 +95,10 @@ class L1Loss(nn.Module):
             edges = sum(F.l1_loss(pred.diff(dim=d), target.diff(dim=d)) for d in (-1, -2)) / 2
             loss = loss + self.gradient_weight * edges
             parts["gradient"] = float(edges.detach())
+        if self.ssim_weight:
+            dissimilarity = 1.0 - ssim_differentiable(pred, target).mean()
+            loss = loss + self.ssim_weight * dissimilarity
+            parts["ssim"] = float(dissimilarity.detach())
         return loss, parts
 
 

@@ -253,6 +253,17 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     return _ssim(*_prepare(pred, target, mask))
 
 
+def ssim_differentiable(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`ssim` for a training loss: the same convention, ``(B,)`` in the inputs' dtype, with autograd, no mask,
+    no checks and no clamping (the caller passes same-shaped images of at least 11x11 on the [0, 1] scale).
+
+    Computed outside autocast: the variances are differences of near-equal moments (E[x^2] - E[x]^2), which in
+    bf16 cancel to noise or below zero and can drive the ratio to infinity."""
+    valid = torch.ones((pred.shape[0], 1, *pred.shape[2:]), dtype=torch.bool, device=pred.device)
+    with torch.autocast(pred.device.type, enabled=False):
+        return _ssim(pred.float(), target.float(), valid)
+
+
 def ciede2000(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean CIEDE2000 colour difference per image (Sharma et al. 2005) after sRGB to CIE L*a*b* (D65).
 

@@ -39,7 +39,8 @@ is ``rop`` (see :mod:`.prior`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +75,8 @@ class AOSRNetConfig:
             :mod:`.prior`).
         input_gain: with a prior, a third map h takes a share of the degraded input too, J = (1 + g) b + h I + o, so
             the model can fall back on I where the prior fails (starts at zero).
+        prior_options: settings of the prior other than its defaults (fields of its config, e.g.
+            ``{"max_stretch": 4.0}`` for rop).
     """
 
     in_channels: int = 3
@@ -86,6 +89,7 @@ class AOSRNetConfig:
     map_smoothing: float = 0.0
     prior: str = "none"
     input_gain: bool = False
+    prior_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -186,7 +190,7 @@ class AOSRNet(PriorConditioned, nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or AOSRNetConfig()
         c, w = cfg.in_channels, cfg.width
-        self.prior = build_prior(cfg.prior)
+        self.prior = build_prior(cfg.prior, cfg.prior_options)
         # Four convolutions and two transposed convolutions, each followed by PReLU, as the paper describes. With a
         # prior the first one sees the degraded input and the prior's output of it.
         seen = c * (1 if self.prior is None else 2)

@@ -14,6 +14,7 @@ engine, like the classical method alone, so tiles agree. It widens the model's h
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
@@ -28,19 +29,28 @@ PRIORS = ("none", "dcp", "rop")
 NETWORK_HALO = 16
 
 
-def build_prior(name: str) -> nn.Module | None:
-    """The classical restorer called ``name`` with its default settings, or None for ``"none"``."""
+def build_prior(name: str, options: dict[str, Any] | None = None) -> nn.Module | None:
+    """The classical restorer called ``name``, with its default settings changed by ``options`` (fields of its
+    config dataclass, e.g. ``{"max_stretch": 4.0}`` for rop), or None for ``"none"``."""
     if name not in PRIORS:
         raise ValueError(f"prior must be one of {PRIORS}, got {name!r}")
+    options = dict(options or {})
+    if name == "none":
+        if options:
+            raise ValueError(f"prior_options need a prior, got {options} with prior='none'")
+        return None
     if name == "dcp":
-        from ..classical.dcp import DarkChannelPrior
+        from ..classical.dcp import DarkChannelPrior, DCPConfig
 
-        return DarkChannelPrior()
-    if name == "rop":
-        from ..classical.rop import RankOnePrior
+        restorer, settings = DarkChannelPrior, DCPConfig
+    else:
+        from ..classical.rop import RankOnePrior, ROPConfig
 
-        return RankOnePrior()
-    return None
+        restorer, settings = RankOnePrior, ROPConfig
+    known = {f.name for f in dataclasses.fields(settings)}
+    if unknown := sorted(set(options) - known):
+        raise ValueError(f"prior_options for {name!r} may set {sorted(known)}, got unknown {unknown}")
+    return restorer(settings(**options))
 
 
 class PriorConditioned:

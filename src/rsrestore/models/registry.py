@@ -287,6 +287,8 @@ def _check_config_types(name: str, config_cls: type, values: dict) -> None:
             ok = isinstance(v, str)
         elif isinstance(default, (tuple, list)):
             ok = isinstance(v, (tuple, list))
+        elif isinstance(default, dict):
+            ok = isinstance(v, dict)
         else:
             ok = True  # None or another object: no type to compare with
         if not ok:

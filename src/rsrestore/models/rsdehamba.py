@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,8 @@ class RSDehambaConfig:
         prior: ``"none"``, or the classical restorer whose output the model corrects (``"dcp"``; see :mod:`.prior`).
         input_gain: with a prior and the affine head, a third map h takes a share of the hazy input too,
             J = (1 + g) b + h I + r, so the model can fall back on I where the prior fails (starts at zero).
+        prior_options: settings of the prior other than its defaults (fields of its config, e.g.
+            ``{"max_stretch": 4.0}`` for rop).
     """
 
     in_channels: int = 3
@@ -107,6 +110,7 @@ class RSDehambaConfig:
     map_smoothing: float = 0.0
     prior: str = "none"
     input_gain: bool = False
+    prior_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -273,7 +277,7 @@ class RSDehamba(PriorConditioned, nn.Module):
         self.cfg = cfg = cfg or RSDehambaConfig()
         c1, c2, c3 = cfg.widths
         n1, n2, n3 = cfg.depths
-        self.prior = build_prior(cfg.prior)
+        self.prior = build_prior(cfg.prior, cfg.prior_options)
         # with a prior the network sees the degraded input and the prior's output of it
         self.embed = nn.Conv2d(cfg.in_channels * (1 if self.prior is None else 2), c1, 3, padding=1)
         self.enc1 = nn.Sequential(*[VisionDehambaBlock(c1, cfg) for _ in range(n1)])
