@@ -130,6 +130,48 @@ def test_tiles_agree_with_the_whole_scene(name):
     np.testing.assert_allclose(tiled, whole, atol=2e-3)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_the_network_runs_near_the_kept_pixels_only(name):
+    """With ``cores`` (what the tiled engine keeps) the network sees their union plus its own halo; the prior still
+    sees the whole box, and what lies outside the window is the prior's output."""
+    build, prior, restorer = MODELS[name]
+    model = build(prior).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # a correction that depends on the input
+            p.add_(0.05 * torch.randn_like(p))
+    x, _ = _hazy(size=96)
+    stats = model.scene_statistics(x)
+    seen = []
+    first = model.get_submodule(model.input_conv)
+    handle = first.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        whole = model(x, stats=stats)
+        kept = model(x, stats=stats, cores=[(40, 56, 30, 50)])
+        union = model(x.expand(2, -1, -1, -1), stats=stats, cores=[(40, 56, 30, 50), (8, 20, 70, 90)])
+        base = restorer()(x, stats=stats)
+    handle.remove()
+    halo = NETWORK_HALO
+
+    def padded(n: int) -> int:  # both networks reflect-pad to a multiple of 4 before their first convolution
+        return -(-n // 4) * 4
+
+    assert seen[0] == (96, 96)  # the whole box
+    assert seen[1] == (padded(56 - 40 + 2 * halo), padded(50 - 30 + 2 * halo))
+    assert seen[2] == (padded(56 + halo), padded(96 - (30 - halo)))  # rows 0..72, columns 14..96: clipped
+    rows, cols = slice(40 - halo, 56 + halo), slice(30 - halo, 50 + halo)
+    outside = torch.ones(96, 96, dtype=torch.bool)
+    outside[rows, cols] = False
+    torch.testing.assert_close(kept[..., outside], base.clamp(0, 1)[..., outside], rtol=0, atol=1e-6)
+    with torch.no_grad():
+        window = model._network(x[..., rows, cols], base[..., rows, cols])
+    window = window[0] if isinstance(window, tuple) else window
+    torch.testing.assert_close(kept[..., rows, cols], window.clamp(0, 1) if name == "aosrnet" else window)
+    # The network did change the kept pixels, and its wider context in the whole box changes them too.
+    assert (kept - base)[..., 40:56, 30:50].abs().max() > 0.01
+    assert (kept - whole)[..., 40:56, 30:50].abs().max() > 1e-4
+    torch.testing.assert_close(union[1:, :, 8:20, 70:90], union[:1, :, 8:20, 70:90])
+
+
 def test_an_unknown_prior_is_refused():
     with pytest.raises(ValueError, match="prior must be one of"):
         RSDehambaConfig(prior="clahe")

@@ -383,19 +383,26 @@ def compute_scene_statistics(model: nn.Module, source, device: torch.device) -> 
     return stats
 
 
-def takes_origins(model: nn.Module) -> bool:
-    """Whether a model's forward takes ``origins``: the scene position (y0, x0) of each tile of a batch, which a
-    diffusion model uses to draw the same noise at a scene pixel whichever tile reads it (seamless sampling)."""
-    return "origins" in inspect.signature(model.forward).parameters
+def forward_takes(model: nn.Module, name: str) -> bool:
+    """Whether a model's forward takes the keyword ``name``. The engine can pass two:
+
+    - ``origins``: the scene position (y0, x0) of each tile's read box, which a diffusion model uses to draw the same
+      noise at a scene pixel whichever tile reads it (seamless sampling);
+    - ``cores``: each tile's kept pixels (y0, y1, x0, x1) in its read box, so a model whose classical prior needs a
+      wide halo runs its network on the tile and its own halo only (:meth:`rsrestore.models.prior.PriorConditioned.
+      correct_prior`)."""
+    return name in inspect.signature(model.forward).parameters
 
 
 def run_model(model: nn.Module, batch: Tensor, sar: Tensor | None, stats: dict | None, amp: bool,
-              origins: list[tuple[int, int]] | None = None) -> Tensor:
-    kwargs = {}
+              origins: list[tuple[int, int]] | None = None,
+              cores: list[tuple[int, int, int, int]] | None = None) -> Tensor:
+    kwargs: dict[str, object] = {}
     if sar is not None:
         kwargs["sar"] = sar
-    if origins is not None and takes_origins(model):
-        kwargs["origins"] = origins
+    for name, value in (("origins", origins), ("cores", cores)):
+        if value is not None and forward_takes(model, name):
+            kwargs[name] = value
     model_stats = {k: v for k, v in (stats or {}).items() if not k.startswith("_")}
     if model_stats:
         kwargs["stats"] = model_stats
@@ -506,7 +513,7 @@ def _read_box(spec: TileSpec, halo: int, height: int, width: int) -> tuple[int, 
 
 
 def _restore_chunk(model, source, chunk, halo, height, width, device, stats, fill, amp) -> list[np.ndarray]:
-    images, sars, boxes, origins = [], [], [], []
+    images, sars, boxes, origins, cores = [], [], [], [], []
     fallback = fill.cpu().numpy()
     for spec in chunk:
         y0, y1, x0, x1 = _read_box(spec, halo, height, width)
@@ -515,9 +522,10 @@ def _restore_chunk(model, source, chunk, halo, height, width, device, stats, fil
         sars.append(sar)
         boxes.append((spec.y0 - y0, spec.x0 - x0))
         origins.append((y0, x0))  # where the read box sits in the scene
+        cores.append((spec.y0 - y0, spec.y1 - y0, spec.x0 - x0, spec.x1 - x0))  # the tile in its read box
     x = _model_input(torch.from_numpy(np.stack(images)).to(device))
     sar = None if sars[0] is None else torch.from_numpy(np.stack(sars)).to(device)
-    y = run_model(model, x, sar, stats, amp, origins).cpu().numpy()
+    y = run_model(model, x, sar, stats, amp, origins, cores).cpu().numpy()
     outs = []
     for k, spec in enumerate(chunk):
         oy, ox = boxes[k]

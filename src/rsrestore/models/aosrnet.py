@@ -39,6 +39,7 @@ is ``rop`` (see :mod:`.prior`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,7 +229,8 @@ class AOSRNet(PriorConditioned, nn.Module):
         return self.conv4(up2)
 
     def forward(
-        self, x: Tensor, sar: Tensor | None = None, return_phi: bool = False, stats: dict[str, Tensor] | None = None
+        self, x: Tensor, sar: Tensor | None = None, return_phi: bool = False, stats: dict[str, Tensor] | None = None,
+        cores: Sequence[Sequence[int]] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Restore a sand-dust degraded batch.
 
@@ -238,6 +240,8 @@ class AOSRNet(PriorConditioned, nn.Module):
             return_phi: also return the estimated Phi (needed by :class:`~rsrestore.losses.aosr.AOSRLoss`); with the
                 affine head, the gain map.
             stats: the prior's scene statistics; estimated from x when absent.
+            cores: with a prior, the pixels of each item the caller keeps, ``(y0, y1, x0, x1)`` (the tiled engine's
+                tiles in their read boxes); the network then runs near them only (:meth:`correct_prior`).
         """
         del sar
         if x.ndim != 4:
@@ -246,16 +250,20 @@ class AOSRNet(PriorConditioned, nn.Module):
             raise ValueError(f"AOSRNet was built for {self.cfg.in_channels} bands, got {x.shape[1]}")
         if not x.is_floating_point():
             raise ValueError(f"AOSRNet expects a float tensor in [0, 1], got {x.dtype}")
-        h, w = x.shape[-2:]
-        base = x if self.prior is None else self.prior_output(x, stats).to(x.dtype)
-        seen = x if self.prior is None else torch.cat([x, base], dim=1)
-        maps = self.estimate_phi(pad_to_multiple(seen, STRIDE)[0])[..., :h, :w]
-        if self.cfg.head == "phi":
-            phi = maps
-            j = restore_from_phi(x, phi, self.cfg.alpha, self.cfg.beta)
+        if self.prior is None:
+            j, phi = self._network(x, x)
         else:
-            # the per-pixel gain takes Phi's place as the map returned beside J
-            j, phi = affine_output(base, maps, self.cfg.map_smoothing, x if self.cfg.input_gain else None)
+            j, phi = self.correct_prior(x, self.prior_output(x, stats).to(x.dtype), cores, self._network)
         if not self.training:
             j = j.clamp(0.0, 1.0)
         return (j, phi) if return_phi else j
+
+    def _network(self, x: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
+        """(J, Phi) from the input x and the image the affine maps correct (x itself, or the prior's output)."""
+        h, w = x.shape[-2:]
+        seen = x if self.prior is None else torch.cat([x, base], dim=1)
+        maps = self.estimate_phi(pad_to_multiple(seen, STRIDE)[0])[..., :h, :w]
+        if self.cfg.head == "phi":
+            return restore_from_phi(x, maps, self.cfg.alpha, self.cfg.beta), maps
+        # the per-pixel gain takes Phi's place as the map returned beside J
+        return affine_output(base, maps, self.cfg.map_smoothing, x if self.cfg.input_gain else None)

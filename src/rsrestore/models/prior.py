@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -92,6 +93,41 @@ class PriorConditioned:
         assert self.prior is not None
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             return self.prior(x.float(), stats=stats or None)
+
+    def network_window(self, size: tuple[int, int], cores: Sequence[Sequence[int]] | None) -> tuple[slice, slice]:
+        """Rows and columns of a read box of ``size`` that the network must see for the outputs at ``cores``.
+
+        ``cores`` (one ``(y0, y1, x0, x1)`` per batch item, in the box) are the pixels the tiled engine keeps. The
+        prior needs its wide halo (dcp: 127 px) around them, the network only its own: the window is the cores'
+        union widened by ``NETWORK_HALO`` and clipped to the box. It is the whole box without a prior or cores.
+        """
+        h, w = size
+        if self.prior is None or not cores:
+            return slice(0, h), slice(0, w)
+        y0, y1 = min(c[0] for c in cores) - NETWORK_HALO, max(c[1] for c in cores) + NETWORK_HALO
+        x0, x1 = min(c[2] for c in cores) - NETWORK_HALO, max(c[3] for c in cores) + NETWORK_HALO
+        return slice(max(0, y0), min(h, y1)), slice(max(0, x0), min(w, x1))
+
+    def correct_prior(self, x: Tensor, base: Tensor, cores: Sequence[Sequence[int]] | None,
+                      network: Callable[[Tensor, Tensor], Any]) -> Any:
+        """``network(x, base)`` (an image, or a tuple whose first item is the image) on :meth:`network_window` only.
+
+        Outside the window the image is the prior's output and any further map is zero: the tiled engine never keeps
+        those pixels. Without this the network would run on the prior's whole context, about 4x the pixels of a
+        512-px tile with dcp's halo, for outputs that are thrown away.
+        """
+        rows, cols = self.network_window((x.shape[-2], x.shape[-1]), cores)
+        if rows.stop - rows.start == x.shape[-2] and cols.stop - cols.start == x.shape[-1]:
+            return network(x, base)
+        inner = network(x[..., rows, cols], base[..., rows, cols])
+        parts = inner if isinstance(inner, tuple) else (inner,)
+        whole = []
+        for k, part in enumerate(parts):
+            full = base.to(part.dtype) if k == 0 else part.new_zeros((*part.shape[:2], *x.shape[-2:]))
+            full = full.clone()
+            full[..., rows, cols] = part
+            whole.append(full)
+        return tuple(whole) if isinstance(inner, tuple) else whole[0]
 
     def adapt_init_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Weights of the same model trained without a prior, made to fit this one: the output heads are left out

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -305,12 +306,20 @@ class RSDehamba(PriorConditioned, nn.Module):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: Tensor, sar: Tensor | None = None, stats: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, sar: Tensor | None = None, stats: dict[str, Tensor] | None = None,
+                cores: Sequence[Sequence[int]] | None = None) -> Tensor:
+        """``cores``: with a prior, the pixels of each item the caller keeps, ``(y0, y1, x0, x1)`` (the tiled
+        engine's tiles in their read boxes); the network then runs near them only (:meth:`correct_prior`)."""
         if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
             raise ValueError(f"expected input (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}")
         if sar is not None:
             raise ValueError("RSDehamba does not use SAR; pass sar=None")
-        base = x if self.prior is None else self.prior_output(x, stats).to(x.dtype)
+        if self.prior is None:
+            return self._network(x, x)
+        return self.correct_prior(x, self.prior_output(x, stats).to(x.dtype), cores, self._network)
+
+    def _network(self, x: Tensor, base: Tensor) -> Tensor:
+        """The restored image from the input x and the image the heads correct (x itself, or the prior's output)."""
         xp, (h, w) = pad_to_multiple(x if self.prior is None else torch.cat([x, base], dim=1), self.stride)
         xp = xp.contiguous(memory_format=torch.channels_last)
         bp = xp[:, -self.cfg.in_channels:]  # what the heads correct: the input, or the prior's output
