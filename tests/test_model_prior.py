@@ -92,6 +92,22 @@ def test_weights_trained_without_the_prior_load_and_the_model_still_starts_as_th
         torch.testing.assert_close(model.eval()(x), restorer()(x), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_weights_trained_with_the_prior_load_as_they_are(name, tmp_path):
+    # A fine-tune of a model trained with its prior starts where that model ended, learned heads included.
+    build, prior, _ = MODELS[name]
+    trained = build(prior)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = tmp_path / "trained.safetensors"
+    save_file(trained.state_dict(), str(path))
+    model = build(prior)
+    assert load_init_weights(model, str(path))["tensors_not_in_file"] == 0
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+
+
 def test_the_scene_statistics_are_the_priors_and_reach_it():
     model = _rsdehamba().eval()
     x, _ = _hazy()

@@ -132,14 +132,14 @@ class PriorConditioned:
     def adapt_init_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Weights of the same model trained without a prior, made to fit this one: the output heads are left out
         (they stay at zero: the model starts as its prior), and the first convolution's kernel for the prior's
-        channels starts at zero (the features start as they were)."""
-        if self.prior is None:
-            return state
-        state = {k: v for k, v in state.items() if k.split(".")[0] not in self.correction_heads}
+        channels starts at zero (the features start as they were). Weights trained with a prior (their first
+        convolution already sees its output) load as they are, heads included."""
         key = f"{self.input_conv}.weight"
         own = self.state_dict()[key]  # type: ignore[attr-defined]
-        if key in state and state[key].shape[1] * 2 == own.shape[1]:
-            state[key] = torch.cat([state[key], torch.zeros_like(state[key])], dim=1)
+        if self.prior is None or key not in state or state[key].shape[1] * 2 != own.shape[1]:
+            return state
+        state = {k: v for k, v in state.items() if k.split(".")[0] not in self.correction_heads}
+        state[key] = torch.cat([state[key], torch.zeros_like(state[key])], dim=1)
         return state
 
 
