@@ -513,24 +513,19 @@ def _read_box(spec: TileSpec, halo: int, height: int, width: int) -> tuple[int, 
 
 
 def _restore_chunk(model, source, chunk, halo, height, width, device, stats, fill, amp) -> list[np.ndarray]:
-    images, sars, boxes, origins, cores = [], [], [], [], []
+    images, sars, origins, cores = [], [], [], []
     fallback = fill.cpu().numpy()
     for spec in chunk:
         y0, y1, x0, x1 = _read_box(spec, halo, height, width)
         img, mask, sar = source.read(y0, y1, x0, x1)
         images.append(fill_invalid(img, mask, fallback))
         sars.append(sar)
-        boxes.append((spec.y0 - y0, spec.x0 - x0))
         origins.append((y0, x0))  # where the read box sits in the scene
         cores.append((spec.y0 - y0, spec.y1 - y0, spec.x0 - x0, spec.x1 - x0))  # the tile in its read box
     x = _model_input(torch.from_numpy(np.stack(images)).to(device))
     sar = None if sars[0] is None else torch.from_numpy(np.stack(sars)).to(device)
     y = run_model(model, x, sar, stats, amp, origins, cores).cpu().numpy()
-    outs = []
-    for k, spec in enumerate(chunk):
-        oy, ox = boxes[k]
-        outs.append(y[k, :, oy : oy + spec.y1 - spec.y0, ox : ox + spec.x1 - spec.x0])
-    return outs
+    return [y[k, :, cy0:cy1, cx0:cx1] for k, (cy0, cy1, cx0, cx1) in enumerate(cores)]
 
 
 def _model_input(x: Tensor) -> Tensor:
