@@ -9,23 +9,27 @@ from safetensors.torch import save_file
 from rsrestore.classical.dcp import DarkChannelPrior
 from rsrestore.classical.rop import RankOnePrior
 from rsrestore.models.aosrnet import AOSRNet, AOSRNetConfig
-from rsrestore.models.prior import NETWORK_HALO, build_prior
+from rsrestore.models.prior import GATE_SMOOTHING, GATE_START, NETWORK_HALO, build_prior
 from rsrestore.models.rsdehamba import RSDehamba, RSDehambaConfig
 from rsrestore.tiling import restore_array
+from rsrestore.losses import build_loss
 from rsrestore.train.loop import load_init_weights
+from rsrestore.train.objectives import OBJECTIVES, ObjectiveContext
 
 
 def _rsdehamba(prior: str = "dcp", head: str = "affine", map_smoothing: float = 0.0,
-               input_gain: bool = False) -> RSDehamba:
+               input_gain: bool = False, clean_gate: bool = False) -> RSDehamba:
     torch.manual_seed(0)
     return RSDehamba(RSDehambaConfig(embed_dim=8, depths=(1, 1, 1), d_state=4, scan_impl="chunked", head=head,
-                                     map_smoothing=map_smoothing, prior=prior, input_gain=input_gain))
+                                     map_smoothing=map_smoothing, prior=prior, input_gain=input_gain,
+                                     clean_gate=clean_gate))
 
 
-def _aosrnet(prior: str = "rop", map_smoothing: float = 0.0, input_gain: bool = False) -> AOSRNet:
+def _aosrnet(prior: str = "rop", map_smoothing: float = 0.0, input_gain: bool = False,
+             clean_gate: bool = False) -> AOSRNet:
     torch.manual_seed(0)
     return AOSRNet(AOSRNetConfig(width=8, num_res_blocks=1, head="affine", map_smoothing=map_smoothing, prior=prior,
-                                 input_gain=input_gain))
+                                 input_gain=input_gain, clean_gate=clean_gate))
 
 
 #: Each model with its task's classical restorer: (build the model with a prior or "none", the prior alone)
@@ -232,3 +236,67 @@ def test_the_model_learns_a_correction_of_its_prior(name):
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * start, (start, loss.item())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_clean_gate_starts_as_almost_all_of_the_correction(name):
+    build, prior, restorer = MODELS[name]
+    x, _ = _hazy()
+    with torch.no_grad():
+        gated = build(prior, input_gain=True, clean_gate=True).eval()(x)
+        expected = x + torch.sigmoid(torch.tensor(GATE_START)) * (restorer()(x) - x)
+    torch.testing.assert_close(gated, expected, rtol=0, atol=1e-5)
+    assert (gated - x).abs().mean() > 0.02  # the prior does change this scene
+
+
+def test_the_clean_gate_needs_a_prior_and_fits_in_the_networks_halo():
+    with pytest.raises(ValueError, match="clean_gate needs a prior"):
+        AOSRNetConfig(head="affine", clean_gate=True)
+    with pytest.raises(ValueError, match="clean_gate needs a prior"):
+        RSDehambaConfig(clean_gate=True)
+    # two 3x3 convolutions and the blur's 3 sigma: a tile's kept pixels see nothing the network was not given
+    assert 2 + 3 * GATE_SMOOTHING <= NETWORK_HALO
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_clean_gate_learns_to_hand_a_clean_scene_back_and_keeps_the_correction_of_a_degraded_one(name):
+    """Trained alone by its objective, with the correction frozen (here the bare prior, and the prior's output the
+    degraded scene's target), the gate learns to tell the two scenes apart: all of the correction on one, none on the
+    other."""
+    build, prior, restorer = MODELS[name]
+    model = build(prior, input_gain=True, clean_gate=True)
+    hazy, _ = _hazy(size=64)
+    _, other = _hazy(seed=1, size=64)
+    clean = other.flip(-1)  # a clean scene unlike the hazy one's content
+    with torch.no_grad():
+        corrected = restorer()(hazy)
+        prior_on_clean = restorer()(clean)
+    batch = {"input": torch.cat([hazy, clean]), "target": torch.cat([corrected, clean]),
+             "meta": [{"preset": "thick"}, {"preset": "clean"}]}
+    ctx = ObjectiveContext(loss=build_loss("l1"), model_kwargs={}, needs_sar=False)
+    for key, p in model.named_parameters():
+        p.requires_grad_(key.startswith("clean_gate."))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(100):
+        step = OBJECTIVES["clean_gate"](model, batch, ctx)
+        opt.zero_grad()
+        step.loss.backward()
+        opt.step()
+    with torch.no_grad():
+        out = model.eval()(batch["input"])
+    changed, prior_changed = (out[1] - clean[0]).abs().mean(), (prior_on_clean[0] - clean[0]).abs().mean()
+    assert changed < 0.1 * prior_changed, (changed, prior_changed)
+    kept, correction = (out[0] - corrected[0]).abs().mean(), (hazy[0] - corrected[0]).abs().mean()
+    assert kept < 0.1 * correction, (kept, correction)
+    # in eval mode the gate keeps no logits, and the objective is the supervised one there
+    assert model.clean_gate.logits is None
+    assert "loss_gate" not in OBJECTIVES["clean_gate"](model, batch, ctx).logs
+
+
+def test_the_clean_gate_objective_needs_a_gate_and_the_items_presets():
+    ctx = ObjectiveContext(loss=build_loss("l1"), model_kwargs={}, needs_sar=False)
+    x, clear = _hazy()
+    with pytest.raises(ValueError, match="needs a model with a clean gate"):
+        OBJECTIVES["clean_gate"](_aosrnet(), {"input": x, "target": clear}, ctx)
+    with pytest.raises(ValueError, match="meta preset"):
+        OBJECTIVES["clean_gate"](_aosrnet(clean_gate=True), {"input": x, "target": clear}, ctx)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from safetensors.torch import save_file
 
 from _train_data import base_config, make_pairs, write_yaml
 
@@ -488,6 +489,28 @@ def test_dataset_smaller_than_a_batch_is_an_error(tmp_path, aosrnet):
         train(parse_config(data))
     data["data"]["train"]["options"] = {"crop": 64}
     with pytest.raises(ConfigError, match="data.train"):
+        train(parse_config(data))
+
+
+def test_train_only_leaves_every_other_parameter_as_the_initial_weights_had_it(tmp_path, aosrnet):
+    pairs = make_pairs(tmp_path / "pairs")
+    data = base_config(pairs, tmp_path / "run", steps=3)
+    data["model"]["config"].update(head="affine", prior="rop", clean_gate=True)
+    start = registry.get_spec("aosrnet").classes()[0](registry.build_config(registry.get_spec("aosrnet"),
+                                                                              data["model"]["config"]))
+    with torch.no_grad():  # a correction that is not zero, so that training would move the heads too
+        start.conv4.bias.fill_(0.05)
+    save_file(start.state_dict(), str(tmp_path / "init.safetensors"))
+    data["model"].update(init_weights=str(tmp_path / "init.safetensors"), train_only=["clean_gate"])
+    train(parse_config(data))
+    before = start.state_dict()
+    after = registry.read_state_dict(tmp_path / "run" / "final.safetensors")  # no EMA: the trained weights
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("clean_gate.") for k in moved), sorted(moved)
+
+    data["run"]["out_dir"] = str(tmp_path / "run2")
+    data["model"]["train_only"] = ["gate"]
+    with pytest.raises(ConfigError, match="no parameters under 'gate'.*clean_gate"):
         train(parse_config(data))
 
 

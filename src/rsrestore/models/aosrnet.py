@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import affine_output, pad_to_multiple
-from .prior import PRIORS, PriorConditioned, build_prior
+from .prior import PRIORS, CleanGate, PriorConditioned, build_prior
 
 #: The encoder halves the resolution twice, so inputs are padded to a multiple of this.
 STRIDE = 4
@@ -78,6 +78,8 @@ class AOSRNetConfig:
             the model can fall back on I where the prior fails (starts at zero).
         prior_options: settings of the prior other than its defaults (fields of its config, e.g.
             ``{"max_stretch": 4.0}`` for rop).
+        clean_gate: with a prior, a per-pixel share s of the correction, J = I + s (J' - I), learned so that a
+            clean scene comes back as it is (s near 0); starts at s = 0.9975 (see :class:`.prior.CleanGate`).
     """
 
     in_channels: int = 3
@@ -91,6 +93,7 @@ class AOSRNetConfig:
     prior: str = "none"
     input_gain: bool = False
     prior_options: dict[str, Any] = field(default_factory=dict)
+    clean_gate: bool = False
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -113,6 +116,8 @@ class AOSRNetConfig:
                              f"{self.prior!r} with head={self.head!r}")
         if self.input_gain and self.prior == "none":
             raise ValueError("input_gain needs a prior")
+        if self.clean_gate and self.prior == "none":
+            raise ValueError("clean_gate needs a prior")
 
 
 def restore_from_phi(hazy: Tensor, phi: Tensor, alpha: float = 1.6, beta: float = 1.0) -> Tensor:
@@ -215,18 +220,22 @@ class AOSRNet(PriorConditioned, nn.Module):
             self.conv4 = nn.Conv2d(w, (3 if cfg.input_gain else 2) * c, 7, padding=3, padding_mode="reflect")
             nn.init.zeros_(self.conv4.weight)
             nn.init.zeros_(self.conv4.bias)
+        self.clean_gate = CleanGate(w, c) if cfg.clean_gate else None
 
     def estimate_phi(self, x: Tensor) -> Tensor:
         """Phi-estimation module on an input whose height and width are multiples of 4.
 
         With the affine head the result has 2C channels: the gain less one, then the offset.
         """
+        return self.conv4(self._features(x))
+
+    def _features(self, x: Tensor) -> Tensor:
+        """The decoder's last features, from which the heads read their maps."""
         f1 = self.conv1(x)
         f2 = self.conv2(f1)
         f3 = self.conv3(f2)
         up1 = self.deconv1(self.mix1(f3, self.latent(f3)))
-        up2 = self.deconv2(self.mix2(f2, up1))
-        return self.conv4(up2)
+        return self.deconv2(self.mix2(f2, up1))
 
     def forward(
         self, x: Tensor, sar: Tensor | None = None, return_phi: bool = False, stats: dict[str, Tensor] | None = None,
@@ -262,8 +271,12 @@ class AOSRNet(PriorConditioned, nn.Module):
         """(J, Phi) from the input x and the image the affine maps correct (x itself, or the prior's output)."""
         h, w = x.shape[-2:]
         seen = x if self.prior is None else torch.cat([x, base], dim=1)
-        maps = self.estimate_phi(pad_to_multiple(seen, STRIDE)[0])[..., :h, :w]
+        features = self._features(pad_to_multiple(seen, STRIDE)[0])
+        maps = self.conv4(features)[..., :h, :w]
         if self.cfg.head == "phi":
             return restore_from_phi(x, maps, self.cfg.alpha, self.cfg.beta), maps
         # the per-pixel gain takes Phi's place as the map returned beside J
-        return affine_output(base, maps, self.cfg.map_smoothing, x if self.cfg.input_gain else None)
+        j, gain = affine_output(base, maps, self.cfg.map_smoothing, x if self.cfg.input_gain else None)
+        if self.clean_gate is not None:
+            j = self.clean_gate(features[..., :h, :w], x, base, j)
+        return j, gain

@@ -16,18 +16,30 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PRIORS", "build_prior", "PriorConditioned"]
+from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
+
+__all__ = ["PRIORS", "build_prior", "PriorConditioned", "CleanGate"]
 
 #: Classical restorers a learned model may start from: the task's baselines.
 PRIORS = ("none", "dcp", "rop")
 #: Context a network needs around a tile (the tiled engine's default for a model that declares no ``halo``).
 NETWORK_HALO = 16
+#: The clean gate's starting logit: a share sigmoid(6) = 0.9975 of the correction, so the model starts within 0.25 %
+#: of the corrected prior's output.
+GATE_START = 6.0
+#: Bound of the gate's logits (GATE_LIMIT tanh(z / GATE_LIMIT)): shares from 3e-4 to 0.9997. Unbounded, a logit
+#: pushed past ~17 rounds the share to exactly 1 in float32, its gradient to 0, and the gate never moves again.
+GATE_LIMIT = 8.0
+#: Width (pixels) of the Gaussian that smooths the gate's logits: the gate is a property of regions, not of pixels,
+#: and a per-pixel share would print the features' texture into the output. 3 sigma stays inside NETWORK_HALO.
+GATE_SMOOTHING = 4.0
 
 
 def build_prior(name: str, options: dict[str, Any] | None = None) -> nn.Module | None:
@@ -145,6 +157,45 @@ class PriorConditioned:
         state = {k: v for k, v in state.items() if k.split(".")[0] not in self.correction_heads}
         state[key] = torch.cat([state[key], torch.zeros_like(state[key])], dim=1)
         return state
+
+
+class CleanGate(nn.Module):
+    """How much of its correction a prior model applies, pixel by pixel: J = I + s (J' - I), s in (0, 1).
+
+    A classical prior changes a clean scene too (dcp: about 22 dB against the scene itself, rop: 16 dB), and a
+    correction head that must undo it exactly (gain -1 on the prior's output, +1 on the input, everywhere) only gets
+    near: weights that beat the baselines on hazy sources came out at 22-27 dB on clean ones. A sigmoid saturates, so
+    "leave this alone" is easy to learn: clean training items push s towards 0 and the output towards the input
+    itself. The share comes from the network's last features beside the input and the prior's output (their
+    difference says how much the prior changes); it starts at ``sigmoid(GATE_START)`` everywhere.
+
+    Learned through the output alone, the gate dies: the degraded items' larger corrections push every share to 1
+    before the gate tells clean from degraded, and saturated shares carry no gradient. So in training it keeps its
+    last ``logits`` (``None`` in eval mode), and the ``clean_gate`` objective teaches them as a classifier: 0 on clean
+    items, 1 on degraded ones (:func:`rsrestore.train.objectives.clean_gate`).
+    """
+
+    logits: Tensor | None = None
+
+    def __init__(self, features: int, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(features + 2 * channels, features, 3, padding=1), nn.PReLU(),
+                                  nn.Conv2d(features, 1, 3, padding=1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.constant_(self.body[-1].bias, GATE_LIMIT * math.atanh(GATE_START / GATE_LIMIT))
+
+    def share(self, features: Tensor, x: Tensor, base: Tensor) -> Tensor:
+        """The share s of the correction, (B, 1, H, W) in float32."""
+        raw = self.body(torch.cat([features, x.to(features.dtype), base.to(features.dtype)], dim=1)).float()
+        # the blur of a channels_last map: kornia's depthwise conv wants it contiguous
+        logits = gaussian_blur((GATE_LIMIT * torch.tanh(raw / GATE_LIMIT)).contiguous(), GATE_SMOOTHING)
+        self.logits = logits if self.training else None
+        return torch.sigmoid(logits)
+
+    def forward(self, features: Tensor, x: Tensor, base: Tensor, restored: Tensor) -> Tensor:
+        """``restored`` (the corrected prior's output) brought back towards the input ``x`` where the gate says so."""
+        s = self.share(features, x, base).to(restored.dtype)
+        return x.to(restored.dtype) + s * (restored - x.to(restored.dtype))
 
 
 def _parameters(fn: Any) -> set[str]:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import LayerNorm2d, affine_output, count_parameters, pad_to_multiple
-from .prior import PRIORS, PriorConditioned, build_prior
+from .prior import PRIORS, CleanGate, PriorConditioned, build_prior
 from . import scan as _scan
 from .scan import selective_scan
 
@@ -93,6 +93,8 @@ class RSDehambaConfig:
             J = (1 + g) b + h I + r, so the model can fall back on I where the prior fails (starts at zero).
         prior_options: settings of the prior other than its defaults (fields of its config, e.g.
             ``{"max_stretch": 4.0}`` for rop).
+        clean_gate: with a prior, a per-pixel share s of the correction, J = I + s (J' - I), learned so that a
+            clean scene comes back as it is (s near 0); starts at s = 0.9975 (see :class:`.prior.CleanGate`).
     """
 
     in_channels: int = 3
@@ -112,6 +114,7 @@ class RSDehambaConfig:
     prior: str = "none"
     input_gain: bool = False
     prior_options: dict[str, Any] = field(default_factory=dict)
+    clean_gate: bool = False
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -139,6 +142,8 @@ class RSDehambaConfig:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
         if self.input_gain and (self.prior == "none" or self.head != "affine"):
             raise ValueError("input_gain needs a prior and head='affine'")
+        if self.clean_gate and self.prior == "none":
+            raise ValueError("clean_gate needs a prior")
 
     @property
     def widths(self) -> tuple[int, int, int]:
@@ -305,6 +310,7 @@ class RSDehamba(PriorConditioned, nn.Module):
         if self.prior is not None:  # the correction starts at zero: the model starts as its prior
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        self.clean_gate = CleanGate(c1, cfg.in_channels) if cfg.clean_gate else None
 
     def forward(self, x: Tensor, sar: Tensor | None = None, stats: dict[str, Tensor] | None = None,
                 cores: Sequence[Sequence[int]] | None = None) -> Tensor:
@@ -329,11 +335,15 @@ class RSDehamba(PriorConditioned, nn.Module):
         d2 = self.dec2(self.fuse2(torch.cat([self.up2(f3), f2], dim=1)))
         d1 = self.dec1(self.fuse1(torch.cat([self._last_upsampling(d2), f1], dim=1)))
         offset = self.head(d1)
+        xs = xp[:, :self.cfg.in_channels]  # the input, padded
         if self.cfg.head == "residual":
-            return (bp + offset)[..., :h, :w].contiguous()
-        maps = [self.gain_head(d1), offset] + ([self.input_gain_head(d1)] if self.cfg.input_gain else [])
-        xs = xp[:, :self.cfg.in_channels] if self.cfg.input_gain else None
-        out, _ = affine_output(bp, torch.cat(maps, dim=1), self.cfg.map_smoothing, xs)
+            out = bp + offset
+        else:
+            maps = [self.gain_head(d1), offset] + ([self.input_gain_head(d1)] if self.cfg.input_gain else [])
+            out, _ = affine_output(bp, torch.cat(maps, dim=1), self.cfg.map_smoothing,
+                                   xs if self.cfg.input_gain else None)
+        if self.clean_gate is not None:
+            out = self.clean_gate(d1, xs, bp, out)
         return out[..., :h, :w].contiguous()
 
     def _last_upsampling(self, x: Tensor) -> Tensor:

@@ -43,11 +43,15 @@ class ModelSection:
     ``init_weights`` names weights (safetensors or .pth) the run starts from instead of a random initialisation, e.g.
     the ``final.safetensors`` of an earlier stage: tensors are matched by name, a file may hold a subset of the
     model's, and none may have another shape. A resumed run continues from its checkpoint and ignores it.
+
+    ``train_only`` lists the modules (names of the model's attributes, e.g. ``[clean_gate]``) whose parameters the
+    run trains; every other parameter stays as the initial weights left it. Empty: all are trained.
     """
 
     name: str
     config: dict[str, Any] = field(default_factory=dict)
     init_weights: str | None = None
+    train_only: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -90,6 +90,8 @@ class Trainer:
         self.init_info: dict[str, Any] | None = None
         if cfg.model.init_weights and not (resume and (self.ckpt_root / "latest").exists()):
             self.init_info = load_init_weights(model, cfg.model.init_weights)
+        if cfg.model.train_only:
+            freeze_all_but(model, cfg.model.train_only)
         if run.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.raw_model = model
@@ -508,6 +510,17 @@ def _loaded(module: nn.Module, path: Path) -> nn.Module:
     twin = copy.deepcopy(module)
     twin.load_state_dict(registry.read_state_dict(path))
     return twin
+
+
+def freeze_all_but(model: nn.Module, modules: Sequence[str]) -> None:
+    """Leave only the parameters of ``modules`` (dotted names of submodules, ``model.train_only``) trainable."""
+    names = [name for name, _ in model.named_parameters()]
+    for module in modules:
+        if not any(n.startswith(f"{module}.") for n in names):
+            raise ConfigError(f"model.train_only: the model has no parameters under {module!r}; its modules with "
+                              f"parameters: {sorted({n.split('.')[0] for n in names})}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(name.startswith(f"{module}.") for module in modules))
 
 
 def load_init_weights(model: nn.Module, path: str) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..losses import prediction_of
 
 __all__ = [
-    "OBJECTIVES", "Objective", "ObjectiveContext", "StepOutput", "aspdiff", "call_model", "dsrdmpd_stage1",
+    "OBJECTIVES", "Objective", "ObjectiveContext", "StepOutput", "aspdiff", "call_model", "clean_gate", "dsrdmpd_stage1",
     "dsrdmpd_stage2",
     "objective_params", "supervised",
 ]
@@ -94,6 +94,28 @@ def supervised(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext
     total, parts = ctx.loss(output, batch)
     logs = {f"loss_{k}": float(v) for k, v in parts.items() if k != "total"}
     return StepOutput(total, logs, prediction_of(output))
+
+
+def clean_gate(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext, *,
+               gate_weight: float = 1.0) -> StepOutput:
+    """``supervised``, plus a classifier loss on the model's clean gate (:class:`rsrestore.models.prior.CleanGate`):
+    binary cross-entropy of its logits, at every pixel, against 0 on clean items (``meta`` preset ``"clean"``, from
+    a synthetic set's ``clean_fraction``) and 1 on degraded ones, times ``gate_weight``. Through the output alone
+    the gate saturates before it learns to tell them apart (see the class)."""
+    step = supervised(model, batch, ctx)
+    gate = getattr(getattr(model, "module", model), "clean_gate", None)
+    if gate is None:
+        raise ValueError("objective 'clean_gate' needs a model with a clean gate (model.config.clean_gate: true)")
+    if gate.logits is None:  # validation: the model runs in eval mode
+        return step
+    meta = batch.get("meta") or []
+    if len(meta) != gate.logits.shape[0] or not all(isinstance(m, Mapping) and "preset" in m for m in meta):
+        raise ValueError("objective 'clean_gate' needs each item's meta preset (a synthetic training set)")
+    degraded = torch.tensor([m["preset"] != "clean" for m in meta], dtype=torch.float32, device=gate.logits.device)
+    target = degraded.view(-1, 1, 1, 1).expand_as(gate.logits)
+    classify = torch.nn.functional.binary_cross_entropy_with_logits(gate.logits, target)
+    logs = {**step.logs, "loss_gate": float(classify.detach())}
+    return StepOutput(step.loss + gate_weight * classify, logs, step.prediction)
 
 
 def dsrdmpd_stage1(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext) -> StepOutput:
@@ -158,6 +180,7 @@ def apem(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext, *, o
 
 OBJECTIVES: dict[str, Objective] = {
     "supervised": supervised,
+    "clean_gate": clean_gate,
     "dsrdmpd_stage1": dsrdmpd_stage1,
     "dsrdmpd_stage2": dsrdmpd_stage2,
     "apem": apem,
