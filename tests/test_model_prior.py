@@ -300,3 +300,19 @@ def test_the_clean_gate_objective_needs_a_gate_and_the_items_presets():
         OBJECTIVES["clean_gate"](_aosrnet(), {"input": x, "target": clear}, ctx)
     with pytest.raises(ValueError, match="meta preset"):
         OBJECTIVES["clean_gate"](_aosrnet(clean_gate=True), {"input": x, "target": clear}, ctx)
+
+
+@pytest.mark.parametrize("clean_weight", [1.0, 3.0])
+def test_the_clean_gate_objective_is_the_items_weighted_cross_entropy(clean_weight):
+    """At the start every logit is GATE_START: the clean item costs softplus(6), the degraded one softplus(-6),
+    the clean one weighted by clean_weight; the mean over pixels adds to the supervised loss."""
+    model = _aosrnet(clean_gate=True)
+    x, clear = _hazy()
+    batch = {"input": torch.cat([x, clear]), "target": torch.cat([clear, clear]),
+             "meta": [{"preset": "moderate"}, {"preset": "clean"}]}
+    ctx = ObjectiveContext(loss=build_loss("l1"), model_kwargs={}, needs_sar=False)
+    step = OBJECTIVES["clean_gate"](model.train(), batch, ctx, gate_weight=0.5, clean_weight=clean_weight)
+    expected = (clean_weight * F.softplus(torch.tensor(GATE_START)) + F.softplus(torch.tensor(-GATE_START))) / 2
+    assert step.logs["loss_gate"] == pytest.approx(float(expected), rel=1e-4)
+    supervised = OBJECTIVES["supervised"](model, batch, ctx).loss.detach()
+    assert float(step.loss.detach()) == pytest.approx(float(supervised) + 0.5 * float(expected), rel=1e-4)

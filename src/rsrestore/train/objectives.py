@@ -97,11 +97,14 @@ def supervised(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext
 
 
 def clean_gate(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext, *,
-               gate_weight: float = 1.0) -> StepOutput:
+               gate_weight: float = 1.0, clean_weight: float = 1.0) -> StepOutput:
     """``supervised``, plus a classifier loss on the model's clean gate (:class:`rsrestore.models.prior.CleanGate`):
     binary cross-entropy of its logits, at every pixel, against 0 on clean items (``meta`` preset ``"clean"``, from
     a synthetic set's ``clean_fraction``) and 1 on degraded ones, times ``gate_weight``. Through the output alone
-    the gate saturates before it learns to tell them apart (see the class)."""
+    the gate saturates before it learns to tell them apart (see the class).
+
+    ``clean_weight`` weighs the clean items' term against the degraded ones': above 1, a scene the gate cannot place
+    (a faint veil looks clean) is left closer to as it is, which costs little where the degradation is faint."""
     step = supervised(model, batch, ctx)
     gate = getattr(getattr(model, "module", model), "clean_gate", None)
     if gate is None:
@@ -113,7 +116,8 @@ def clean_gate(model: nn.Module, batch: Mapping[str, Any], ctx: ObjectiveContext
         raise ValueError("objective 'clean_gate' needs each item's meta preset (a synthetic training set)")
     degraded = torch.tensor([m["preset"] != "clean" for m in meta], dtype=torch.float32, device=gate.logits.device)
     target = degraded.view(-1, 1, 1, 1).expand_as(gate.logits)
-    classify = torch.nn.functional.binary_cross_entropy_with_logits(gate.logits, target)
+    weight = (degraded + clean_weight * (1 - degraded)).view(-1, 1, 1, 1).expand_as(gate.logits)
+    classify = torch.nn.functional.binary_cross_entropy_with_logits(gate.logits, target, weight=weight)
     logs = {**step.logs, "loss_gate": float(classify.detach())}
     return StepOutput(step.loss + gate_weight * classify, logs, step.prediction)
 
