@@ -13,7 +13,7 @@ from rsrestore.models.prior import GATE_SMOOTHING, GATE_START, NETWORK_HALO, bui
 from rsrestore.models.rsdehamba import RSDehamba, RSDehambaConfig
 from rsrestore.tiling import restore_array
 from rsrestore.losses import build_loss
-from rsrestore.train.loop import load_init_weights
+from rsrestore.train.loop import freeze_all_but, load_init_weights
 from rsrestore.train.objectives import OBJECTIVES, ObjectiveContext
 
 
@@ -274,8 +274,7 @@ def test_the_clean_gate_learns_to_hand_a_clean_scene_back_and_keeps_the_correcti
     batch = {"input": torch.cat([hazy, clean]), "target": torch.cat([corrected, clean]),
              "meta": [{"preset": "thick"}, {"preset": "clean"}]}
     ctx = ObjectiveContext(loss=build_loss("l1"), model_kwargs={}, needs_sar=False)
-    for key, p in model.named_parameters():
-        p.requires_grad_(key.startswith("clean_gate."))
+    freeze_all_but(model, ["clean_gate"])
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(100):
         step = OBJECTIVES["clean_gate"](model, batch, ctx)

@@ -195,7 +195,8 @@ class CleanGate(nn.Module):
     def forward(self, features: Tensor, x: Tensor, base: Tensor, restored: Tensor) -> Tensor:
         """``restored`` (the corrected prior's output) brought back towards the input ``x`` where the gate says so."""
         s = self.share(features, x, base).to(restored.dtype)
-        return x.to(restored.dtype) + s * (restored - x.to(restored.dtype))
+        x = x.to(restored.dtype)
+        return x + s * (restored - x)
 
 
 def _parameters(fn: Any) -> set[str]:

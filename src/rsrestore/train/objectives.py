@@ -43,9 +43,8 @@ from torch import Tensor, nn
 from ..losses import prediction_of
 
 __all__ = [
-    "OBJECTIVES", "Objective", "ObjectiveContext", "StepOutput", "aspdiff", "call_model", "clean_gate", "dsrdmpd_stage1",
-    "dsrdmpd_stage2",
-    "objective_params", "supervised",
+    "OBJECTIVES", "Objective", "ObjectiveContext", "StepOutput", "aspdiff", "call_model", "clean_gate",
+    "dsrdmpd_stage1", "dsrdmpd_stage2", "objective_params", "supervised",
 ]
 
 
