@@ -1,5 +1,7 @@
 """A learned model as a correction of its task's classical restorer: J = baseline(I) + a learned correction."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ from safetensors.torch import save_file
 from rsrestore.classical.dcp import DarkChannelPrior
 from rsrestore.classical.rop import RankOnePrior
 from rsrestore.models.aosrnet import AOSRNet, AOSRNetConfig
-from rsrestore.models.prior import GATE_SMOOTHING, GATE_START, NETWORK_HALO, build_prior
+from rsrestore.models.prior import (EVIDENCE_KEY, EVIDENCE_LIMIT, GATE_SMOOTHING, GATE_START, NETWORK_HALO,
+                                   build_prior, scene_evidence)
 from rsrestore.models.rsdehamba import RSDehamba, RSDehambaConfig
 from rsrestore.tiling import restore_array
 from rsrestore.losses import build_loss
@@ -18,11 +21,11 @@ from rsrestore.train.objectives import OBJECTIVES, ObjectiveContext
 
 
 def _rsdehamba(prior: str = "dcp", head: str = "affine", map_smoothing: float = 0.0,
-               input_gain: bool = False, clean_gate: bool = False) -> RSDehamba:
+               input_gain: bool = False, clean_gate: bool = False, gate_evidence: bool = False) -> RSDehamba:
     torch.manual_seed(0)
     return RSDehamba(RSDehambaConfig(embed_dim=8, depths=(1, 1, 1), d_state=4, scan_impl="chunked", head=head,
                                      map_smoothing=map_smoothing, prior=prior, input_gain=input_gain,
-                                     clean_gate=clean_gate))
+                                     clean_gate=clean_gate, gate_evidence=gate_evidence))
 
 
 def _aosrnet(prior: str = "rop", map_smoothing: float = 0.0, input_gain: bool = False,
@@ -315,3 +318,87 @@ def test_the_clean_gate_objective_is_the_items_weighted_cross_entropy(clean_weig
     assert step.logs["loss_gate"] == pytest.approx(float(expected), rel=1e-4)
     supervised = OBJECTIVES["supervised"](model, batch, ctx).loss.detach()
     assert float(step.loss.detach()) == pytest.approx(float(supervised) + 0.5 * float(expected), rel=1e-4)
+
+
+def _real_scene(size: int = 256) -> torch.Tensor:
+    """A clean crop of the shipped Rocky Mountain NP sample (forest, rock and snow), (1, 3, size, size)."""
+    import rasterio
+
+    path = Path(__file__).resolve().parents[1] / "src/rsrestore/sample_data/rmnp_rgb.tif"
+    with rasterio.open(path) as f:
+        rgb = f.read(window=((0, size), (0, size))).astype(np.float32) / 255
+    return torch.from_numpy(rgb)[None]
+
+
+def test_the_scene_evidence_is_the_recognisers_log_odds_of_a_degraded_scene():
+    clean = _real_scene()
+    t = 0.6  # moderate haze, a whitish airlight
+    hazy = clean * t + torch.tensor([0.85, 0.88, 0.92]).view(1, 3, 1, 1) * (1 - t)
+    evidence = scene_evidence(torch.cat([clean, hazy]))
+    assert evidence.shape == (2,) and evidence.dtype == torch.float32
+    assert evidence[1] > 2 and evidence[1] - evidence[0] > 2, evidence
+    assert evidence.abs().max() <= EVIDENCE_LIMIT
+    # a picture it cannot read is undecided: too few bands, or no valid pixel
+    assert scene_evidence(hazy[:, :2]).tolist() == [0.0]
+    assert scene_evidence(hazy, torch.zeros(1, 1, 256, 256, dtype=torch.bool)).tolist() == [0.0]
+
+
+def test_gate_evidence_needs_a_gate_and_gated_weights_without_it_load_and_start_the_same(tmp_path):
+    with pytest.raises(ValueError, match="gate_evidence needs clean_gate"):
+        RSDehambaConfig(prior="dcp", gate_evidence=True)
+    gated = _rsdehamba(clean_gate=True)
+    with torch.no_grad():  # a trained gate: it hands back more of some pixels than of others
+        gated.clean_gate.body[-1].weight.normal_(0, 0.3)
+    save_file(gated.state_dict(), str(tmp_path / "gated.safetensors"))
+    model = _rsdehamba(clean_gate=True, gate_evidence=True)
+    info = load_init_weights(model, str(tmp_path / "gated.safetensors"))
+    assert info["tensors_not_in_file"] == 1 and float(model.clean_gate.evidence_weight.detach()) == 0.0
+    x, _ = _hazy()
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), gated.eval()(x), rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match="needs the scene evidence"):
+            model.clean_gate.share(torch.zeros(1, 8, 48, 48), x, x)
+
+
+@pytest.mark.filterwarnings("ignore:tile size")
+def test_tiles_take_the_whole_scenes_evidence():
+    """The scene statistics carry the whole scene's evidence to every tile, so tiles agree with the whole scene;
+    without it in the statistics each picture is its own scene."""
+    model = _rsdehamba(clean_gate=True, gate_evidence=True).eval()
+    x = _real_scene(96) * 0.7 + 0.27  # hazy
+    with torch.no_grad():
+        model.clean_gate.evidence_weight.fill_(-2.0)  # degraded scenes get little of the correction, clean ones all
+        stats = model.scene_statistics(x)
+        assert set(stats) == {"airlight", EVIDENCE_KEY}
+        torch.testing.assert_close(stats[EVIDENCE_KEY], scene_evidence(x))
+        whole = model(x, stats=stats)
+        torch.testing.assert_close(model(x), whole)
+        undecided = model(x, stats={**stats, EVIDENCE_KEY: torch.zeros(1)})
+        assert (undecided - whole).abs().max() > 0.02  # the evidence moves the output
+    tiled = restore_array(model, x[0].numpy(), tile=48, overlap=8, batch_size=2, progress=False)
+    np.testing.assert_allclose(tiled, whole[0].numpy(), atol=2e-3)
+
+
+def test_the_gate_learns_from_the_scene_evidence_what_its_pixels_cannot_tell():
+    """Two items with the same pixels, one clean by its scene's evidence and one degraded: only the evidence tells
+    them apart, and the gate learns to hand one back and keep the other's correction; without it it cannot."""
+    x, _ = _hazy(size=32)
+    shares = {}
+    for with_evidence in (True, False):
+        model = _rsdehamba(clean_gate=True, gate_evidence=with_evidence)
+        stats = model.scene_statistics(torch.cat([x, x]))
+        if with_evidence:
+            stats[EVIDENCE_KEY] = torch.tensor([4.0, -4.0])
+        batch = {"input": torch.cat([x, x]), "target": torch.cat([x, x]),
+                 "meta": [{"preset": "thick"}, {"preset": "clean"}]}
+        ctx = ObjectiveContext(loss=build_loss("l1"), model_kwargs={"stats": stats}, needs_sar=False)
+        freeze_all_but(model, ["clean_gate"])
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+        for _ in range(80):
+            step = OBJECTIVES["clean_gate"](model, batch, ctx, gate_weight=1.0)
+            opt.zero_grad()
+            step.loss.backward()
+            opt.step()
+        shares[with_evidence] = torch.sigmoid(model.clean_gate.logits.detach()).mean(dim=(1, 2, 3))
+    assert shares[True][0] > 0.9 and shares[True][1] < 0.1, shares
+    assert (shares[False][0] - shares[False][1]).abs() < 0.05, shares

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
 
-__all__ = ["PRIORS", "build_prior", "PriorConditioned", "CleanGate"]
+__all__ = ["PRIORS", "build_prior", "PriorConditioned", "CleanGate", "scene_evidence"]
 
 #: Classical restorers a learned model may start from: the task's baselines.
 PRIORS = ("none", "dcp", "rop")
@@ -40,6 +40,10 @@ GATE_LIMIT = 8.0
 #: Width (pixels) of the Gaussian that smooths the gate's logits: the gate is a property of regions, not of pixels,
 #: and a per-pixel share would print the features' texture into the output. 3 sigma stays inside NETWORK_HALO.
 GATE_SMOOTHING = 4.0
+#: Key of the clean gate's scene evidence in a model's scene statistics (:func:`scene_evidence`).
+EVIDENCE_KEY = "degraded_log_odds"
+#: Bound of the scene evidence (log-odds): P(clean) from 0.0025 to 0.9975.
+EVIDENCE_LIMIT = 6.0
 
 
 def build_prior(name: str, options: dict[str, Any] | None = None) -> nn.Module | None:
@@ -93,16 +97,36 @@ class PriorConditioned:
         return int(getattr(self.prior, "min_size", 1)) if self.prior is not None else 1
 
     def scene_statistics(self, x: Tensor, mask: Tensor | None = None, *, decimation: float = 1.0) -> dict[str, Tensor]:
-        """The prior's scene-wide statistics (none without a prior)."""
+        """The prior's scene-wide statistics (none without a prior), and the clean gate's scene evidence when it
+        uses one."""
         if self.prior is None:
             return {}
         if "decimation" in _parameters(self.prior.scene_statistics):
-            return self.prior.scene_statistics(x, mask=mask, decimation=decimation)
-        return self.prior.scene_statistics(x, mask=mask)
+            stats = self.prior.scene_statistics(x, mask=mask, decimation=decimation)
+        else:
+            stats = self.prior.scene_statistics(x, mask=mask)
+        if self._uses_evidence:
+            stats = {**stats, EVIDENCE_KEY: scene_evidence(x, mask)}
+        return stats
+
+    @property
+    def _uses_evidence(self) -> bool:
+        gate = getattr(self, "clean_gate", None)
+        return gate is not None and gate.evidence_weight is not None
+
+    def gate_evidence(self, x: Tensor, stats: dict[str, Tensor] | None) -> Tensor | None:
+        """The clean gate's scene evidence: the whole scene's (from ``stats``, so every tile gets the same), else
+        each item's own (a training crop is its own scene); ``None`` when the gate uses none."""
+        if not self._uses_evidence:
+            return None
+        if stats and EVIDENCE_KEY in stats:
+            return stats[EVIDENCE_KEY]
+        return scene_evidence(x)
 
     def prior_output(self, x: Tensor, stats: dict[str, Tensor] | None) -> Tensor:
         """The prior's restoration of x, in float32, outside autocast and autograd."""
         assert self.prior is not None
+        stats = {k: v for k, v in (stats or {}).items() if k != EVIDENCE_KEY}
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             return self.prior(x.float(), stats=stats or None)
 
@@ -169,6 +193,13 @@ class CleanGate(nn.Module):
     itself. The share comes from the network's last features beside the input and the prior's output (their
     difference says how much the prior changes); it starts at ``sigmoid(GATE_START)`` everywhere.
 
+    Scene evidence (``scene_evidence=True``): a faint veil over a bright scene looks, pixel by pixel, like a clean
+    scene with its own veil (the darkest pixels of clean aerial crops sit at 0.08-0.27, those of thin haze over Rocky
+    Mountain NP at 0.08-0.18), and a gate that sees only its neighbourhood hands such haze back. The recogniser
+    looks at the whole picture and was trained on many sources: its log-odds that the picture is degraded
+    (:func:`scene_evidence`) enter every logit with a learned weight, which starts at zero (weights of a gate without
+    it load as they are and start the same).
+
     Learned through the output alone, the gate dies: the degraded items' larger corrections push every share to 1
     before the gate tells clean from degraded, and saturated shares carry no gradient. So in training it keeps its
     last ``logits`` (``None`` in eval mode), and the ``clean_gate`` objective teaches them as a classifier: 0 on clean
@@ -177,26 +208,56 @@ class CleanGate(nn.Module):
 
     logits: Tensor | None = None
 
-    def __init__(self, features: int, channels: int) -> None:
+    def __init__(self, features: int, channels: int, scene_evidence: bool = False) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(features + 2 * channels, features, 3, padding=1), nn.PReLU(),
                                   nn.Conv2d(features, 1, 3, padding=1))
         nn.init.zeros_(self.body[-1].weight)
         nn.init.constant_(self.body[-1].bias, GATE_LIMIT * math.atanh(GATE_START / GATE_LIMIT))
+        self.evidence_weight = nn.Parameter(torch.zeros(())) if scene_evidence else None
 
-    def share(self, features: Tensor, x: Tensor, base: Tensor) -> Tensor:
-        """The share s of the correction, (B, 1, H, W) in float32."""
+    def share(self, features: Tensor, x: Tensor, base: Tensor, evidence: Tensor | None = None) -> Tensor:
+        """The share s of the correction, (B, 1, H, W) in float32. ``evidence``: the scene evidence, one value per
+        item or one for the batch, when the gate uses it."""
         raw = self.body(torch.cat([features, x.to(features.dtype), base.to(features.dtype)], dim=1)).float()
+        if self.evidence_weight is not None:
+            if evidence is None:
+                raise ValueError("this clean gate needs the scene evidence (scene_evidence)")
+            raw = raw + self.evidence_weight * evidence.to(raw).reshape(-1, 1, 1, 1)
         # the blur of a channels_last map: kornia's depthwise conv wants it contiguous
         logits = gaussian_blur((GATE_LIMIT * torch.tanh(raw / GATE_LIMIT)).contiguous(), GATE_SMOOTHING)
         self.logits = logits if self.training else None
         return torch.sigmoid(logits)
 
-    def forward(self, features: Tensor, x: Tensor, base: Tensor, restored: Tensor) -> Tensor:
+    def forward(self, features: Tensor, x: Tensor, base: Tensor, restored: Tensor,
+                evidence: Tensor | None = None) -> Tensor:
         """``restored`` (the corrected prior's output) brought back towards the input ``x`` where the gate says so."""
-        s = self.share(features, x, base).to(restored.dtype)
+        s = self.share(features, x, base, evidence).to(restored.dtype)
         x = x.to(restored.dtype)
         return x + s * (restored - x)
+
+
+def scene_evidence(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The recogniser's log-odds that each picture of (B, C, H, W) ``x`` in [0, 1] is degraded, log((1 - P(clean)) /
+    P(clean)), clipped to +-EVIDENCE_LIMIT; (B,) float32. The first three bands are read as R, G, B; a picture with
+    fewer bands or too few valid pixels (``mask``: (B or 1, 1, H, W)) gets 0, undecided."""
+    from ..recognise import RecogniserError, recognise_array  # the recogniser's module imports the models' physics
+
+    out = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+    if x.shape[1] < 3:
+        return out
+    rgb = x[:, :3].detach().float().cpu().numpy()
+    valid = None if mask is None else mask.detach().bool().cpu().numpy()
+    for i in range(x.shape[0]):
+        m = None if valid is None else valid[min(i, valid.shape[0] - 1), 0]
+        try:
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # the recogniser runs in float32
+                p = recognise_array(rgb[i], m).probabilities["clean"]
+        except RecogniserError:
+            continue
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        out[i] = max(-EVIDENCE_LIMIT, min(EVIDENCE_LIMIT, math.log((1 - p) / p)))
+    return out
 
 
 def _parameters(fn: Any) -> set[str]:

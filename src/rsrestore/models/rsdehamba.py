@@ -95,6 +95,8 @@ class RSDehambaConfig:
             ``{"max_stretch": 4.0}`` for rop).
         clean_gate: with a prior, a per-pixel share s of the correction, J = I + s (J' - I), learned so that a
             clean scene comes back as it is (s near 0); starts at s = 0.9975 (see :class:`.prior.CleanGate`).
+        gate_evidence: the clean gate also weighs the recogniser's verdict on the whole scene (its log-odds that the
+            scene is degraded; a learned weight that starts at zero, so gated weights without it load as they are).
     """
 
     in_channels: int = 3
@@ -115,6 +117,7 @@ class RSDehambaConfig:
     input_gain: bool = False
     prior_options: dict[str, Any] = field(default_factory=dict)
     clean_gate: bool = False
+    gate_evidence: bool = False
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -144,6 +147,8 @@ class RSDehambaConfig:
             raise ValueError("input_gain needs a prior and head='affine'")
         if self.clean_gate and self.prior == "none":
             raise ValueError("clean_gate needs a prior")
+        if self.gate_evidence and not self.clean_gate:
+            raise ValueError("gate_evidence needs clean_gate")
 
     @property
     def widths(self) -> tuple[int, int, int]:
@@ -310,7 +315,7 @@ class RSDehamba(PriorConditioned, nn.Module):
         if self.prior is not None:  # the correction starts at zero: the model starts as its prior
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
-        self.clean_gate = CleanGate(c1, cfg.in_channels) if cfg.clean_gate else None
+        self.clean_gate = CleanGate(c1, cfg.in_channels, cfg.gate_evidence) if cfg.clean_gate else None
 
     def forward(self, x: Tensor, sar: Tensor | None = None, stats: dict[str, Tensor] | None = None,
                 cores: Sequence[Sequence[int]] | None = None) -> Tensor:
@@ -322,9 +327,11 @@ class RSDehamba(PriorConditioned, nn.Module):
             raise ValueError("RSDehamba does not use SAR; pass sar=None")
         if self.prior is None:
             return self._network(x, x)
-        return self.correct_prior(x, self.prior_output(x, stats).to(x.dtype), cores, self._network)
+        evidence = self.gate_evidence(x, stats)
+        return self.correct_prior(x, self.prior_output(x, stats).to(x.dtype), cores,
+                                  lambda xi, bi: self._network(xi, bi, evidence))
 
-    def _network(self, x: Tensor, base: Tensor) -> Tensor:
+    def _network(self, x: Tensor, base: Tensor, evidence: Tensor | None = None) -> Tensor:
         """The restored image from the input x and the image the heads correct (x itself, or the prior's output)."""
         xp, (h, w) = pad_to_multiple(x if self.prior is None else torch.cat([x, base], dim=1), self.stride)
         xp = xp.contiguous(memory_format=torch.channels_last)
@@ -343,7 +350,7 @@ class RSDehamba(PriorConditioned, nn.Module):
             out, _ = affine_output(bp, torch.cat(maps, dim=1), self.cfg.map_smoothing,
                                    xs if self.cfg.input_gain else None)
         if self.clean_gate is not None:
-            out = self.clean_gate(d1, xs, bp, out)
+            out = self.clean_gate(d1, xs, bp, out, evidence)
         return out[..., :h, :w].contiguous()
 
     def _last_upsampling(self, x: Tensor) -> Tensor:
