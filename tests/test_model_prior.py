@@ -11,8 +11,9 @@ from safetensors.torch import save_file
 from rsrestore.classical.dcp import DarkChannelPrior
 from rsrestore.classical.rop import RankOnePrior
 from rsrestore.models.aosrnet import AOSRNet, AOSRNetConfig
-from rsrestore.models.prior import (EVIDENCE_KEY, EVIDENCE_LIMIT, GATE_SMOOTHING, GATE_START, NETWORK_HALO,
-                                   build_prior, scene_evidence)
+from rsrestore.classical.dcp import DCPConfig, omega_for_severity
+from rsrestore.models.prior import (EVIDENCE_KEY, EVIDENCE_LIMIT, GATE_LIMIT, GATE_SMOOTHING, GATE_START, NETWORK_HALO,
+                                   SEVERITY_KEY, build_prior, scene_verdict)
 from rsrestore.models.rsdehamba import RSDehamba, RSDehambaConfig
 from rsrestore.tiling import restore_array
 from rsrestore.losses import build_loss
@@ -21,11 +22,13 @@ from rsrestore.train.objectives import OBJECTIVES, ObjectiveContext
 
 
 def _rsdehamba(prior: str = "dcp", head: str = "affine", map_smoothing: float = 0.0,
-               input_gain: bool = False, clean_gate: bool = False, gate_evidence: bool = False) -> RSDehamba:
+               input_gain: bool = False, clean_gate: bool = False, gate_evidence: bool = False,
+               gate_fallback: str = "input") -> RSDehamba:
     torch.manual_seed(0)
     return RSDehamba(RSDehambaConfig(embed_dim=8, depths=(1, 1, 1), d_state=4, scan_impl="chunked", head=head,
                                      map_smoothing=map_smoothing, prior=prior, input_gain=input_gain,
-                                     clean_gate=clean_gate, gate_evidence=gate_evidence))
+                                     clean_gate=clean_gate, gate_evidence=gate_evidence,
+                                     gate_fallback=gate_fallback))
 
 
 def _aosrnet(prior: str = "rop", map_smoothing: float = 0.0, input_gain: bool = False,
@@ -330,22 +333,28 @@ def _real_scene(size: int = 256) -> torch.Tensor:
     return torch.from_numpy(rgb)[None]
 
 
-def test_the_scene_evidence_is_the_recognisers_log_odds_of_a_degraded_scene():
+def test_the_scene_verdict_is_the_recognisers_log_odds_of_a_degraded_scene_and_its_severity():
     clean = _real_scene()
     t = 0.6  # moderate haze, a whitish airlight
     hazy = clean * t + torch.tensor([0.85, 0.88, 0.92]).view(1, 3, 1, 1) * (1 - t)
-    evidence = scene_evidence(torch.cat([clean, hazy]))
-    assert evidence.shape == (2,) and evidence.dtype == torch.float32
+    verdict = scene_verdict(torch.cat([clean, hazy]))
+    evidence, severity = verdict[EVIDENCE_KEY], verdict[SEVERITY_KEY]
+    assert evidence.shape == severity.shape == (2,) and evidence.dtype == severity.dtype == torch.float32
     assert evidence[1] > 2 and evidence[1] - evidence[0] > 2, evidence
     assert evidence.abs().max() <= EVIDENCE_LIMIT
-    # a picture it cannot read is undecided: too few bands, or no valid pixel
-    assert scene_evidence(hazy[:, :2]).tolist() == [0.0]
-    assert scene_evidence(hazy, torch.zeros(1, 1, 256, 256, dtype=torch.bool)).tolist() == [0.0]
+    assert 0.2 < severity[1] < 0.8 and severity[0] < severity[1], severity
+    # a picture it cannot read is undecided, with nothing to restore: too few bands, or no valid pixel
+    for undecided in (scene_verdict(hazy[:, :2]), scene_verdict(hazy, torch.zeros(1, 1, 256, 256, dtype=torch.bool))):
+        assert undecided[EVIDENCE_KEY].tolist() == undecided[SEVERITY_KEY].tolist() == [0.0]
 
 
 def test_gate_evidence_needs_a_gate_and_gated_weights_without_it_load_and_start_the_same(tmp_path):
-    with pytest.raises(ValueError, match="gate_evidence needs clean_gate"):
+    with pytest.raises(ValueError, match="gate_evidence and gate_fallback need clean_gate"):
         RSDehambaConfig(prior="dcp", gate_evidence=True)
+    with pytest.raises(ValueError, match="gate_evidence and gate_fallback need clean_gate"):
+        RSDehambaConfig(prior="dcp", gate_fallback="gentle_prior")
+    with pytest.raises(ValueError, match="gate_fallback must be one of"):
+        RSDehambaConfig(prior="dcp", clean_gate=True, gate_fallback="dcp")
     gated = _rsdehamba(clean_gate=True)
     with torch.no_grad():  # a trained gate: it hands back more of some pixels than of others
         gated.clean_gate.body[-1].weight.normal_(0, 0.3)
@@ -361,16 +370,18 @@ def test_gate_evidence_needs_a_gate_and_gated_weights_without_it_load_and_start_
 
 
 @pytest.mark.filterwarnings("ignore:tile size")
-def test_tiles_take_the_whole_scenes_evidence():
-    """The scene statistics carry the whole scene's evidence to every tile, so tiles agree with the whole scene;
+@pytest.mark.parametrize("fallback", ["input", "gentle_prior"])
+def test_tiles_take_the_whole_scenes_verdict(fallback):
+    """The scene statistics carry the whole scene's verdict to every tile, so tiles agree with the whole scene;
     without it in the statistics each picture is its own scene."""
-    model = _rsdehamba(clean_gate=True, gate_evidence=True).eval()
+    model = _rsdehamba(clean_gate=True, gate_evidence=True, gate_fallback=fallback).eval()
     x = _real_scene(96) * 0.7 + 0.27  # hazy
     with torch.no_grad():
         model.clean_gate.evidence_weight.fill_(-2.0)  # degraded scenes get little of the correction, clean ones all
         stats = model.scene_statistics(x)
-        assert set(stats) == {"airlight", EVIDENCE_KEY}
-        torch.testing.assert_close(stats[EVIDENCE_KEY], scene_evidence(x))
+        assert set(stats) == {"airlight", EVIDENCE_KEY, SEVERITY_KEY}
+        for key, value in scene_verdict(x).items():
+            torch.testing.assert_close(stats[key], value)
         whole = model(x, stats=stats)
         torch.testing.assert_close(model(x), whole)
         undecided = model(x, stats={**stats, EVIDENCE_KEY: torch.zeros(1)})
@@ -402,3 +413,19 @@ def test_the_gate_learns_from_the_scene_evidence_what_its_pixels_cannot_tell():
         shares[with_evidence] = torch.sigmoid(model.clean_gate.logits.detach()).mean(dim=(1, 2, 3))
     assert shares[True][0] > 0.9 and shares[True][1] < 0.1, shares
     assert (shares[False][0] - shares[False][1]).abs() < 0.05, shares
+
+
+def test_the_gentle_fallback_is_dcp_at_the_scenes_severity_and_the_input_for_a_clean_scene():
+    """Where the gate hands the scene back (share ~3e-4 here), the output is dcp at the omega --task auto gives the
+    scene's haze severity; a scene read clean (severity 0) comes back as it is."""
+    model = _rsdehamba(clean_gate=True, gate_fallback="gentle_prior").eval()
+    with torch.no_grad():
+        model.clean_gate.body[-1].bias.fill_(-10 * GATE_LIMIT)  # the gate closed everywhere
+        x, _ = _hazy()
+        airlight = model.scene_statistics(x)["airlight"]
+        for severity in (0.3, 0.0):
+            stats = {"airlight": airlight, EVIDENCE_KEY: torch.zeros(1), SEVERITY_KEY: torch.tensor([severity])}
+            expected = DarkChannelPrior(DCPConfig(omega=omega_for_severity(severity)))(x, stats={"airlight": airlight})
+            torch.testing.assert_close(model(x, stats=stats), expected, rtol=0, atol=2e-3)
+        assert (model(x, stats={**stats, SEVERITY_KEY: torch.tensor([0.3])}) - x).abs().mean() > 0.02
+        torch.testing.assert_close(model(x, stats=stats), x, rtol=0, atol=2e-3)

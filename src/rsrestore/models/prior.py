@@ -15,6 +15,7 @@ engine, like the classical method alone, so tiles agree. It widens the model's h
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from ..physics.sensor import gaussian_blur  # the sensor chain's blur: 3 sigma, reflected edges
 
-__all__ = ["PRIORS", "build_prior", "PriorConditioned", "CleanGate", "scene_evidence"]
+__all__ = ["PRIORS", "build_prior", "PriorConditioned", "CleanGate", "scene_verdict"]
 
 #: Classical restorers a learned model may start from: the task's baselines.
 PRIORS = ("none", "dcp", "rop")
@@ -40,8 +41,12 @@ GATE_LIMIT = 8.0
 #: Width (pixels) of the Gaussian that smooths the gate's logits: the gate is a property of regions, not of pixels,
 #: and a per-pixel share would print the features' texture into the output. 3 sigma stays inside NETWORK_HALO.
 GATE_SMOOTHING = 4.0
-#: Key of the clean gate's scene evidence in a model's scene statistics (:func:`scene_evidence`).
+#: Keys of the recogniser's verdict on the scene in a model's scene statistics (:func:`scene_verdict`): the log-odds
+#: that it is degraded (the clean gate's scene evidence) and the severity of the prior's degradation (its strength).
 EVIDENCE_KEY = "degraded_log_odds"
+SEVERITY_KEY = "severity"
+#: The degradation each prior restores, as the recogniser names it.
+PRIOR_KIND = {"dcp": "haze", "rop": "dust"}
 #: Bound of the scene evidence (log-odds): P(clean) from 0.0025 to 0.9975.
 EVIDENCE_LIMIT = 6.0
 
@@ -97,38 +102,58 @@ class PriorConditioned:
         return int(getattr(self.prior, "min_size", 1)) if self.prior is not None else 1
 
     def scene_statistics(self, x: Tensor, mask: Tensor | None = None, *, decimation: float = 1.0) -> dict[str, Tensor]:
-        """The prior's scene-wide statistics (none without a prior), and the clean gate's scene evidence when it
-        uses one."""
+        """The prior's scene-wide statistics (none without a prior), and the recogniser's verdict on the scene when
+        the clean gate uses it."""
         if self.prior is None:
             return {}
         if "decimation" in _parameters(self.prior.scene_statistics):
             stats = self.prior.scene_statistics(x, mask=mask, decimation=decimation)
         else:
             stats = self.prior.scene_statistics(x, mask=mask)
-        if self._uses_evidence:
-            stats = {**stats, EVIDENCE_KEY: scene_evidence(x, mask)}
+        if self._uses_verdict:
+            stats = {**stats, **scene_verdict(x, mask, PRIOR_KIND[self.cfg.prior])}
         return stats
 
     @property
-    def _uses_evidence(self) -> bool:
+    def _uses_verdict(self) -> bool:
         gate = getattr(self, "clean_gate", None)
-        return gate is not None and gate.evidence_weight is not None
+        gentle = getattr(self.cfg, "gate_fallback", "input") == "gentle_prior"  # type: ignore[attr-defined]
+        return gate is not None and (gate.evidence_weight is not None or gentle)
 
-    def gate_evidence(self, x: Tensor, stats: dict[str, Tensor] | None) -> Tensor | None:
-        """The clean gate's scene evidence: the whole scene's (from ``stats``, so every tile gets the same), else
-        each item's own (a training crop is its own scene); ``None`` when the gate uses none."""
-        if not self._uses_evidence:
-            return None
+    def verdict(self, x: Tensor, stats: dict[str, Tensor] | None) -> dict[str, Tensor]:
+        """The recogniser's verdict on the scene (:func:`scene_verdict`): the whole scene's, from ``stats``, so every
+        tile gets the same; else each item's own (a training crop is its own scene). Empty when the gate uses none."""
+        if not self._uses_verdict:
+            return {}
         if stats and EVIDENCE_KEY in stats:
-            return stats[EVIDENCE_KEY]
-        return scene_evidence(x)
+            return {k: stats[k] for k in (EVIDENCE_KEY, SEVERITY_KEY)}
+        return scene_verdict(x, None, PRIOR_KIND[self.cfg.prior])  # type: ignore[attr-defined]
 
-    def prior_output(self, x: Tensor, stats: dict[str, Tensor] | None) -> Tensor:
-        """The prior's restoration of x, in float32, outside autocast and autograd."""
+    def prior_output(self, x: Tensor, stats: dict[str, Tensor] | None, prior: nn.Module | None = None) -> Tensor:
+        """The prior's restoration of x (or ``prior``'s, a variant of it), in float32, outside autocast and
+        autograd."""
         assert self.prior is not None
-        stats = {k: v for k, v in (stats or {}).items() if k != EVIDENCE_KEY}
+        stats = {k: v for k, v in (stats or {}).items() if k not in (EVIDENCE_KEY, SEVERITY_KEY)}
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            return self.prior(x.float(), stats=stats or None)
+            return (prior or self.prior)(x.float(), stats=stats or None)
+
+    def gentle_prior_output(self, x: Tensor, stats: dict[str, Tensor] | None, severity: Tensor) -> Tensor:
+        """The prior at the strength the scene's severity calls for (``--task auto``'s rule,
+        :func:`rsrestore.recognise.auto_strength`: dcp's omega falls with the haze found, to the input itself for
+        none), item by item; the input itself for a prior without a strength to set (rop)."""
+        from ..recognise import auto_strength
+
+        cfg = self.cfg  # type: ignore[attr-defined]
+        out = []
+        for i in range(x.shape[0]):
+            options = auto_strength(cfg.prior, float(severity[min(i, severity.shape[0] - 1)]))
+            if not options:
+                out.append(x[i:i + 1].float())
+                continue
+            item_stats = {k: v[i:i + 1] if v.shape[0] == x.shape[0] else v for k, v in (stats or {}).items()}
+            prior = _prior_at(cfg.prior, tuple(sorted({**cfg.prior_options, **options}.items())))
+            out.append(self.prior_output(x[i:i + 1], item_stats, prior))
+        return torch.cat(out)
 
     def network_window(self, size: tuple[int, int], cores: Sequence[Sequence[int]] | None) -> tuple[slice, slice]:
         """Rows and columns of a read box of ``size`` that the network must see for the outputs at ``cores``.
@@ -145,8 +170,9 @@ class PriorConditioned:
         return slice(max(0, y0), min(h, y1)), slice(max(0, x0), min(w, x1))
 
     def correct_prior(self, x: Tensor, base: Tensor, cores: Sequence[Sequence[int]] | None,
-                      network: Callable[[Tensor, Tensor], Any]) -> Any:
-        """``network(x, base)`` (an image, or a tuple whose first item is the image) on :meth:`network_window` only.
+                      network: Callable[..., Any], *images: Tensor) -> Any:
+        """``network(x, base, *images)`` (an image, or a tuple whose first item is the image) on
+        :meth:`network_window` only (``images``: further images of the read box the network needs, cut the same way).
 
         Outside the window the image is the prior's output and any further map is zero: the tiled engine never keeps
         those pixels. Without this the network would run on the prior's whole context, about 4x the pixels of a
@@ -154,12 +180,11 @@ class PriorConditioned:
         """
         rows, cols = self.network_window((x.shape[-2], x.shape[-1]), cores)
         if rows.stop - rows.start == x.shape[-2] and cols.stop - cols.start == x.shape[-1]:
-            return network(x, base)
+            return network(x, base, *images)
         # A crop of a channels_last batch is a strided view; copied back to channels_last, the convolutions keep
         # their fast path (measured: without it the cropped network ran slower than the whole box).
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        inner = network(x[..., rows, cols].contiguous(memory_format=layout),
-                        base[..., rows, cols].contiguous(memory_format=layout))
+        inner = network(*(a[..., rows, cols].contiguous(memory_format=layout) for a in (x, base, *images)))
         parts = inner if isinstance(inner, tuple) else (inner,)
         whole = []
         for k, part in enumerate(parts):
@@ -197,8 +222,12 @@ class CleanGate(nn.Module):
     scene with its own veil (the darkest pixels of clean aerial crops sit at 0.08-0.27, those of thin haze over Rocky
     Mountain NP at 0.08-0.18), and a gate that sees only its neighbourhood hands such haze back. The recogniser
     looks at the whole picture and was trained on many sources: its log-odds that the picture is degraded
-    (:func:`scene_evidence`) enter every logit with a learned weight, which starts at zero (weights of a gate without
-    it load as they are and start the same).
+    (``EVIDENCE_KEY`` of :func:`scene_verdict`) enter every logit with a learned weight, which starts at zero (weights
+    of a gate without it load as they are and start the same). Measured, it helps little: thin haze over Rocky
+    Mountain NP gets P(clean) 0.11-0.62 from the recogniser too, the range of real clean crops.
+
+    The fallback: where the gate hands the scene back, ``forward`` returns the input, or ``fallback`` (a model's
+    ``gate_fallback: gentle_prior``: its prior at the strength ``--task auto`` would run it).
 
     Learned through the output alone, the gate dies: the degraded items' larger corrections push every share to 1
     before the gate tells clean from degraded, and saturated shares carry no gradient. So in training it keeps its
@@ -222,7 +251,7 @@ class CleanGate(nn.Module):
         raw = self.body(torch.cat([features, x.to(features.dtype), base.to(features.dtype)], dim=1)).float()
         if self.evidence_weight is not None:
             if evidence is None:
-                raise ValueError("this clean gate needs the scene evidence (scene_evidence)")
+                raise ValueError("this clean gate needs the scene evidence (scene_verdict)")
             raw = raw + self.evidence_weight * evidence.to(raw).reshape(-1, 1, 1, 1)
         # the blur of a channels_last map: kornia's depthwise conv wants it contiguous
         logits = gaussian_blur((GATE_LIMIT * torch.tanh(raw / GATE_LIMIT)).contiguous(), GATE_SMOOTHING)
@@ -230,34 +259,47 @@ class CleanGate(nn.Module):
         return torch.sigmoid(logits)
 
     def forward(self, features: Tensor, x: Tensor, base: Tensor, restored: Tensor,
-                evidence: Tensor | None = None) -> Tensor:
-        """``restored`` (the corrected prior's output) brought back towards the input ``x`` where the gate says so."""
+                evidence: Tensor | None = None, fallback: Tensor | None = None) -> Tensor:
+        """``restored`` (the corrected prior's output) brought back towards the input ``x`` (or ``fallback``) where
+        the gate says so."""
         s = self.share(features, x, base, evidence).to(restored.dtype)
-        x = x.to(restored.dtype)
-        return x + s * (restored - x)
+        anchor = (x if fallback is None else fallback).to(restored.dtype)
+        return anchor + s * (restored - anchor)
 
 
-def scene_evidence(x: Tensor, mask: Tensor | None = None) -> Tensor:
-    """The recogniser's log-odds that each picture of (B, C, H, W) ``x`` in [0, 1] is degraded, log((1 - P(clean)) /
-    P(clean)), clipped to +-EVIDENCE_LIMIT; (B,) float32. The first three bands are read as R, G, B; a picture with
-    fewer bands or too few valid pixels (``mask``: (B or 1, 1, H, W)) gets 0, undecided."""
+def scene_verdict(x: Tensor, mask: Tensor | None = None, kind: str = "haze") -> dict[str, Tensor]:
+    """The recogniser's verdict on each picture of (B, C, H, W) ``x`` in [0, 1]: ``EVIDENCE_KEY``, the log-odds that
+    it is degraded, log((1 - P(clean)) / P(clean)), clipped to +-EVIDENCE_LIMIT, and ``SEVERITY_KEY``, the severity
+    of degradation ``kind`` it reads (0 when it reads the picture clean); each (B,) float32. The first three bands are read as R, G, B; a picture with
+    fewer bands or too few valid pixels (``mask``: (B or 1, 1, H, W)) gets 0 for both: undecided, and nothing to
+    restore."""
     from ..recognise import RecogniserError, recognise_array  # the recogniser's module imports the models' physics
 
-    out = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
-    if x.shape[1] < 3:
-        return out
-    rgb = x[:, :3].detach().float().cpu().numpy()
-    valid = None if mask is None else mask.detach().bool().cpu().numpy()
-    for i in range(x.shape[0]):
-        m = None if valid is None else valid[min(i, valid.shape[0] - 1), 0]
-        try:
-            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # the recogniser runs in float32
-                p = recognise_array(rgb[i], m).probabilities["clean"]
-        except RecogniserError:
-            continue
-        p = min(max(p, 1e-6), 1 - 1e-6)
-        out[i] = max(-EVIDENCE_LIMIT, min(EVIDENCE_LIMIT, math.log((1 - p) / p)))
-    return out
+    evidence = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+    severity = torch.zeros_like(evidence)
+    if x.shape[1] >= 3:
+        rgb = x[:, :3].detach().float().cpu().numpy()
+        valid = None if mask is None else mask.detach().bool().cpu().numpy()
+        for i in range(x.shape[0]):
+            m = None if valid is None else valid[min(i, valid.shape[0] - 1), 0]
+            try:
+                with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # the recogniser runs in float32
+                    rec = recognise_array(rgb[i], m)
+            except RecogniserError:
+                continue
+            p = min(max(rec.probabilities["clean"], 1e-6), 1 - 1e-6)
+            evidence[i] = max(-EVIDENCE_LIMIT, min(EVIDENCE_LIMIT, math.log((1 - p) / p)))
+            # as --task auto routes it: a scene read clean is left as it is, whatever severity it would have
+            severity[i] = 0.0 if rec.label == "clean" else rec.severities[kind]
+    return {EVIDENCE_KEY: evidence, SEVERITY_KEY: severity}
+
+
+@functools.lru_cache(maxsize=16)
+def _prior_at(name: str, options: tuple[tuple[str, Any], ...]) -> nn.Module:
+    """The prior ``name`` with these settings, built once (a batch of tiles shares one strength)."""
+    prior = build_prior(name, dict(options))
+    assert prior is not None
+    return prior
 
 
 def _parameters(fn: Any) -> set[str]:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import LayerNorm2d, affine_output, count_parameters, pad_to_multiple
-from .prior import PRIORS, CleanGate, PriorConditioned, build_prior
+from .prior import EVIDENCE_KEY, PRIORS, SEVERITY_KEY, CleanGate, PriorConditioned, build_prior
 from . import scan as _scan
 from .scan import selective_scan
 
@@ -61,6 +61,8 @@ PAPER_PARAMETERS = 1.80e6
 DIRECTIONS = 4
 #: Output heads: the paper's residual, or a per-pixel gain and a residual (see the module's docstring).
 HEADS = ("residual", "affine")
+#: What the clean gate falls back on where it hands the scene back (RSDehambaConfig.gate_fallback).
+GATE_FALLBACKS = ("input", "gentle_prior")
 
 
 @dataclass
@@ -97,6 +99,9 @@ class RSDehambaConfig:
             clean scene comes back as it is (s near 0); starts at s = 0.9975 (see :class:`.prior.CleanGate`).
         gate_evidence: the clean gate also weighs the recogniser's verdict on the whole scene (its log-odds that the
             scene is degraded; a learned weight that starts at zero, so gated weights without it load as they are).
+        gate_fallback: what the clean gate falls back on where it hands the scene back: ``"input"`` (the scene as it
+            is) or ``"gentle_prior"`` (the prior at the strength the recogniser's haze severity calls for, as
+            ``--task auto`` runs dcp: the input itself for a clean scene, part of the veil lifted for a faint one).
     """
 
     in_channels: int = 3
@@ -118,6 +123,7 @@ class RSDehambaConfig:
     prior_options: dict[str, Any] = field(default_factory=dict)
     clean_gate: bool = False
     gate_evidence: bool = False
+    gate_fallback: str = "input"
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -147,8 +153,10 @@ class RSDehambaConfig:
             raise ValueError("input_gain needs a prior and head='affine'")
         if self.clean_gate and self.prior == "none":
             raise ValueError("clean_gate needs a prior")
-        if self.gate_evidence and not self.clean_gate:
-            raise ValueError("gate_evidence needs clean_gate")
+        if (self.gate_evidence or self.gate_fallback != "input") and not self.clean_gate:
+            raise ValueError("gate_evidence and gate_fallback need clean_gate")
+        if self.gate_fallback not in GATE_FALLBACKS:
+            raise ValueError(f"gate_fallback must be one of {GATE_FALLBACKS}, got {self.gate_fallback!r}")
 
     @property
     def widths(self) -> tuple[int, int, int]:
@@ -327,11 +335,16 @@ class RSDehamba(PriorConditioned, nn.Module):
             raise ValueError("RSDehamba does not use SAR; pass sar=None")
         if self.prior is None:
             return self._network(x, x)
-        evidence = self.gate_evidence(x, stats)
+        verdict = self.verdict(x, stats)
+        evidence = verdict.get(EVIDENCE_KEY) if self.cfg.gate_evidence else None
+        extra = []
+        if self.cfg.gate_fallback == "gentle_prior":
+            extra.append(self.gentle_prior_output(x, stats, verdict[SEVERITY_KEY]).to(x.dtype))
         return self.correct_prior(x, self.prior_output(x, stats).to(x.dtype), cores,
-                                  lambda xi, bi: self._network(xi, bi, evidence))
+                                  lambda xi, bi, *rest: self._network(xi, bi, evidence, *rest), *extra)
 
-    def _network(self, x: Tensor, base: Tensor, evidence: Tensor | None = None) -> Tensor:
+    def _network(self, x: Tensor, base: Tensor, evidence: Tensor | None = None,
+                 fallback: Tensor | None = None) -> Tensor:
         """The restored image from the input x and the image the heads correct (x itself, or the prior's output)."""
         xp, (h, w) = pad_to_multiple(x if self.prior is None else torch.cat([x, base], dim=1), self.stride)
         xp = xp.contiguous(memory_format=torch.channels_last)
@@ -350,7 +363,8 @@ class RSDehamba(PriorConditioned, nn.Module):
             out, _ = affine_output(bp, torch.cat(maps, dim=1), self.cfg.map_smoothing,
                                    xs if self.cfg.input_gain else None)
         if self.clean_gate is not None:
-            out = self.clean_gate(d1, xs, bp, out, evidence)
+            fp = None if fallback is None else pad_to_multiple(fallback, self.stride)[0]
+            out = self.clean_gate(d1, xs, bp, out, evidence, fp)
         return out[..., :h, :w].contiguous()
 
     def _last_upsampling(self, x: Tensor) -> Tensor:
