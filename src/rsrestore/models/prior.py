@@ -270,9 +270,9 @@ class CleanGate(nn.Module):
 def scene_verdict(x: Tensor, mask: Tensor | None = None, kind: str = "haze") -> dict[str, Tensor]:
     """The recogniser's verdict on each picture of (B, C, H, W) ``x`` in [0, 1]: ``EVIDENCE_KEY``, the log-odds that
     it is degraded, log((1 - P(clean)) / P(clean)), clipped to +-EVIDENCE_LIMIT, and ``SEVERITY_KEY``, the severity
-    of degradation ``kind`` it reads (0 when it reads the picture clean); each (B,) float32. The first three bands are read as R, G, B; a picture with
-    fewer bands or too few valid pixels (``mask``: (B or 1, 1, H, W)) gets 0 for both: undecided, and nothing to
-    restore."""
+    of degradation ``kind`` it reads (0 when it reads the picture clean); each (B,) float32. The first three bands
+    are read as R, G, B; a picture with fewer bands or too few valid pixels (``mask``: (B or 1, 1, H, W)) gets 0 for
+    both: undecided, and nothing to restore."""
     from ..recognise import RecogniserError, recognise_array  # the recogniser's module imports the models' physics
 
     evidence = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
