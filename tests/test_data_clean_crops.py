@@ -215,3 +215,24 @@ def test_clean_veil_free_items_show_the_veil_free_crop_in_and_out(tmp_path: Path
         SyntheticDataset(path, clean_veil_free=True, size=32, clean_fraction=0.3)
     with pytest.raises(ValueError, match="clean_veil_free needs dark_object"):
         SyntheticDataset(path, clean_veil_free=True, dark_object=True, size=32)
+
+
+def test_veil_free_inputs_synthesise_the_degradation_over_the_crop_without_its_veil(tmp_path: Path):
+    data = (ramp(3, 80, 80) * 255).astype(np.uint8)  # a file whose darkest values sit at 0.1-0.3
+    path = make_geotiff(tmp_path / "veiled.tif", data)
+    options = dict(size=32, length=8, seed=3, colour_jitter=0.05, dark_object=True, preset="thin")
+    kept = SyntheticDataset(path, **options)
+    over_veil_free = SyntheticDataset(path, veil_free_inputs=1.0, **options)
+    floors = []
+    for i in range(8):
+        a, b = kept[i], over_veil_free[i]
+        assert torch.equal(a["target"], b["target"])  # the veil-free target either way
+        floors.append((float(a["input"].amin()), float(b["input"].amin())))
+    # thin haze over a darker scene (the haze itself is drawn anew): its darkest pixels sit lower by about the veil
+    # (0.1 in the darkest band) times the transmission
+    floor_kept, floor_veil_free = np.mean(floors, axis=0)
+    assert floor_veil_free < floor_kept - 0.04, floors
+    with pytest.raises(ValueError, match="veil_free_inputs must be a share in"):
+        SyntheticDataset(path, veil_free_inputs=0.5, size=32)  # without dark_object
+    with pytest.raises(ValueError, match="veil_free_inputs must be a share in"):
+        SyntheticDataset(path, veil_free_inputs=1.5, dark_object=True, size=32)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..physics.noise import randint, uniform
@@ -87,6 +88,9 @@ class SyntheticDataset(Dataset):
             scaled by the drawn gains); inputs are made from the crop as it is. Clean items keep the crop as it is.
         clean_veil_free: with `dark_object`, clean items show the crop without its veil as both input and target
             (a veil-free clear scene stays as it is), so no item teaches a model to keep a veil.
+        veil_free_inputs: with `dark_object`, the share of degraded items synthesised over the crop without its veil
+            rather than as it is. A source whose shadows are black (Landsat, Sentinel-2 surface reflectance) under a
+            faint veil looks unlike any aerial source with its own veil under one; these items show that case.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class SyntheticDataset(Dataset):
         colour_jitter: float = 0.0,
         dark_object: bool = False,
         clean_veil_free: bool = False,
+        veil_free_inputs: float = 0.0,
     ) -> None:
         if crop is not None:
             size = crop
@@ -159,6 +164,10 @@ class SyntheticDataset(Dataset):
         if clean_veil_free and not (dark_object and clean_fraction > 0):
             raise ValueError("clean_veil_free needs dark_object: true and a clean_fraction above 0")
         self.clean_veil_free = clean_veil_free
+        if not 0.0 <= float(veil_free_inputs) <= 1.0 or (veil_free_inputs and not dark_object):
+            raise ValueError(f"veil_free_inputs must be a share in [0, 1] and needs dark_object: true; "
+                             f"got {veil_free_inputs!r}")
+        self.veil_free_inputs = float(veil_free_inputs)
         crop_options = {"band_map": band_map, "stretch": stretch, "scale_jitter": scale_jitter, "rotate": rotate,
                         "brightness_jitter": brightness_jitter, "colour_jitter": colour_jitter}
         self.crops = CleanCrops(self.files, size, self.bands, scale, max_invalid=max_invalid, **crop_options)
@@ -216,7 +225,10 @@ class SyntheticDataset(Dataset):
             kw: dict[str, Any] = {"wavelengths_nm": self.wavelengths_nm}
             if kind == "cloud":
                 kw["shadow"] = self.shadow
-            out = synthesize(clean[None], kind, g, preset=preset, **kw)
+            scene = clean
+            if self.veil_free_inputs > 0 and bool(uniform(g, 1)[0] < self.veil_free_inputs):
+                scene = remove_veil(clean, self._veil_levels(fi, cut))[0]
+            out = synthesize(scene[None], kind, g, preset=preset, **kw)
             params = sample_params(out["params"], 0)
             degraded = out["input"]
             if self.sensor > 0 and bool(uniform(g, 1)[0] < self.sensor):
@@ -227,9 +239,7 @@ class SyntheticDataset(Dataset):
                 item["mask"] = out["mask"][0].contiguous()
         veil = None
         if self.dark_object and (not keep_clean or self.clean_veil_free):  # else a clear scene is left as it is
-            gains = cut["gains"]
-            levels = torch.from_numpy(self.crops.dark_levels(fi)) * (1.0 if gains is None else torch.tensor(gains))
-            item["target"], veil = remove_veil(clean, levels)
+            item["target"], veil = remove_veil(clean, self._veil_levels(fi, cut))
             if keep_clean:
                 item["input"] = item["target"].clone()
         if kind == "dust":
@@ -255,6 +265,11 @@ class SyntheticDataset(Dataset):
         if self._crop_options:
             item["meta"]["crop"] = {k: cut[k] for k in ("zoom", "angle", "gains", "stretch", "invalid", "bands")}
         return item
+
+    def _veil_levels(self, fi: int, cut: dict[str, Any]) -> Tensor:
+        """The veil of file ``fi`` per band (its dark-object levels), scaled by the crop's drawn gains."""
+        gains = cut["gains"]
+        return torch.from_numpy(self.crops.dark_levels(fi)) * (1.0 if gains is None else torch.tensor(gains))
 
     def _groups(self, sources: Any, more_sources: Any) -> list[list[int]]:
         """Indices into ``self.files`` of each given source (a folder or a file), in the order given."""
