@@ -23,12 +23,12 @@ from rsrestore.train.objectives import OBJECTIVES, ObjectiveContext
 
 def _rsdehamba(prior: str = "dcp", head: str = "affine", map_smoothing: float = 0.0,
                input_gain: bool = False, clean_gate: bool = False, gate_evidence: bool = False,
-               gate_fallback: str = "input") -> RSDehamba:
+               gate_fallback: str = "input", clean_odds: float = 0.0) -> RSDehamba:
     torch.manual_seed(0)
     return RSDehamba(RSDehambaConfig(embed_dim=8, depths=(1, 1, 1), d_state=4, scan_impl="chunked", head=head,
                                      map_smoothing=map_smoothing, prior=prior, input_gain=input_gain,
                                      clean_gate=clean_gate, gate_evidence=gate_evidence,
-                                     gate_fallback=gate_fallback))
+                                     gate_fallback=gate_fallback, clean_odds=clean_odds))
 
 
 def _aosrnet(prior: str = "rop", map_smoothing: float = 0.0, input_gain: bool = False,
@@ -429,3 +429,73 @@ def test_the_gentle_fallback_is_dcp_at_the_scenes_severity_and_the_input_for_a_c
             torch.testing.assert_close(model(x, stats=stats), expected, rtol=0, atol=2e-3)
         assert (model(x, stats={**stats, SEVERITY_KEY: torch.tensor([0.3])}) - x).abs().mean() > 0.02
         torch.testing.assert_close(model(x, stats=stats), x, rtol=0, atol=2e-3)
+
+
+def _naip_scene() -> torch.Tensor:
+    """The shipped NAIP sample's R, G, B (fields and trees, 384 x 384), which the recogniser reads clean at better
+    than 2:1 (degraded log-odds -1.85)."""
+    import rasterio
+
+    with rasterio.open(Path(__file__).resolve().parents[1] / "src/rsrestore/sample_data/naip_4band_crop.tif") as f:
+        return torch.from_numpy(f.read([1, 2, 3]).astype(np.float32) / 255)[None]
+
+
+def _trained_looking(model: RSDehamba) -> RSDehamba:
+    """Non-zero correction heads: before training the model is its prior, which would hide what the network does."""
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.05)
+        model.gain_head.weight.normal_(0, 0.05)
+    return model
+
+
+def test_clean_odds_needs_a_prior_and_no_negative_odds():
+    with pytest.raises(ValueError, match="clean_odds must be >= 0 and needs a prior"):
+        RSDehambaConfig(prior="none", clean_odds=2.0)
+    with pytest.raises(ValueError, match="clean_odds must be >= 0"):
+        RSDehambaConfig(prior="dcp", clean_odds=-1.0)
+
+
+def test_items_read_clean_at_the_odds_come_back_bit_for_bit_and_the_others_are_restored():
+    """clean_odds 2: an item whose degraded log-odds are at most -log 2 is returned as it is; one above is restored
+    exactly as without the rule."""
+    model = _trained_looking(_rsdehamba(clean_odds=2.0)).eval()
+    plain = _trained_looking(_rsdehamba()).eval()
+    x = torch.cat([_hazy(0)[0], _hazy(1)[0], _hazy(2)[0]])
+    stats = plain.scene_statistics(x)
+    evidence = torch.tensor([-0.70, -0.69, 3.0])  # 2:1 is log-odds -0.693: the first only is read clean enough
+    with torch.no_grad():
+        out = model(x, stats={**stats, EVIDENCE_KEY: evidence, SEVERITY_KEY: torch.zeros(3)})
+        restored = plain(x, stats=stats)
+    assert torch.equal(out[0], x[0])
+    torch.testing.assert_close(out[1:], restored[1:])
+    assert (restored[0] - x[0]).abs().max() > 0.01  # the rule, not the network, kept the first
+
+
+def test_a_scene_read_clean_skips_the_network_and_tiles_agree(monkeypatch):
+    """A real clean scene through the tiled engine: the whole scene's verdict reaches every tile, so it comes back
+    as it is (to the float rounding of the tiles' overlap blend, far below a file's 8- or 16-bit step) and the
+    network never runs; a hazy version of it is restored."""
+    model = _trained_looking(_rsdehamba(clean_odds=2.0)).eval()
+    scene = _naip_scene()[0].numpy()
+    hazy = scene * 0.6 + 0.35
+    ran = []
+    network = model._network
+    monkeypatch.setattr(model, "_network", lambda *a, **k: ran.append(1) or network(*a, **k))
+    out = restore_array(model, scene, tile=128, overlap=16, batch_size=2, progress=False)
+    assert np.abs(out - scene).max() <= 1e-6 and not ran
+    restored = restore_array(model, hazy, tile=128, overlap=16, batch_size=2, progress=False)
+    assert ran and np.abs(restored - hazy).mean() > 0.05
+
+
+def test_clean_odds_changes_nothing_in_training(monkeypatch):
+    """The rule holds at inference only: in training every item reaches the network, and no verdict is read."""
+    import rsrestore.models.prior as prior_module
+
+    x = _naip_scene()[..., :64, :64]
+    with torch.no_grad():
+        expected = _trained_looking(_rsdehamba()).train()(x)
+    monkeypatch.setattr(prior_module, "scene_verdict", lambda *a, **k: pytest.fail("no verdict in training"))
+    with torch.no_grad():
+        out = _trained_looking(_rsdehamba(clean_odds=2.0)).train()(x)
+    torch.testing.assert_close(out, expected)
+    assert (out - x).abs().max() > 0.01

@@ -118,7 +118,24 @@ class PriorConditioned:
     def _uses_verdict(self) -> bool:
         gate = getattr(self, "clean_gate", None)
         gentle = getattr(self.cfg, "gate_fallback", "input") == "gentle_prior"  # type: ignore[attr-defined]
-        return gate is not None and (gate.evidence_weight is not None or gentle)
+        return (gate is not None and (gate.evidence_weight is not None or gentle)) or self._hands_back
+
+    @property
+    def _hands_back(self) -> bool:
+        """Whether scenes read clean come back as they are: at inference, with the config's ``clean_odds`` set."""
+        return not self.training and getattr(self.cfg, "clean_odds", 0.0) > 0  # type: ignore[attr-defined]
+
+    def hand_back_clean(self, x: Tensor, verdict: dict[str, Tensor], restore: Callable[[], Tensor]) -> Tensor:
+        """``restore()``, with each item the recogniser reads clean at odds of ``cfg.clean_odds`` to 1 or better
+        returned as it is (:func:`scene_verdict`'s evidence at most -log(clean_odds)). When every item is, the
+        network and the prior do not run: a clean scene comes back bit for bit, at the cost of reading it."""
+        if not self._hands_back:
+            return restore()
+        clean = verdict[EVIDENCE_KEY].to(x.device) <= -math.log(self.cfg.clean_odds)  # type: ignore[attr-defined]
+        if bool(clean.all()):
+            return x.clone()
+        out = restore()
+        return torch.where(clean.view(-1, 1, 1, 1), x.to(out.dtype), out)
 
     def verdict(self, x: Tensor, stats: dict[str, Tensor] | None) -> dict[str, Tensor]:
         """The recogniser's verdict on the scene (:func:`scene_verdict`): the whole scene's, from ``stats``, so every

@@ -102,6 +102,11 @@ class RSDehambaConfig:
         gate_fallback: what the clean gate falls back on where it hands the scene back: ``"input"`` (the scene as it
             is) or ``"gentle_prior"`` (the prior at the strength the recogniser's haze severity calls for, as
             ``--task auto`` runs dcp: the input itself for a clean scene, part of the veil lifted for a faint one).
+        clean_odds: with a prior, at inference, a scene the recogniser reads clean at odds of at least
+            ``clean_odds`` to 1 (P(clean) / (1 - P(clean)), from the whole scene, so every tile agrees) comes back
+            as it is, bit for bit; 0 never. Our addition, no parameters. A fixed rule rather than a learned gate:
+            a faint veil over black-shadowed ground and a clean scene with its own veil look alike to any gate (see
+            the README), so the model restores what the recogniser is not clearly sure is clean.
     """
 
     in_channels: int = 3
@@ -124,6 +129,7 @@ class RSDehambaConfig:
     clean_gate: bool = False
     gate_evidence: bool = False
     gate_fallback: str = "input"
+    clean_odds: float = 0.0
 
     def __post_init__(self) -> None:
         self.depths = tuple(int(d) for d in self.depths)
@@ -157,6 +163,9 @@ class RSDehambaConfig:
             raise ValueError("gate_evidence and gate_fallback need clean_gate")
         if self.gate_fallback not in GATE_FALLBACKS:
             raise ValueError(f"gate_fallback must be one of {GATE_FALLBACKS}, got {self.gate_fallback!r}")
+        if self.clean_odds < 0 or (self.clean_odds > 0 and self.prior == "none"):
+            raise ValueError(f"clean_odds must be >= 0 and needs a prior; got {self.clean_odds} with "
+                             f"prior={self.prior!r}")
 
     @property
     def widths(self) -> tuple[int, int, int]:
@@ -337,11 +346,15 @@ class RSDehamba(PriorConditioned, nn.Module):
             return self._network(x, x)
         verdict = self.verdict(x, stats)
         evidence = verdict.get(EVIDENCE_KEY) if self.cfg.gate_evidence else None
-        extra = []
-        if self.cfg.gate_fallback == "gentle_prior":
-            extra.append(self.gentle_prior_output(x, stats, verdict[SEVERITY_KEY]).to(x.dtype))
-        return self.correct_prior(x, self.prior_output(x, stats).to(x.dtype), cores,
-                                  lambda xi, bi, *rest: self._network(xi, bi, evidence, *rest), *extra)
+
+        def restore() -> Tensor:
+            extra = []
+            if self.cfg.gate_fallback == "gentle_prior":
+                extra.append(self.gentle_prior_output(x, stats, verdict[SEVERITY_KEY]).to(x.dtype))
+            return self.correct_prior(x, self.prior_output(x, stats).to(x.dtype), cores,
+                                      lambda xi, bi, *rest: self._network(xi, bi, evidence, *rest), *extra)
+
+        return self.hand_back_clean(x, verdict, restore)
 
     def _network(self, x: Tensor, base: Tensor, evidence: Tensor | None = None,
                  fallback: Tensor | None = None) -> Tensor:
