@@ -248,7 +248,8 @@ CPU_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*_cpu*.yaml") if load_c
 def test_the_cpu_configs_that_made_bundled_weights_have_a_pipeline():
     names = {p.name for p in CPU_CONFIGS}
     for name in ("aosrnet_dust_affine_cpu.yaml", "rsdehamba_haze_realistic_cpu.yaml",
-                 "rsdehamba_haze_clean_finetune_cpu.yaml", "apem_haze_cpu.yaml",
+                 "rsdehamba_haze_clean_finetune_cpu.yaml", "rsdehamba_haze_dcp_prior_veil_free_inputs_cpu.yaml",
+                 "apem_haze_cpu.yaml",
                  "aspdiff_haze_cpu.yaml",
                  "dsrdmpd_haze_cpu_stage2.yaml", "sarcr_synthetic_clouds_cpu.yaml",
                  "dsen2cr_synthetic_clouds_cpu.yaml"):

@@ -47,7 +47,8 @@ def test_fused_path_is_the_cpu_default_and_equals_the_pytorch_path_float64(monke
 
 @pytest.mark.skipif(not WEIGHTS.exists(), reason="bundled weights missing")
 def test_bundled_weights_give_the_same_restoration_with_either_scan():
-    model = rsrestore.load_model("rsdehamba")
+    # clean_odds 0: the network runs whatever the recogniser reads (this noise reads clean and would come back as is)
+    model = rsrestore.load_model("rsdehamba", clean_odds=0.0)
     x = torch.rand(1, 3, 48, 56, generator=torch.Generator().manual_seed(3)) * 0.5 + 0.3
     with torch.inference_mode():
         set_scan(model, "chunked")
