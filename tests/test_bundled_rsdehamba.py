@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,34 @@ def test_bundled_weights_leave_clean_scenes_alone(model):
             assert torch.equal(out[i], x[i]), i
         else:
             assert ours[i] >= 25.0 and ours[i] > dcp[i] + 3.0, (i, ours[i], dcp[i])
+
+
+def test_restore_hands_a_scene_read_clean_back_and_clean_odds_0_restores_it(tmp_path):
+    """The shipped NAIP sample reads clean at better than 2:1: `rsrestore restore --method rsdehamba` writes it
+    unchanged and says why; --clean-odds 0 restores it; the option is an error for a method without it."""
+    from typer.testing import CliRunner
+
+    from rsrestore.cli import app
+
+    runner = CliRunner()
+    src = Path(rsrestore.__file__).parent / "sample_data" / "naip_4band_crop.tif"
+    args = ["restore", str(src), "--method", "rsdehamba", "--bands", "1,2,3", "-q"]
+    with pytest.warns(UserWarning, match="reads this scene clean at odds of 2:1 or better"):
+        kept = runner.invoke(app, [*args, "-o", str(tmp_path / "kept.tif")])
+    assert kept.exit_code == 0, kept.output
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restored = runner.invoke(app, [*args, "-o", str(tmp_path / "restored.tif"), "--clean-odds", "0"])
+    assert restored.exit_code == 0, restored.output
+    assert not [w for w in caught if "reads this scene clean" in str(w.message)]
+    import rasterio
+
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "kept.tif") as b, \
+            rasterio.open(tmp_path / "restored.tif") as c:
+        original, kept_pixels, restored_pixels = a.read(), b.read(), c.read()
+    assert np.array_equal(kept_pixels, original)
+    assert np.abs(restored_pixels[:3].astype(int) - original[:3]).mean() > 2
+    assert np.array_equal(restored_pixels[3], original[3])  # the band not restored passes through
+    wrong = runner.invoke(app, ["restore", str(src), "-o", str(tmp_path / "dcp.tif"), "--method", "dcp",
+                                "--clean-odds", "2"])
+    assert wrong.exit_code != 0 and "--clean-odds applies to rsdehamba, not to dcp" in wrong.output

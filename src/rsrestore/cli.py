@@ -166,6 +166,9 @@ def restore(
     steps: Optional[int] = typer.Option(None, help="Sampling steps of a diffusion method (dsrdmpd: 5, aspdiff: 10)."),
     seed: Optional[int] = typer.Option(None, help="Seed of a diffusion method's sampling noise (default 0); the "
                                        "same seed gives the same output."),
+    clean_odds: Optional[float] = typer.Option(None, help="rsdehamba: a scene the recogniser reads clean at these "
+                                               "odds or better comes back unchanged (bundled weights: 2, i.e. 2:1); "
+                                               "0 restores every scene."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -187,18 +190,25 @@ def restore(
     spec = None if name == "auto" else _run(get_spec, name)
     if spec is not None and spec.needs_sar and sar is None:
         _fail(f"{name} needs a co-registered SAR scene: pass --sar S1.tif")
-    sampling = tuple((k, v) for k, v in (("steps", steps), ("seed", seed)) if v is not None)
-    if sampling:  # options of the model's config, which only diffusion methods have
-        if spec is None or not {k for k, _ in sampling} <= set(getattr(spec.classes()[1], "__dataclass_fields__", {})):
+    model_options = tuple((k, v) for k, v in (("steps", steps), ("seed", seed)) if v is not None)
+    fields = set(getattr(spec.classes()[1], "__dataclass_fields__", {})) if spec is not None else set()
+    if model_options:  # options of the model's config, which only diffusion methods have
+        if not {k for k, _ in model_options} <= fields:
             _fail(f"--steps and --seed apply to diffusion methods (dsrdmpd, aspdiff), not to {name}; drop them")
         if steps is not None and steps < 1:
             _fail(f"--steps must be 1 or more, got {steps}")
         if seed is not None and seed < 0:
             _fail(f"--seed must be 0 or more, got {seed}")
+    if clean_odds is not None:
+        if "clean_odds" not in fields:
+            _fail(f"--clean-odds applies to rsdehamba, not to {name}; drop it")
+        if clean_odds < 0:
+            _fail(f"--clean-odds must be 0 or more, got {clean_odds:g}")
+        model_options += (("clean_odds", clean_odds),)
     options = RestoreOptions(method=name, weights=weights, bands=bands, scale=scale,
                              sar=None if sar is None else str(sar), align=align, tile=tile, overlap=overlap,
                              batch_size=batch_size, max_memory=max_memory or None, device=_device(device), amp=amp,
-                             overwrite=overwrite, model_options=sampling)
+                             overwrite=overwrite, model_options=model_options)
     if not takes_many(inputs):  # one scene: any error ends the command with one line
         dst = output / inputs[0].name if output.is_dir() else output
         if name == "auto":  # the recogniser picks the method, or writes the scene unchanged (rsrestore.recognise)

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,6 +113,11 @@ class PriorConditioned:
             stats = self.prior.scene_statistics(x, mask=mask)
         if self._uses_verdict:
             stats = {**stats, **scene_verdict(x, mask, PRIOR_KIND[self.cfg.prior])}
+            if self._hands_back and bool((stats[EVIDENCE_KEY] <= -math.log(self.cfg.clean_odds)).all()):
+                odds = self.cfg.clean_odds  # type: ignore[attr-defined]
+                warnings.warn(f"the recogniser reads this scene clean at odds of {odds:g}:1 or better, so the model "
+                              f"returns it unchanged (restore it anyway with --clean-odds 0, in Python "
+                              f"model_options={{'clean_odds': 0}})", stacklevel=2)
         return stats
 
     @property
