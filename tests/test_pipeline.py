@@ -304,6 +304,26 @@ def test_training_a_config_whose_init_weights_are_missing_names_the_config_that_
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_first_chains_train_each_config_after_the_ones_it_starts_from(tmp_path, monkeypatch):
+    """c starts from b's weights and b from a's: training c trains a, then b, then c, each once."""
+    data = fake_data_root(tmp_path / "data")
+    paths: list[Path] = []
+    for k, name in enumerate("abc"):
+        cfg = tiny_config(tmp_path)
+        cfg["run"]["out_dir"] = str(tmp_path / "runs" / name)
+        if k:
+            cfg["model"]["init_weights"] = str(tmp_path / "runs" / "abc"[k - 1] / "final.safetensors")
+            cfg["pipeline"]["train_first"] = [str(p) for p in reversed(paths)]  # c: b (which starts from a), a
+        paths.append(write_config(tmp_path / f"{name}_cpu.yaml", cfg))
+    order = []
+    train_one = pl.train_one
+    monkeypatch.setattr(pl, "train_one", lambda config, cfg, log=None: order.append(Path(config).name)
+                        or train_one(config, cfg, log))
+    pl.train_stage(pl.make_plan(paths[-1], data=data), progress=False, log=lambda m: None)
+    assert order == ["a_cpu.yaml", "b_cpu.yaml", "c_cpu.yaml"]
+    assert all((tmp_path / "runs" / name / "final.safetensors").is_file() for name in "abc")
+
+
 def test_held_out_tiles_subtract_the_products_calibration_offset(tmp_path):
     """Landsat-8 Level-1 numbers are 50000 x TOA reflectance + 5000: tiles cut with ``offset`` hold the reflectance
     part only (clipped at 0, same dtype), and an offset on a source that is not tiled is refused."""

@@ -10,8 +10,9 @@ current (``--stage`` runs one):
     SEN12MS-CR-style triplets of :mod:`rsrestore.train.cloud_scenes`. Link folders that already hold exactly the
     planned links and test sets whose manifest matches their definition are left untouched.
 ``train``
-    the configs of ``train_first`` (their ``prepare`` too), then this config, through :func:`rsrestore.train.train`
-    with resume: a finished run of the same model and length is kept, a stopped one continues.
+    the configs of ``train_first``, each after its own ``train_first`` (their ``prepare`` too), then this config,
+    through :func:`rsrestore.train.train` with resume: a finished run of the same model and length is kept, a
+    stopped one continues.
 ``evaluate``
     the evaluator (:func:`rsrestore.evaluate.evaluate`) on every held-out set with the model and the ``compare``
     methods (each method's scores are kept per set and recomputed only when the weights, the set or the options
@@ -471,12 +472,24 @@ def train_one(config: Path, cfg: TrainConfig, log: Callable[[str], None] | None 
 
 
 def train_stage(plan: Plan, progress: bool = True, log: Callable[[str], None] | None = None) -> None:
-    """The ``train`` stage: the ``train_first`` configs (prepared first when they have a pipeline), then this one."""
-    for dep in plan.spec.train_first:
+    """The ``train`` stage: the ``train_first`` configs, each after its own ``train_first`` (prepared first when they
+    have a pipeline), then this one."""
+    seen: set[Path] = set()
+
+    def train_chain(dep: Path) -> None:
+        if dep.resolve() in seen:  # a config two others start from trains once
+            return
+        seen.add(dep.resolve())
         dep_cfg = load_config(dep)
         if dep_cfg.pipeline is not None:
-            prepare(make_plan(dep, data=plan.data), progress=progress, log=log)
-        train_one(Path(dep), dep_cfg, log)
+            dep_plan = make_plan(dep, data=plan.data)
+            for first in dep_plan.spec.train_first:
+                train_chain(Path(first))
+            prepare(dep_plan, progress=progress, log=log)
+        train_one(dep, dep_cfg, log)
+
+    for dep in plan.spec.train_first:
+        train_chain(Path(dep))
     missing = prepared(plan)
     if missing:
         raise FileNotFoundError(f"{missing[0]} not found: run `rsrestore train {plan.config_path} --stage prepare` "
