@@ -113,7 +113,7 @@ class PriorConditioned:
             stats = self.prior.scene_statistics(x, mask=mask)
         if self._uses_verdict:
             stats = {**stats, **scene_verdict(x, mask, PRIOR_KIND[self.cfg.prior])}
-            if self._hands_back and bool((stats[EVIDENCE_KEY] <= -math.log(self.cfg.clean_odds)).all()):
+            if self._hands_back and bool(self._read_clean(stats[EVIDENCE_KEY]).all()):
                 odds = self.cfg.clean_odds  # type: ignore[attr-defined]
                 warnings.warn(f"the recogniser reads this scene clean at odds of {odds:g}:1 or better, so the model "
                               f"returns it unchanged (restore it anyway with --clean-odds 0, in Python "
@@ -131,13 +131,18 @@ class PriorConditioned:
         """Whether scenes read clean come back as they are: at inference, with the config's ``clean_odds`` set."""
         return not self.training and getattr(self.cfg, "clean_odds", 0.0) > 0  # type: ignore[attr-defined]
 
+    def _read_clean(self, evidence: Tensor) -> Tensor:
+        """Which items the recogniser reads clean at odds of ``cfg.clean_odds`` to 1 or better: degraded log-odds
+        (:func:`scene_verdict`'s evidence) at most -log(clean_odds)."""
+        return evidence <= -math.log(self.cfg.clean_odds)  # type: ignore[attr-defined]
+
     def hand_back_clean(self, x: Tensor, verdict: dict[str, Tensor], restore: Callable[[], Tensor]) -> Tensor:
         """``restore()``, with each item the recogniser reads clean at odds of ``cfg.clean_odds`` to 1 or better
-        returned as it is (:func:`scene_verdict`'s evidence at most -log(clean_odds)). When every item is, the
-        network and the prior do not run: a clean scene comes back bit for bit, at the cost of reading it."""
+        (:meth:`_read_clean`) returned as it is. When every item is, the network and the prior do not run: a clean
+        scene comes back bit for bit, at the cost of reading it."""
         if not self._hands_back:
             return restore()
-        clean = verdict[EVIDENCE_KEY].to(x.device) <= -math.log(self.cfg.clean_odds)  # type: ignore[attr-defined]
+        clean = self._read_clean(verdict[EVIDENCE_KEY].to(x.device))
         if bool(clean.all()):
             return x.clone()
         out = restore()
