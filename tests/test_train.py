@@ -308,6 +308,20 @@ def test_losses():
     assert float(total) == pytest.approx(float(F.l1_loss(faint, target) + 3.0 * expected), rel=1e-5)
     with pytest.raises(ValueError, match="gradient_weight"):
         build_loss("l1", gradient_weight=-1.0)
+    # The texture term: a texture moved by a pixel costs little, the same texture smoothed away costs much, where
+    # the edge loss charges both alike.
+    texture = build_loss("l1", texture_weight=1.0)
+    stripes = torch.zeros(1, 2, 32, 32)
+    stripes[..., ::4, :] = 1.0
+    moved, smoothed = stripes.roll(1, dims=-2), torch.full_like(stripes, 0.25)
+    moved_cost = texture(moved, {"target": stripes})[1]["texture"]
+    smoothed_cost = texture(smoothed, {"target": stripes})[1]["texture"]
+    assert smoothed_cost > 0.3 and moved_cost < 0.1 * smoothed_cost
+    assert edges(moved, {"target": stripes})[1]["gradient"] >= edges(smoothed, {"target": stripes})[1]["gradient"]
+    assert texture(stripes, {"target": stripes})[1]["texture"] == 0.0
+    for bad, match in (({"texture_weight": -1.0}, "texture_weight"), ({"texture_window": 1}, "texture_window")):
+        with pytest.raises(ValueError, match=match):
+            build_loss("l1", **bad)
     # The SSIM term: 1 - SSIM as the metric computes it, zero for the target itself, with a gradient, and finite
     # under bf16 autocast (where the moments' cancellation would otherwise break it).
     similarity = build_loss("l1", ssim_weight=0.5)

@@ -66,19 +66,31 @@ class L1Loss(nn.Module):
       charges faint detail directly;
     - with ``ssim_weight``, that weight times ``1 - SSIM`` (the metric's own convention,
       :func:`rsrestore.metrics.full_reference.ssim_differentiable`). L1 charges a residual veil little where the
-      local contrast is small, SSIM charges the lost contrast itself.
+      local contrast is small, SSIM charges the lost contrast itself;
+    - with ``texture_weight``, that weight times the mean absolute difference of the *local* gradient magnitude
+      (per band, averaged over ``texture_window`` x ``texture_window`` blocks) of prediction and target. Where the
+      guidance cannot tell where each edge lies (ground under thick cloud, seen only through SAR), L1 and the edge
+      loss are both least when the texture is smoothed away; this term asks for the target's amount of texture in
+      each block and not its exact positions, so a blurred guess pays and a texture a pixel or two off does not.
     """
 
     model_kwargs: dict[str, Any] = {}
 
-    def __init__(self, spectral_weight: float = 0.0, gradient_weight: float = 0.0, ssim_weight: float = 0.0) -> None:
+    def __init__(self, spectral_weight: float = 0.0, gradient_weight: float = 0.0, ssim_weight: float = 0.0,
+                 texture_weight: float = 0.0, texture_window: int = 8) -> None:
         super().__init__()
-        for name, weight in (("spectral", spectral_weight), ("gradient", gradient_weight), ("ssim", ssim_weight)):
+        weights = (("spectral", spectral_weight), ("gradient", gradient_weight), ("ssim", ssim_weight),
+                   ("texture", texture_weight))
+        for name, weight in weights:
             if weight < 0:
                 raise ValueError(f"{name}_weight must be >= 0, got {weight}")
+        if texture_window < 2:
+            raise ValueError(f"texture_window must be >= 2 pixels, got {texture_window}")
         self.spectral_weight = spectral_weight
         self.gradient_weight = gradient_weight
         self.ssim_weight = ssim_weight
+        self.texture_weight = texture_weight
+        self.texture_window = texture_window
 
     def forward(self, output: Any, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
         pred = prediction_of(output)
@@ -99,7 +111,18 @@ class L1Loss(nn.Module):
             dissimilarity = 1.0 - ssim_differentiable(pred, target).mean()
             loss = loss + self.ssim_weight * dissimilarity
             parts["ssim"] = float(dissimilarity.detach())
+        if self.texture_weight:
+            texture = F.l1_loss(self._local_texture(pred), self._local_texture(target))
+            loss = loss + self.texture_weight * texture
+            parts["texture"] = float(texture.detach())
         return loss, parts
+
+    def _local_texture(self, x: Tensor) -> Tensor:
+        """Mean gradient magnitude per band over ``texture_window``-pixel blocks (half-overlapping, so an edge on a
+        block boundary counts in a block that holds it whole); ``(B, C, h, w)``."""
+        magnitude = x.diff(dim=-1).abs()[..., :-1, :] + x.diff(dim=-2).abs()[..., :, :-1]
+        window = min(self.texture_window, *magnitude.shape[-2:])
+        return F.avg_pool2d(magnitude, window, stride=max(1, window // 2))
 
 
 class CARLLoss(nn.Module):
