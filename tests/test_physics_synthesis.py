@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsrestore.physics.clouds import CLOUD_PRESETS, cloud_reflectance_spectrum, synthesize_clouds
+from rsrestore.physics.clouds import CLOUD_PRESETS, cloud_reflectance_spectrum, synthesize_clouds, vapour_transmittance
 from rsrestore.physics.haze import (
     HAZE_PRESETS,
     RGB_WAVELENGTHS_NM,
@@ -355,3 +355,32 @@ def test_dispatcher_errors():
         synthesize(clear_image(), "snow", gen(0))
     with pytest.raises(ValueError, match="preset"):
         synthesize(clear_image(), "haze", gen(0), preset="heavy")
+
+
+def test_cloud_tops_are_dark_in_the_water_vapour_bands_as_real_ones_are():
+    # On a black ground the cloud core is the cloud's own reflectance: in B9 (945 nm) at most 0.35 times its NIR level
+    # and in B10 (1375 nm) at most 0.01 times (0.05 for thin clouds) its level there without vapour, as in real
+    # Sentinel-2 cores (B9 0.20-0.21 and B10 under 0.01 times B2); NIR and SWIR stay in the drawn ranges.
+    black = torch.zeros(6, 13, 48, 48)
+    for kind, b10_max in (("thick", 0.01), ("thin", 0.05)):
+        out = synthesize_clouds(black, gen(11), kind, shadow=False)
+        spectra = torch.tensor(out["params"]["cloud_spectrum"])
+        assert spectra.shape == (6, 13)
+        assert (spectra[:, 1] == 1.0).all() and (spectra[:, 9] <= 0.35 * spectra[:, 8] + 1e-9).all()
+        assert (spectra[:, 10] <= b10_max * 1.35).all()
+        assert (spectra[:, 8] >= 1.0).all() and (spectra[:, 8] <= 1.35).all()  # B8A, 865 nm
+        assert spectra[:, 8].std() > 0.02 and spectra[:, 11].std() > 0.02  # drawn per cloud, not fixed
+        core = out["opacity"][:, 1] >= 0.999 if kind == "thick" else out["mask"][:, 0].bool()
+        pixels = out["input"].permute(1, 0, 2, 3)[:, core]  # (13, N)
+        assert pixels.shape[1] > 100
+        if kind == "thick":  # opaque: the pixel is the cloud, B9 at most 0.35 x 1.35 times B2
+            assert (pixels[9] / pixels[1]).max() <= 0.35 * 1.35 + 1e-4 and (pixels[10] / pixels[1]).max() < 0.015
+    # RGB clouds stay white: no band of an RGB image is in the NIR rise or a vapour band.
+    rgb = synthesize_clouds(torch.zeros(4, 3, 16, 16), gen(2), "thick", shadow=False)
+    assert torch.tensor(rgb["params"]["cloud_spectrum"]).eq(1.0).all()
+    # Band-wise pieces: the vapour bands only, and the spectrum's anchors.
+    t = vapour_transmittance([490, 945, 1375, 1610], 0.2, 0.01)
+    assert t.tolist() == pytest.approx([1.0, 0.2, 0.01, 1.0])
+    s = cloud_reflectance_spectrum([490, 665, 765, 865, 945, 1610, 2190, 2400], nir_rise=1.3, swir_1610=1.1,
+                                   swir_2190=0.9)
+    assert s.tolist() == pytest.approx([1.0, 1.0, 1.15, 1.3, 1.3, 1.1, 0.9, 0.9])

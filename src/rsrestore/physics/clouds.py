@@ -12,9 +12,17 @@ RICE, 2019):
 * opacity o_c(x) = min(1, opacity * a(x) * (lambda_c / 550)^(-k)). Thin clouds scatter short wavelengths a little
   more, so their brightening falls with wavelength (k > 0, the band-dependent thickness coefficients of thin-cloud
   models); thick clouds are opaque in every band (k = 0, opacity 1 in the cloud core).
-* cloud reflectance C_c(x) = brightness * S(lambda_c) * (1 - texture * m(x)): near white in the visible and NIR,
-  falling in the SWIR (water/ice absorption: S = 1 up to 1000 nm, 0.75 at 1610 nm, 0.55 at 2190 nm, linear between),
-  modulated by a finer fractal field m for the cloud's own relief.
+* cloud reflectance C_c(x) = brightness * S(lambda_c) * T_c * (1 - texture * m(x)), modulated by a finer fractal
+  field m for the cloud's own relief:
+  - S, the cloud top's spectrum: white in the visible (so RGB clouds stay white), rising linearly from 665 nm to
+    ``nir_rise`` at 865 nm and flat to 1000 nm, then the SWIR levels ``swir_1610`` and ``swir_2190`` (linear
+    between). The defaults (no rise, 0.75 and 0.55: water/ice absorption) are one end of each sample's range; the
+    thick cloud cores of real Sentinel-2 L1C patches (SEN12MS-CR 19_p30 and 139_p839, brightest 1 % of B2) are the
+    other: NIR 1.26-1.34 and B11 1.16-1.19, B12 0.87-0.93 times B2.
+  - T, the transmittance of the water vapour above the cloud top in the bands that sit in its absorption lines
+    (945 nm, Sentinel-2 B9; 1375 nm, B10; 1 elsewhere). Low and middle clouds stay dark there: in those real cores B9
+    is 0.20-0.21 and B10 under 0.01 times B2. A cloud as bright in B9 and B10 as in the visible (no T) is a cue real
+    clouds never give, and a network that learns it leaves real clouds alone.
 * shadow (thick clouds only; thin-cloud shadows are too faint to matter): J' = J (1 - g_c s(x)), where s is the density
   shifted by a random offset (the sun-cloud-ground geometry, 3-12 % of the image size in a random direction) and lightly
   smoothed, and g_c = strength * min(1, (lambda_c / 550)^0.3) darkens short wavelengths a little less because shadows
@@ -29,8 +37,12 @@ call):
 preset  coverage      softness  opacity       k           brightness    texture       scale         shadow
 ======  ============  ========  ============  ==========  ============  ============  ============  ============
 thin    [0.40, 1.00]  0.40      [0.35, 0.75]  [0.3, 1.0]  [0.75, 0.95]  [0.00, 0.10]  [0.40, 1.00]  none
-thick   [0.10, 0.50]  0.06      1             0           [0.85, 1.00]  [0.03, 0.15]  [0.25, 0.60]  [0.30, 0.60]
+thick   [0.10, 0.50]  0.06      1             0           [0.50, 1.00]  [0.03, 0.15]  [0.25, 0.60]  [0.30, 0.60]
 ======  ============  ========  ============  ==========  ============  ============  ============  ============
+
+Both presets draw ``nir_rise`` from [1.0, 1.35], ``swir_1610`` from [0.75, 1.2], ``swir_2190`` from [0.55, 0.95] and
+T at 945 nm from [0.12, 0.35]; T at 1375 nm is drawn from [0, 0.01] for thick clouds and [0, 0.05] for thin ones (thin
+high clouds, cirrus, are the ones B10 sees; neither real patch has any, its clouds no brighter in B10 than its ground).
 
 The cloud reflectance is further shaded by the cloud's own thickness (0.72 at the edge to 1 at the thickest point), so
 opaque clouds have bright cores and greyer fringes.
@@ -49,7 +61,8 @@ from torch import Tensor
 from .haze import REFERENCE_WAVELENGTH_NM, check_image, resolve_wavelengths
 from .noise import fractal_noise, uniform
 
-__all__ = ["CloudPreset", "CLOUD_PRESETS", "cloud_reflectance_spectrum", "synthesize_clouds"]
+__all__ = ["CloudPreset", "CLOUD_PRESETS", "VAPOUR_BANDS_NM", "cloud_reflectance_spectrum", "synthesize_clouds",
+           "vapour_transmittance"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,11 @@ class CloudPreset:
     scale_range: tuple[float, float] = (0.25, 0.6)  # largest cloud structures, fraction of max(H, W)
     octaves: int = 6
     persistence: float = 0.55
+    nir_rise_range: tuple[float, float] = (1.0, 1.35)  # S at 865 nm over S in the visible
+    swir_1610_range: tuple[float, float] = (0.75, 1.2)
+    swir_2190_range: tuple[float, float] = (0.55, 0.95)
+    vapour_945_range: tuple[float, float] = (0.12, 0.35)  # water-vapour transmittance above the cloud top, B9
+    vapour_1375_range: tuple[float, float] = (0.0, 0.01)  # and B10
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,30 +103,50 @@ CLOUD_PRESETS: dict[str, CloudPreset] = {
         scale_range=(0.4, 1.0),
         octaves=5,
         persistence=0.5,
+        vapour_1375_range=(0.0, 0.05),
     ),
     "thick": CloudPreset(
         coverage_range=(0.10, 0.50),
         softness=0.06,
         opacity_range=(1.0, 1.0),
         k_range=(0.0, 0.0),
-        brightness_range=(0.85, 1.00),
+        # Down to half: the thick cores of the real SEN12MS-CR patches read 0.47-0.58 in B2 (brightest 1 %).
+        brightness_range=(0.50, 1.00),
         texture_range=(0.03, 0.15),
         shadow=True,
         shadow_strength_range=(0.3, 0.6),
     ),
 }
 
-_SWIR_ANCHORS = ((1000.0, 1.0), (1610.0, 0.75), (2190.0, 0.55))
+#: Water-vapour absorption bands (nm) where a cloud top's reflectance is attenuated by the vapour above it: 945 nm
+#: (Sentinel-2 B9) and 1375 nm (B10, the cirrus band).
+VAPOUR_BANDS_NM: dict[str, tuple[float, float]] = {"945": (920.0, 970.0), "1375": (1340.0, 1410.0)}
 
 
-def cloud_reflectance_spectrum(wavelengths_nm: Sequence[float]) -> Tensor:
-    """Relative cloud-top reflectance S(lambda) at band centres (1 in the VNIR, falling in the SWIR); (C,) float64."""
+def cloud_reflectance_spectrum(wavelengths_nm: Sequence[float], nir_rise: float = 1.0, swir_1610: float = 0.75,
+                               swir_2190: float = 0.55) -> Tensor:
+    """Relative cloud-top reflectance S(lambda) at band centres: 1 in the visible up to 665 nm, linear to ``nir_rise``
+    at 865 nm, flat to 1000 nm, then linear through ``swir_1610`` at 1610 nm to ``swir_2190`` at 2190 nm (held
+    beyond); (C,) float64. Water-vapour absorption is not in S (see :func:`vapour_transmittance`)."""
     wl = torch.as_tensor(wavelengths_nm, dtype=torch.float64)
-    (l0, s0), (l1, s1), (l2, s2) = _SWIR_ANCHORS
-    seg1 = s0 + (s1 - s0) * (wl - l0) / (l1 - l0)
-    seg2 = s1 + (s2 - s1) * (wl - l1) / (l2 - l1)
-    out = torch.where(wl <= l0, torch.ones_like(wl), torch.where(wl <= l1, seg1, seg2))
-    return out.clamp(0.3, 1.0)
+    anchors_nm = torch.tensor([665.0, 865.0, 1000.0, 1610.0, 2190.0], dtype=torch.float64)
+    levels = torch.tensor([1.0, nir_rise, nir_rise, swir_1610, swir_2190], dtype=torch.float64)
+    out = torch.ones_like(wl)
+    for i in range(len(anchors_nm) - 1):
+        (l0, l1), (s0, s1) = anchors_nm[i : i + 2], levels[i : i + 2]
+        inside = (wl > l0) & (wl <= l1)
+        out = torch.where(inside, s0 + (s1 - s0) * (wl - l0) / (l1 - l0), out)
+    return torch.where(wl > anchors_nm[-1], levels[-1], out).clamp(0.3, 1.5)
+
+
+def vapour_transmittance(wavelengths_nm: Sequence[float], t945: float, t1375: float) -> Tensor:
+    """Per band, the transmittance ``t945`` or ``t1375`` inside the water-vapour bands of :data:`VAPOUR_BANDS_NM`,
+    1 elsewhere; (C,) float64."""
+    wl = torch.as_tensor(wavelengths_nm, dtype=torch.float64)
+    out = torch.ones_like(wl)
+    for (lo, hi), t in zip(VAPOUR_BANDS_NM.values(), (t945, t1375)):
+        out = torch.where((wl >= lo) & (wl <= hi), torch.full_like(wl, t), out)
+    return out
 
 
 def _quantile_per_sample(x: Tensor, q: Tensor) -> Tensor:
@@ -143,6 +181,17 @@ def _preset(kind: str | CloudPreset) -> tuple[str, CloudPreset]:
     if kind not in CLOUD_PRESETS:
         raise ValueError(f"unknown cloud kind {kind!r}; choose one of {sorted(CLOUD_PRESETS)} or pass a CloudPreset")
     return kind, CLOUD_PRESETS[kind]
+
+
+def _cloud_spectra(p: CloudPreset, wl: Sequence[float], b: int, generator: torch.Generator) -> Tensor:
+    """S(lambda) * T(lambda) of each of ``b`` clouds, their shape and vapour drawn from the preset's ranges; (B, C)."""
+    draws = [uniform(generator, b, *r) for r in (p.nir_rise_range, p.swir_1610_range, p.swir_2190_range,
+                                                  p.vapour_945_range, p.vapour_1375_range)]
+    spectra = []
+    for nir, s1, s2, t9, t10 in zip(*draws):
+        shape = cloud_reflectance_spectrum(wl, nir.item(), s1.item(), s2.item())
+        spectra.append(shape * vapour_transmittance(wl, t9.item(), t10.item()))
+    return torch.stack(spectra)
 
 
 def synthesize_clouds(
@@ -189,8 +238,8 @@ def synthesize_clouds(
     ratio = (wl_t[None, :] / REFERENCE_WAVELENGTH_NM) ** (-k[:, None])  # (B, C)
     op = (opacity[:, None] * ratio).to(dev, dt)[:, :, None, None] * density
     op = op.clamp(0.0, 1.0)
-    spectrum = cloud_reflectance_spectrum(wl)  # (C,)
-    colour = (brightness[:, None] * spectrum[None, :]).to(dev, dt)[:, :, None, None]
+    spectra = _cloud_spectra(p, wl, b, generator)  # (B, C): S * T per sample
+    colour = (brightness[:, None] * spectra).clamp(max=1.0).to(dev, dt)[:, :, None, None]
     # Reflectance grows with cloud optical thickness: darker, greyer fringes and bright cores, which is what makes an
     # opaque cloud read as a cloud rather than a flat grey blob.
     core = ((n - q) / (1.0 - q).clamp_min(1e-6)).clamp(0.0, 1.0)
@@ -229,6 +278,7 @@ def synthesize_clouds(
         "texture": texture.tolist(),
         "cloud_scale": float(size),
         "wavelengths_nm": list(wl),
+        "cloud_spectrum": spectra.tolist(),
         **shadow_info,
         "cloud_fraction": mask.flatten(1).mean(1).double().cpu().tolist(),
         "shadow_fraction": shadow_mask.flatten(1).mean(1).double().cpu().tolist(),
