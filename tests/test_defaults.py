@@ -6,7 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rsrestore.cli import app
-from rsrestore.models.registry import DEFAULT_METHODS, MODELS, ModelError, default_method, describe_models
+from rsrestore.models.registry import (DEFAULT_METHODS, MODELS, ModelError, default_method, describe_models,
+                                       held_out_losses)
 
 
 def test_defaults_are_the_classical_baselines_and_cloud_has_none():
@@ -52,3 +53,17 @@ def test_models_marks_held_out_sets_that_did_not_decide():
     lines = CliRunner().invoke(app, ["models"]).output.splitlines()
     apem = lines[next(k for k, line in enumerate(lines) if line.startswith("apem ")) + 1]  # its held-out line
     assert "landsat8 (not deciding)" in apem and "landsat8_toa (not deciding)" not in apem
+
+
+def test_models_says_which_deciding_scores_shipped_weights_lose():
+    """Weights exported by hand despite a lost deciding score (sarcr: SAM on the real-Sentinel-1 set) say so in the
+    listing; weights that won everywhere, or metadata without a per-metric verdict, list nothing."""
+    rows = {r["name"]: r for r in describe_models()}
+    assert rows["sarcr"]["held_out_losses"] == ["sam on real_sar"]
+    assert rows["dsen2cr"]["held_out_losses"] == [] and rows["aosrnet"]["held_out_losses"] == []
+    verdict = {"baseline": "dcp", "vs_dcp": {"neon": {"psnr": True, "ssim": False}},
+               "vs_input": {"neon": {"psnr": False}}}
+    assert held_out_losses({"heldout_decision": verdict}) == ["ssim on neon"]  # against the baseline, not the input
+    assert held_out_losses(None) == [] and held_out_losses({"heldout_decision": {"wins": True}}) == []
+    out = CliRunner().invoke(app, ["models"]).output
+    assert "lose to the baseline on: sam on real_sar" in out

@@ -424,6 +424,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list
                    f"{status:<13} {r['weights']}")
         if r["held_out"]:
             typer.echo(f"{'':<10} held out (PSNR/SSIM/CIEDE2000): {format_held_out(r['held_out'])}")
+        if r["held_out_losses"]:
+            typer.echo(f"{'':<10} shipped although they lose to the baseline on: {', '.join(r['held_out_losses'])}")
     typer.echo("\nA learned method becomes a task's default only when it beats the task's classical baseline on "
                "scenes from sources it never trained on and looks better on real degraded scenes.")
 

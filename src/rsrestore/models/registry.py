@@ -568,6 +568,7 @@ def describe_models() -> list[dict]:
                 "default_for_task": _is_default(spec),
                 "experimental": spec.experimental,
                 "held_out": held_out_scores(meta),
+                "held_out_losses": held_out_losses(meta),
                 "paper": spec.paper,
             }
         )
@@ -601,6 +602,16 @@ def held_out_scores(meta: dict | None) -> list[dict]:
         rows.append({"test_set": h.get("data", "held out"), "n": h.get("n"), "scores": pick(h.get("scores", {})),
                      "baseline": "input", "baseline_scores": pick(h.get("cloudy_input_scores", {}))})
     return rows
+
+
+def held_out_losses(meta: dict | None) -> list[str]:
+    """The deciding scores on which bundled weights lose to their baseline ('sam on real_sar'), from the verdict
+    recorded in their metadata; empty when they won everywhere (or recorded no per-metric verdict). Weights are
+    exported with such losses only by hand (``--force-export``), so the listing says so."""
+    decision = (meta or {}).get("heldout_decision") or {}
+    per_set = decision.get(f"vs_{decision.get('baseline')}") or {}  # vs_dcp, vs_rop, vs_input, ...
+    return [f"{metric} on {test_set}" for test_set, won in per_set.items() if isinstance(won, dict)
+            for metric, ok in won.items() if ok is False]
 
 
 def format_held_out(rows: list[dict]) -> str:
