@@ -19,14 +19,15 @@ For every bundled learned method (and the classical baselines dcp, rop as contro
   part of each transposed convolution's output is removed (its 2x2 block mean kept).
 
 All ratios of one table are measured in this run; the machine's load average is recorded.
-Outputs are cached (`--cache`, a folder of .npy files keyed by method and image), so an interrupted run resumes; the
-JSON is rewritten after each section.
+Outputs are cached (`--cache`, a folder of .npz files keyed by method, image and the bundled weights' sha256), so
+an interrupted run resumes; the JSON is rewritten after each section.
 Usage: python benchmarks/bench_detail.py [--per-set 2] [--methods ...] [--out benchmarks/results/detail.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -44,7 +45,7 @@ import rsrestore
 from rsrestore import tiling
 from rsrestore.metrics.detail import ENERGY_FLOOR, detail_scores, nyquist_energy, nyquist_energy_map
 from rsrestore.metrics.full_reference import compute_metrics
-from rsrestore.models.registry import get_spec, load_model
+from rsrestore.models.registry import MODELS, get_spec, load_model
 from rsrestore.raster import read_raster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,9 +59,22 @@ ZOOM = 4
 CACHE = Path(tempfile.gettempdir()) / "rsrestore_bench_detail"
 
 
-def cached(key: str, fn) -> tuple[np.ndarray, float]:
-    """`fn()` -> (array, seconds), or what an earlier run stored under `key`."""
-    path = CACHE / f"{key.replace('/', '_')}.npz"
+def weights_tag(method: str) -> str:
+    """The first 12 hex digits of the bundled weights' sha256 ('' for a method without weights), so that outputs
+    cached with weights since replaced are not read back as the current weights' outputs."""
+    spec = MODELS.get(method)
+    path = getattr(spec, "weights_path", None)
+    if not path or not Path(path).exists():
+        return ""
+    meta = Path(path).with_suffix(".json")
+    digest = json.loads(meta.read_text()).get("sha256") if meta.exists() else None
+    return (digest or hashlib.sha256(Path(path).read_bytes()).hexdigest())[:12]
+
+
+def cached(key: str, fn, method: str) -> tuple[np.ndarray, float]:
+    """`fn()` -> (array, seconds), or what an earlier run stored under `key` with the same weights of `method`."""
+    tag = weights_tag(method)
+    path = CACHE / f"{key.replace('/', '_')}{'_' + tag if tag else ''}.npz"
     if path.exists():
         z = np.load(path)
         return z["out"], float(z["seconds"])
@@ -143,7 +157,7 @@ def real_scenes(methods: list[str], tmp: Path, picture: list, log: dict) -> dict
                 continue
             bands = [4, 3, 2] if multispectral and not spec.needs_sar else None
             inp, mask, _ = read_raster(scene["path"], bands=bands)
-            out, seconds = cached(f"{name}_{method}", lambda: restore_file(
+            out, seconds = cached(f"{name}_{method}", method=method, fn=lambda: restore_file(
                 method, scene["path"], tmp, bands=bands, sar=scene.get("sar") if spec.needs_sar else None))
             r = ratios(out, inp, mask)
             r["seconds"] = round(seconds, 1)
@@ -180,7 +194,7 @@ def heldout_sets(methods: list[str], per_set: int, timing: dict, sets: list[str]
                 continue
             per = []
             for (x, y), key in zip(pairs, keys):
-                out = cached(f"{key}_{method}", lambda x=x: _timed(lambda: rsrestore.restore(x, method)))[0]
+                out = cached(f"{key}_{method}", lambda x=x: _timed(lambda: rsrestore.restore(x, method)), method)[0]
                 out = np.clip(out, 0, 1)
                 per.append(ratios(out, x, None, ref=y))
                 t0 = time.perf_counter()
@@ -221,7 +235,7 @@ def aosrnet_boundary(tmp: Path) -> dict:
     with mock.patch.object(tiling, "black_pixels", lambda image: np.zeros(image.shape[-2:], bool)):
         as_data = np.clip(rsrestore.restore(black, "aosrnet"), 0, 1)
     as_array = np.clip(rsrestore.restore(black, "aosrnet"), 0, 1)
-    as_file = cached("landsat7_clouds_aosrnet", lambda: restore_file("aosrnet", LANDSAT, tmp))[0]
+    as_file = cached("landsat7_clouds_aosrnet", lambda: restore_file("aosrnet", LANDSAT, tmp), "aosrnet")[0]
 
     def profile(out):
         change = (out - clean).mean(axis=0)
