@@ -27,7 +27,7 @@ Usage: python benchmarks/bench_detail.py [--per-set 2] [--methods ...] [--out be
 from __future__ import annotations
 
 import argparse
-import hashlib
+import functools
 import json
 import os
 import tempfile
@@ -45,7 +45,7 @@ import rsrestore
 from rsrestore import tiling
 from rsrestore.metrics.detail import ENERGY_FLOOR, detail_scores, nyquist_energy, nyquist_energy_map
 from rsrestore.metrics.full_reference import compute_metrics
-from rsrestore.models.registry import MODELS, get_spec, load_model
+from rsrestore.models.registry import MODELS, get_spec, load_model, sha256_of
 from rsrestore.raster import read_raster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,16 +59,12 @@ ZOOM = 4
 CACHE = Path(tempfile.gettempdir()) / "rsrestore_bench_detail"
 
 
+@functools.cache
 def weights_tag(method: str) -> str:
     """The first 12 hex digits of the bundled weights' sha256 ('' for a method without weights), so that outputs
     cached with weights since replaced are not read back as the current weights' outputs."""
-    spec = MODELS.get(method)
-    path = getattr(spec, "weights_path", None)
-    if not path or not Path(path).exists():
-        return ""
-    meta = Path(path).with_suffix(".json")
-    digest = json.loads(meta.read_text()).get("sha256") if meta.exists() else None
-    return (digest or hashlib.sha256(Path(path).read_bytes()).hexdigest())[:12]
+    path = getattr(MODELS.get(method), "weights_path", None)
+    return sha256_of(path)[:12] if path and Path(path).exists() else ""
 
 
 def cached(key: str, fn, method: str) -> tuple[np.ndarray, float]:

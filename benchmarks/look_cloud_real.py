@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from rsrestore.metrics.detail import gradient_energy_ratio
 from rsrestore.metrics.full_reference import compute_metrics
 from rsrestore.models.registry import load_model
-from rsrestore.raster import sar_to_unit
+from rsrestore.raster import read_raster, sar_to_unit
 from rsrestore.tiling import restore_array
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +41,8 @@ STRETCH = 0.3  # reflectance shown as white
 
 
 def read_s2(path: Path) -> np.ndarray:
-    with rasterio.open(path) as ds:
-        return np.clip(ds.read().astype(np.float32) / 10000.0, 0.0, 1.0)
+    """Reflectance in [0, 1] as `rsrestore restore` reads a 13-band SEN12MS-CR GeoTIFF (DN / 10000)."""
+    return read_raster(path, scale=10000.0)[0]
 
 
 def to_rgb(a: np.ndarray) -> np.ndarray:

@@ -54,6 +54,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -128,15 +129,11 @@ def cloud_reflectance_spectrum(wavelengths_nm: Sequence[float], nir_rise: float 
     """Relative cloud-top reflectance S(lambda) at band centres: 1 in the visible up to 665 nm, linear to ``nir_rise``
     at 865 nm, flat to 1000 nm, then linear through ``swir_1610`` at 1610 nm to ``swir_2190`` at 2190 nm (held
     beyond); (C,) float64. Water-vapour absorption is not in S (see :func:`vapour_transmittance`)."""
-    wl = torch.as_tensor(wavelengths_nm, dtype=torch.float64)
-    anchors_nm = torch.tensor([665.0, 865.0, 1000.0, 1610.0, 2190.0], dtype=torch.float64)
-    levels = torch.tensor([1.0, nir_rise, nir_rise, swir_1610, swir_2190], dtype=torch.float64)
-    out = torch.ones_like(wl)
-    for i in range(len(anchors_nm) - 1):
-        (l0, l1), (s0, s1) = anchors_nm[i : i + 2], levels[i : i + 2]
-        inside = (wl > l0) & (wl <= l1)
-        out = torch.where(inside, s0 + (s1 - s0) * (wl - l0) / (l1 - l0), out)
-    return torch.where(wl > anchors_nm[-1], levels[-1], out).clamp(0.3, 1.5)
+    # np.interp holds the end levels outside the anchors: 1 below 665 nm, swir_2190 beyond 2190 nm.
+    anchors_nm = (665.0, 865.0, 1000.0, 1610.0, 2190.0)
+    levels = (1.0, nir_rise, nir_rise, swir_1610, swir_2190)
+    out = np.interp(np.asarray(wavelengths_nm, dtype=np.float64), anchors_nm, levels)
+    return torch.from_numpy(out).clamp(0.3, 1.5)
 
 
 def vapour_transmittance(wavelengths_nm: Sequence[float], t945: float, t1375: float) -> Tensor:
