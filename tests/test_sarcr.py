@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from rsrestore.models.mbconv import MBConv, SqueezeExcite
-from rsrestore.models.sarcr import SARCloudRemoval, SARCRConfig, SARGuidedPatchAttention, SGBAFM
+from rsrestore.models.sarcr import (
+    AliasFreeSmoothing,
+    SARCloudRemoval,
+    SARCRConfig,
+    SARGuidedPatchAttention,
+    SGBAFM,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sen12mscr"
 PATCH = "ROIs1970_fall_{kind}/{sub}_139/ROIs1970_fall_{sub}_139_p839.tif"
@@ -109,6 +115,47 @@ def test_input_skip_variant_and_channels_last():
         out = model_cl(x.contiguous(memory_format=torch.channels_last), sar.contiguous(memory_format=torch.channels_last))
     assert out.shape == ref.shape
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def _phase_energy(f: torch.Tensor, period: int) -> float:
+    """Energy of the components of period ``period`` along rows, columns and both (a pixel shuffle's aliases)."""
+    h, w = f.shape[-2:]
+    i = torch.arange(h, dtype=f.dtype)[:, None]
+    j = torch.arange(w, dtype=f.dtype)[None]
+    waves = [torch.cos(2 * torch.pi * i / period).expand(h, w), torch.cos(2 * torch.pi * j / period).expand(h, w)]
+    waves.append(waves[0] * waves[1])
+    return float(sum((f * wave).mean(dim=(-2, -1)).pow(2).sum() for wave in waves))
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_alias_free_smoothing_removes_the_shuffle_periods_and_keeps_flat_fields(factor):
+    smooth = AliasFreeSmoothing(factor)
+    h = 8 * factor
+    for period in (p for p in range(2, factor + 1) if factor % p == 0):
+        i = torch.arange(h, dtype=torch.float32)
+        wave = torch.cos(2 * torch.pi * i / period)
+        x = (wave[:, None] + wave[None, :] + wave[:, None] * wave[None, :])[None, None].repeat(1, 3, 1, 1)
+        inner = (slice(None), slice(None), slice(factor, -factor), slice(factor, -factor))
+        assert _phase_energy(x[inner], period) > 1.0
+        assert _phase_energy(smooth(x)[inner], period) < 1e-10
+    flat = torch.full((1, 2, h, h), 0.3)
+    assert torch.allclose(smooth(flat), flat)
+    # Symmetric: a centred impulse stays centred (no half-pixel shift).
+    impulse = torch.zeros(1, 1, 9, 9)
+    impulse[..., 4, 4] = 1.0
+    out = smooth(impulse)[0, 0]
+    assert torch.allclose(out, out.flip(0)) and torch.allclose(out, out.flip(1))
+
+
+def test_smooth_upsampling_takes_the_checkerboard_out_of_the_directional_stream():
+    torch.manual_seed(0)
+    x, sar = torch.rand(1, 4, 32, 32), torch.rand(1, 2, 32, 32)
+    plain = SARCloudRemoval(tiny(4)).eval()
+    smooth = SARCloudRemoval(tiny(4, smooth_upsampling=True)).eval()
+    smooth.load_state_dict(plain.state_dict())  # no new parameter: the same weights load
+    with torch.no_grad():
+        raw, smoothed = plain.directional(x, sar), smooth.directional(x, sar)
+    assert _phase_energy(raw, 2) > 1e3 * _phase_energy(smoothed, 2)
 
 
 def test_bad_inputs_raise_value_error():

@@ -59,6 +59,12 @@ class SARCRConfig:
     patch: int = 16
     # Total downsampling of the per-modality feature extractors (1, 2, 4 or 8).
     stride: int = 2
+    # Smooth the directional stream after its sub-pixel upsampling with a fixed (stride x stride box)^2 filter, which
+    # is zero at every frequency the pixel shuffle's phases alias to. Without it the upsampled stream carries a
+    # checkerboard of period ``stride`` (on the real SEN12MS-CR patch 139_p839, its period-2 components were thousands
+    # of times the stream's mean spectral density, and the output kept 6x). Off by default for the weights trained
+    # without it; it adds no parameter.
+    smooth_upsampling: bool = False
     # Width of the SAR patch embedding from which queries and keys are projected.
     embed_dim: int = 256
     # MBConv blocks in the base fusion stage.
@@ -256,6 +262,26 @@ class SARGuidedPatchAttention(nn.Module):
         return (out, weights) if return_weights else out
 
 
+class AliasFreeSmoothing(nn.Module):
+    """A fixed depth-wise filter, the box of ``factor`` pixels convolved with itself (``[1, 2, 1] / 4`` for 2) along
+    each axis, replicate-padded: symmetric (no shift), and zero at the frequencies k / factor (k = 1 .. factor - 1),
+    where a pixel shuffle by ``factor`` puts the differences between its phases (Sugawara et al., "Checkerboard
+    artifacts free convolutional neural networks", APSIPA 2019, smooth the same way after sub-pixel convolution)."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        box = torch.ones(factor, dtype=torch.float64)
+        taps = F.conv1d(box.view(1, 1, -1), box.view(1, 1, -1), padding=factor - 1).flatten()
+        taps = (taps / taps.sum()).float()
+        self.register_buffer("kernel", torch.outer(taps, taps)[None, None], persistent=False)
+        self.pad = factor - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        x = F.pad(x, (self.pad,) * 4, mode="replicate")
+        return F.conv2d(x, self.kernel.to(x.dtype).expand(c, 1, -1, -1), groups=c)
+
+
 def _extractor(in_ch: int, width: int, stride: int) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(in_ch, width, 3, padding=1), nn.ReLU(inplace=True)]
     for _ in range(int(math.log2(stride))):
@@ -290,6 +316,8 @@ class SARCloudRemoval(KeepsClearPixels, nn.Module):
         self.dir_mbconv = MBConv(c, c, cfg.expand, se_ratio=cfg.se_ratio)
         # Sub-pixel upsampling (Shi et al., CVPR 2016) back to the input resolution.
         self.dir_up = nn.Sequential(nn.Conv2d(c, c * s * s, 1), nn.PixelShuffle(s)) if s > 1 else nn.Identity()
+        if s > 1 and cfg.smooth_upsampling:
+            self.dir_up.append(AliasFreeSmoothing(s))
 
         # Deep feature integration.
         self.dfin_base = DFINBlock(c, cfg.ca_reduction)
