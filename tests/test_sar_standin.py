@@ -174,14 +174,17 @@ def test_detected_mask_keeps_clear_pixels_of_a_synthetic_cloud():
     from rsrestore.physics.clouds import CLOUD_PRESETS, synthesize_clouds
 
     clean, _ = scene(64)
-    # A bright thick cloud (cores 0.85-1): the detector's sensitivity to dim ones is measured by
+    # A bright thick cloud (cores 0.85-1), in the same place in every band (no parallax): the detector's sensitivity
+    # to dim ones and to the displaced and blurred fringes of the 20 m and 60 m bands is measured by
     # benchmarks/bench_cloud_clean_scenes.py; this test is about what happens to the pixels it leaves clear.
-    bright = replace(CLOUD_PRESETS["thick"], brightness_range=(0.85, 1.0))
+    bright = replace(CLOUD_PRESETS["thick"], brightness_range=(0.85, 1.0), parallax_range=(0.0, 0.0))
     x = synthesize_clouds(torch.from_numpy(clean)[None], torch.Generator().manual_seed(1), kind=bright,
                           shadow=False)
-    cloudy, opacity = x["input"], x["opacity"].amax(1, keepdim=True)
+    cloudy, opacity = x["input"], x["opacity"][:, [1, 2, 3, 7]].amax(1, keepdim=True)  # the 10 m bands
     w = cloud_weight(cloudy)
-    assert w[opacity > 0.02].min() > 0.5  # every synthetic cloud pixel but the faintest fringe goes to the network
+    # All but a few synthetic cloud pixels go to the network (18 of 505 do not: edge pixels whose 60 m bands, blurred
+    # as the sensor blurs them, fall below the cloud score's B1 test).
+    assert (w[opacity > 0.02] > 0.5).float().mean() > 0.95
     assert 0.05 < float((w == 0).float().mean()) < 0.95
     torch.manual_seed(0)
     model = load_model("dsen2cr", weights=None, config=TINY["dsen2cr"]).eval()
