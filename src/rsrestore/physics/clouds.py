@@ -72,6 +72,7 @@ from torch import Tensor
 
 from .haze import REFERENCE_WAVELENGTH_NM, SENTINEL2_WAVELENGTHS_NM, check_image, resolve_wavelengths
 from .noise import fractal_noise, uniform
+from .sensor import gaussian_blur
 
 __all__ = ["CloudPreset", "CLOUD_PRESETS", "SENTINEL2_CLOUD_PARALLAX_PX", "VAPOUR_BANDS_NM", "cloud_parallax_px",
            "cloud_reflectance_spectrum", "synthesize_clouds", "vapour_transmittance"]
@@ -174,8 +175,6 @@ def _at_band_resolution(op: Tensor, layer: Tensor, gsd_m: dict[str, float]) -> t
     """The cloud layer's opacity and opacity-weighted reflectance ((B, C, H, W) each, one band per entry of
     ``gsd_m``), each band coarser than 10 m blurred as the sensor sees it (:data:`PSF_SIGMA_PER_GSD`); fringes fainter
     than :data:`FAINTEST_OPACITY` are dropped from both."""
-    from .sensor import gaussian_blur
-
     op, layer = op.clone(), layer.clone()
     gsd = torch.tensor(list(gsd_m.values()))
     for metres in gsd.unique().tolist():
@@ -321,7 +320,7 @@ def synthesize_clouds(
     cloud = colour * shade * (1.0 - texture.to(dev, dt).view(b, 1, 1, 1) * m)
 
     ground = clear
-    shadow_mask = torch.zeros_like(mask)
+    shadow_field = torch.zeros_like(mask)  # how deep the cast shadow is, 0 where there is none
     # Same keys with or without shadow, so parameters of thin and thick samples collate together.
     shadow_info: dict = {"shadow": False, "shadow_strength": [0.0] * b, "shadow_offset_px": [[0, 0]] * b}
     if shadow and p.shadow:
@@ -335,10 +334,9 @@ def synthesize_clouds(
             dx = int(round(offset[i].item() * scale * math.cos(angle[i].item())))
             offsets.append([dy, dx])
             shifted.append(_shift(density[i : i + 1], dy, dx))
-        s = _box_blur(torch.cat(shifted), max(1, scale // 128))
+        shadow_field = _box_blur(torch.cat(shifted), max(1, scale // 128))
         gain = (strength[:, None] * (wl_t[None, :] / REFERENCE_WAVELENGTH_NM).pow(0.3).clamp(max=1.0)).to(dev, dt)
-        ground = clear * (1.0 - gain[:, :, None, None] * s)
-        shadow_mask = ((s > 0) & (mask == 0)).to(dt)
+        ground = clear * (1.0 - gain[:, :, None, None] * shadow_field)
         shadow_info = {"shadow": True, "shadow_strength": strength.tolist(), "shadow_offset_px": offsets}
 
     layer = op * cloud  # what the cloud adds; the ground keeps 1 - op
@@ -353,10 +351,9 @@ def synthesize_clouds(
         op, layer = _displace(op, dy, dx).clamp(0.0, 1.0), _displace(layer, dy, dx)
         op, layer = _at_band_resolution(op, layer, SENTINEL2_GSD_M)
         mask = (op.amax(dim=1, keepdim=True) > 0).to(dt)
-        if shadow_info["shadow"]:
-            shadow_mask = ((s > 0) & (mask == 0)).to(dt)
         parallax_info = {"parallax_factor": factor.tolist(), "parallax_angle": angle.tolist()}
 
+    shadow_mask = ((shadow_field > 0) & (mask == 0)).to(dt)  # the shadow outside every band's cloud
     cloudy = (ground * (1.0 - op) + layer).clamp(0.0, 1.0)
     params = {
         "kind": "cloud",
