@@ -8,7 +8,15 @@ import numpy as np
 import torch
 
 from rsrestore.data.sen12mscr import SEN12MSCRDataset
-from rsrestore.train.cloud_scenes import ROI, _clouds, write_triplet
+from rsrestore.train.cloud_scenes import (
+    BLOCK_FACTORS,
+    ROI,
+    _as_blocks,
+    _clouds,
+    as_sen12mscr_blocks,
+    block_phase,
+    write_triplet,
+)
 
 
 def clear_scene(seed: int = 0, size: int = 64) -> np.ndarray:
@@ -25,6 +33,49 @@ def test_the_mask_covers_every_pixel_the_clouds_changed():
         assert changed.any() and (mask[0][changed] == 1).all()  # nothing changed outside the mask
         assert 0 < mask.mean() < 1, kind
         assert info["kind"] == kind and info["cloud_fraction"] <= mask.mean() + 1e-9
+
+
+def in_blocks(band: np.ndarray, factor: int, phase: tuple[int, int]) -> bool:
+    """Whether ``band`` is constant over every ``factor``-pixel block with edges at ``phase + k * factor``."""
+    rows = np.arange(band.shape[0]) - phase[0]
+    cols = np.arange(band.shape[1]) - phase[1]
+    labels = (rows // factor)[:, None] * 10_000 + (cols // factor)[None]
+    return all(np.ptp(band[labels == v]) == 0 for v in np.unique(labels))
+
+
+def test_coarse_bands_are_held_in_blocks_of_their_native_pixels_as_sen12mscr_holds_them():
+    assert BLOCK_FACTORS == {0: 6, 4: 2, 5: 2, 6: 2, 8: 2, 9: 6, 10: 6, 11: 2, 12: 2}  # B1, B9, B10 at 60 m; 20 m
+    image = clear_scene(5, 40)
+    phase = (4, 1)
+    out = as_sen12mscr_blocks(image, phase)
+    for i in range(13):
+        if i in BLOCK_FACTORS:
+            f = BLOCK_FACTORS[i]
+            assert in_blocks(out[i], f, phase) and not in_blocks(image[i], f, phase)
+            assert not in_blocks(out[i], f, (phase[0] + 1, phase[1]))  # the grid is where it was asked
+            # a whole block keeps its mean
+            assert np.isclose(out[i, 4 + f : 4 + 2 * f, 7 : 7 + f].mean(), image[i, 4 + f : 4 + 2 * f, 7 : 7 + f].mean())
+        else:
+            assert np.array_equal(out[i], image[i])  # the 10 m bands as they are
+    assert np.array_equal(as_sen12mscr_blocks(out, phase), out)  # what is in blocks stays as it is
+    assert block_phase(out[0]) == phase and block_phase(out[9]) == phase
+
+
+def test_a_pair_in_blocks_keeps_clear_pixels_equal_and_masks_every_change():
+    clear = clear_scene(6, 48)
+    cloudy, mask, _ = _clouds(clear, "thick", 9)
+    phase = (2, 5)
+    c, k, m = _as_blocks(cloudy, clear, mask, phase)
+    assert np.array_equal(k, as_sen12mscr_blocks(clear, phase))
+    changed = (c != k).any(0)
+    assert changed.any() and (m[0][changed] == 1).all() and (m >= mask).all()
+    assert np.array_equal(c[:, m[0] == 0], k[:, m[0] == 0])
+    assert in_blocks(c[0] - k[0], 6, phase) and in_blocks(c[4] - k[4], 2, phase)
+    assert np.array_equal(c[[1, 2, 3, 7]], cloudy[[1, 2, 3, 7]])  # the 10 m bands' clouds as drawn
+    # A clear image already in blocks (a SEN12MS-CR patch) is kept bit for bit.
+    blocky = as_sen12mscr_blocks(clear, phase)
+    c2, k2, _ = _as_blocks(cloudy - clear + blocky, blocky, mask, phase, clear_in_blocks=True)
+    assert k2 is blocky and in_blocks(c2[9], 6, phase)
 
 
 def test_loader_returns_the_mask_cropped_and_flipped_with_the_images(tmp_path):
@@ -78,7 +129,8 @@ def test_real_sar_set_puts_synthetic_clouds_over_the_real_triplets_with_their_ow
     from rsrestore.train.cloud_scenes import REAL_SAR_DRAWS, REAL_SAR_ROI, build_real_sar_set, real_sar_record
 
     root = tmp_path / "sen12mscr"
-    clean = np.rint(clear_scene(2, 256) * 10000).astype(np.uint16)
+    phase = (3, 1)  # the patch's 60 m grid
+    clean = np.rint(as_sen12mscr_blocks(clear_scene(2, 256), phase) * 10000).astype(np.uint16)
     sar = np.stack([np.linspace(-20, -5, 256 * 256), np.linspace(-28, -12, 256 * 256)]).reshape(2, 256, 256)
     for folder, name, data in (("ROIs1970_fall_s2/s2_7", "ROIs1970_fall_s2_7_p3.tif", clean),
                                ("ROIs1970_fall_s1/s1_7", "ROIs1970_fall_s1_7_p3.tif", sar.astype(np.float32))):
@@ -91,6 +143,7 @@ def test_real_sar_set_puts_synthetic_clouds_over_the_real_triplets_with_their_ow
     manifest = build_real_sar_set(root, out, seed=0)
     assert manifest["record"] == real_sar_record(root, 0)
     assert manifest["record"]["patches"] == ["ROIs1970_fall_s2_7_p3.tif"]
+    assert manifest["patches"][0]["block_phase"] == list(phase)
     assert len(manifest["test"]) == 4 * 2 * REAL_SAR_DRAWS  # four 128-px windows, thin and thick draws
     ds = SEN12MSCRDataset(out, split="all")
     assert len(ds) == len(manifest["test"])
@@ -103,4 +156,7 @@ def test_real_sar_set_puts_synthetic_clouds_over_the_real_triplets_with_their_ow
         np.testing.assert_allclose(item["sar"].numpy(), expected_sar, atol=1e-5)
         changed = (item["input"] - item["target"]).abs().amax(0) > 1e-4
         assert changed.any() and (item["mask"][0][changed] == 1).all()
+        # the clouds in the 60 m bands follow the patch's own block grid
+        window_phase = ((phase[0] - y) % 6, (phase[1] - x) % 6)
+        assert in_blocks(np.rint(item["input"][0].numpy() * 10000), 6, window_phase)
     assert (out / f"{REAL_SAR_ROI}_mask").is_dir()

@@ -3,7 +3,8 @@
 The two cloud-free Sentinel-2 L1C scenes of ``sentinel2/`` in the data root (T33UUB, Europe; T49JGM, Australia) come
 as three files per scene: the 10 m bands B2, B3, B4, B8 (600 x 600), the 20 m bands B5, B6, B7, B8A, B11, B12
 (300 x 300) and the 60 m bands B1, B9 (100 x 100), uint16 reflectance x 10000. They are stacked into the 13-band
-SEN12MS-CR order B1..B12 at 10 m, the coarser bands upsampled bilinearly. B10 (1375 nm cirrus) is not in the files;
+SEN12MS-CR order B1..B12 at 10 m, the coarser bands upsampled bilinearly; every pair is then written with its 20 m
+and 60 m bands as blocks of their native pixels, as SEN12MS-CR holds them (`as_sen12mscr_blocks`). B10 (1375 nm cirrus) is not in the files;
 over clear land it is nearly dark and tracks the water-vapour band B9, so it is filled as ``B10_FROM_B9 * B9``, the
 ratio of the median B10 to the median B9 in the cloud-free SEN12MS-CR patch ROIs1970_fall 139_p839 (31 / 1106).
 
@@ -38,6 +39,8 @@ import torch.nn.functional as F
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
+from ..physics.clouds import SENTINEL2_GSD_M
+from ..physics.haze import SENTINEL2_BANDS
 from ..physics.sar_standin import sar_standin
 
 SCENES = {1: "S2A_MSIL1C_20170527_T33UUB", 2: "S2B_MSIL1C_20171022_T49JGM"}
@@ -84,6 +87,69 @@ def load_scene_13(stem: str, folder: Path) -> np.ndarray:
         B10_FROM_B9 * b60[1], b20[4], b20[5],
     ])
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The coarse bands as SEN12MS-CR's files hold them
+
+# SEN12MS-CR's files hold each 20 m and 60 m band at 10 m as its native pixels repeated over 2 x 2 and 6 x 6 blocks
+# (Earth Engine's default nearest-neighbour resampling; measured on ROIs1970_fall 139_p839 and ROIs1868_summer 19_p30:
+# B1, B9 and B10 change value only across every sixth column and row, the 20 m bands across every second, and the two
+# grids are nested). Clouds over these blocks have block edges in those bands. Networks that had only seen smooth
+# (bilinear) coarse bands painted those 6-pixel blocks and a 2-pixel hatching over real clouds; the builders below
+# write both images of every pair in this form.
+BLOCK_FACTORS: dict[int, int] = {i: round(SENTINEL2_GSD_M[b] / 10) for i, b in enumerate(SENTINEL2_BANDS)
+                                 if SENTINEL2_GSD_M[b] > 10}
+COARSE_BANDS_RECORD = "20 m and 60 m bands as 2x2 and 6x6 blocks of their native pixels, as SEN12MS-CR holds them"
+
+
+def _block_means(band: np.ndarray, factor: int, phase: tuple[int, int]) -> np.ndarray:
+    """``band`` (H, W) averaged over ``factor``-pixel blocks whose edges lie at rows ``phase[0] + k * factor`` and
+    columns ``phase[1] + k * factor``, each block's mean repeated over it (blocks cut by the border average the
+    pixels inside)."""
+    h, w = band.shape
+    top, left = phase[0] % factor, phase[1] % factor
+    before = ((factor - top) % factor, (factor - left) % factor)
+    rows = -(-(h + before[0]) // factor) * factor
+    cols = -(-(w + before[1]) // factor) * factor
+    pad = ((before[0], rows - h - before[0]), (before[1], cols - w - before[1]))
+    total = np.pad(band.astype(np.float64), pad).reshape(rows // factor, factor, cols // factor, factor).sum((1, 3))
+    count = np.pad(np.ones_like(band, np.float64), pad).reshape(rows // factor, factor, cols // factor, factor).sum((1, 3))
+    means = np.repeat(np.repeat(total / count, factor, 0), factor, 1)
+    return means[before[0] : before[0] + h, before[1] : before[1] + w].astype(band.dtype)
+
+
+def as_sen12mscr_blocks(image: np.ndarray, phase: tuple[int, int]) -> np.ndarray:
+    """The 13-band ``image`` (13, H, W) with its 20 m and 60 m bands as blocks of their native pixels
+    (`BLOCK_FACTORS`), the 6-pixel grid's edges at rows ``phase[0] + 6k`` and columns ``phase[1] + 6k`` and the
+    2-pixel grid nested in it; the 10 m bands as they are."""
+    if image.shape[0] != len(SENTINEL2_BANDS):
+        raise ValueError(f"need the {len(SENTINEL2_BANDS)} Sentinel-2 bands, got {image.shape[0]}")
+    out = image.copy()
+    for i, factor in BLOCK_FACTORS.items():
+        out[i] = _block_means(image[i], factor, phase)
+    return out
+
+
+def block_phase(band: np.ndarray, factor: int = 6) -> tuple[int, int]:
+    """The (row, column) phase of the ``factor``-pixel blocks a band is held in: the one its block means change
+    least."""
+    phases = [(py, px) for py in range(factor) for px in range(factor)]
+    change = [float(np.abs(_block_means(band, factor, p) - band).sum()) for p in phases]
+    return phases[int(np.argmin(change))]
+
+
+def _as_blocks(cloudy: np.ndarray, clear: np.ndarray, mask: np.ndarray, phase: tuple[int, int],
+               clear_in_blocks: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pair in SEN12MS-CR's block form: the clear image put in blocks (kept as it is when ``clear_in_blocks``: a
+    SEN12MS-CR patch already is), the clouds' change to it averaged over the same blocks, and the mask grown to
+    every pixel the two images now differ at (a cloud over part of a block changes all of it in that band)."""
+    ground = clear if clear_in_blocks else as_sen12mscr_blocks(clear, phase)
+    out = cloudy.copy()  # the 10 m bands as drawn
+    for i, factor in BLOCK_FACTORS.items():
+        out[i] = np.clip(ground[i] + _block_means(cloudy[i] - clear[i], factor, phase), 0.0, 1.0)
+    changed = (out != ground).any(axis=0, keepdims=True)
+    return out, ground, np.maximum(mask, changed.astype(mask.dtype))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -146,7 +212,8 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
     manifest: dict = {
         "format": "SEN12MS-CR layout (ROI, s1 / s2 / s2_cloudy folders)", "roi": ROI, "seed": seed,
         "scenes": {str(k): v for k, v in SCENES.items()}, "source": str(folder.name), "per_scene": per_scene,
-        "bands": "B1,B2,B3,B4,B5,B6,B7,B8,B8A,B9,B10,B11,B12 at 10 m; 20 m and 60 m bands upsampled bilinearly",
+        "bands": "B1,B2,B3,B4,B5,B6,B7,B8,B8A,B9,B10,B11,B12 at 10 m",
+        "coarse_bands": COARSE_BANDS_RECORD,
         "b10": f"not in the source files; filled as {B10_FROM_B9:.5f} * B9",
         "sar": SAR_RECORD,
         "train_columns": list(TRAIN_COLS), "test_columns": list(TEST_COLS), "patch": PATCH,
@@ -155,6 +222,8 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
         "train": [], "test": [],
     }
     rng = np.random.default_rng(seed)
+    # The block grid's phase, drawn per pair from its own generator so that the windows and clouds stay as drawn.
+    phases = np.random.default_rng([seed, 6])
     for scene, stem in SCENES.items():
         clean = load_scene_13(stem, folder)
         sar = sar_standin(clean, np.random.default_rng(seed * 1000 + scene))
@@ -165,6 +234,7 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
             clear = clean[:, y : y + PATCH, x : x + PATCH]
             kind = ("thin", "thick")[k % 2]
             cloudy, mask, info = _clouds(clear, kind, seed=10_000 * scene + k)
+            cloudy, clear, mask = _as_blocks(cloudy, clear, mask, tuple(int(v) for v in phases.integers(0, 6, 2)))
             write_triplet(data / "train", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH], mask)
             manifest["train"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
             if bar is not None:
@@ -172,9 +242,10 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
         x = TEST_COLS[0] + (TEST_COLS[1] - TEST_COLS[0] - PATCH) // 2
         k = 0
         for y in TEST_ROWS:
-            clear = clean[:, y : y + PATCH, x : x + PATCH]
+            raw = clean[:, y : y + PATCH, x : x + PATCH]
             for kind in ("thin", "thick"):
-                cloudy, mask, info = _clouds(clear, kind, seed=900_000 + 1000 * scene + k)
+                cloudy, mask, info = _clouds(raw, kind, seed=900_000 + 1000 * scene + k)
+                cloudy, clear, mask = _as_blocks(cloudy, raw, mask, tuple(int(v) for v in phases.integers(0, 6, 2)))
                 write_triplet(data / "test", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH], mask)
                 manifest["test"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
                 k += 1
@@ -212,7 +283,7 @@ def real_sar_pairs(sen12mscr: Path) -> list[tuple[Path, Path]]:
 def real_sar_record(sen12mscr: Path, seed: int) -> dict:
     """What a real-SAR set is made from and how: a set whose manifest records the same is current."""
     return {"seed": seed, "roi": REAL_SAR_ROI, "window": REAL_SAR_WINDOW, "draws": REAL_SAR_DRAWS,
-            "patches": [s2.name for s2, _ in real_sar_pairs(sen12mscr)]}
+            "patches": [s2.name for s2, _ in real_sar_pairs(sen12mscr)], "coarse_bands": COARSE_BANDS_RECORD}
 
 
 def build_real_sar_set(sen12mscr: Path, out: Path, seed: int = 0) -> dict:
@@ -238,13 +309,16 @@ def build_real_sar_set(sen12mscr: Path, out: Path, seed: int = 0) -> dict:
         clean = np.clip(_read(s2), 0.0, 1.0)
         with rasterio.open(s1) as ds:
             sar_db = ds.read().astype(np.float32)
-        manifest["patches"].append({"scene": scene, "s2": s2.name, "s1": s1.name})
+        # the patch's own block grid (its 60 m bands'), so the clear pixels stay as the file has them
+        py, px = block_phase(clean[0])
+        manifest["patches"].append({"scene": scene, "s2": s2.name, "s1": s1.name, "block_phase": [py, px]})
         w = REAL_SAR_WINDOW
         for y in range(0, clean.shape[1] - w + 1, w):
             for x in range(0, clean.shape[2] - w + 1, w):
                 clear = clean[:, y : y + w, x : x + w]
                 for kind in ("thin", "thick") * REAL_SAR_DRAWS:
                     cloudy, mask, info = _clouds(clear, kind, seed=700_000 + 1000 * seed + k)
+                    cloudy, _, mask = _as_blocks(cloudy, clear, mask, ((py - y) % 6, (px - x) % 6), clear_in_blocks=True)
                     write_triplet(out, scene, k, cloudy, clear, sar_db[:, y : y + w, x : x + w], mask, REAL_SAR_ROI)
                     manifest["test"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
                     k += 1

@@ -333,13 +333,14 @@ def _build_current(plan: Plan) -> bool:
     manifest = plan.work / "manifest.json"
     if b is None or not manifest.is_file():
         return False
-    from .cloud_scenes import SAR_RECORD
+    from .cloud_scenes import COARSE_BANDS_RECORD, SAR_RECORD
 
     m = json.loads(manifest.read_text())
-    # A build from before the known masks were kept lacks "masks" and is made again.
+    # A build from before the known masks were kept lacks "masks", one from before the coarse bands were held in
+    # blocks lacks "coarse_bands": both are made again.
     return m.get("seed") == b.seed and len(m.get("train", ())) == b.per_scene * len(m.get("scenes", {})) and \
         m.get("source") == Path(plan.spec.source_specs[b.source].path).name and m.get("sar") == SAR_RECORD and \
-        "masks" in m
+        "masks" in m and m.get("coarse_bands") == COARSE_BANDS_RECORD
 
 
 def _build_real_sar(plan: Plan) -> str:
