@@ -136,10 +136,12 @@ def set_scan_impl(model: torch.nn.Module, impl: str) -> None:
 
 def bench_scan_impls(trained: torch.nn.Module, warmup: int, repeats: int) -> dict:
     """Paper-size forward with each scan and DehazeFormer-T's forward on the same input (interleaved within each
-    repeat), the fused forward at 512^2 against 256^2 (linearity), and the training step above with each scan."""
+    repeat), the fused forward at 512^2 against 256^2 (linearity), also with the per-pixel layers over the whole map
+    at once ("whole_map": ``rsdehamba.by_rows`` off, as before it existed), and the training step above with each
+    scan."""
     from dehazeformer_t import DehazeFormerT, count_macs  # benchmarks/ is on sys.path when run as a script
 
-    from rsrestore.models import scan
+    from rsrestore.models import rsdehamba, scan
     from rsrestore.models.rsdehamba import RSDehamba
 
     impls = ["chunked"] + (["numba"] if scan.numba_kernel_available() else [])
@@ -147,7 +149,9 @@ def bench_scan_impls(trained: torch.nn.Module, warmup: int, repeats: int) -> dic
     torch.manual_seed(0)
     paper = RSDehamba().to(memory_format=torch.channels_last).eval()
     dhf = DehazeFormerT().to(memory_format=torch.channels_last).eval()
-    runs = [(impl, 256) for impl in impls] + [("dehazeformer_t", 256), (fast, 512), ("dehazeformer_t", 512)]
+    runs = [(impl, 256) for impl in impls] + [("dehazeformer_t", 256), (fast, 512), ("dehazeformer_t", 512),
+                                              ("whole_map", 256), ("whole_map", 512)]
+    banded = rsdehamba.ROW_CHUNK_PIXELS
     inputs = {size: hazy_scene(size).contiguous(memory_format=torch.channels_last) for size in {s for _, s in runs}}
     wall: dict = {run: [] for run in runs}
     cpu: dict = {run: [] for run in runs}  # process CPU time: steadier than wall time on a shared machine
@@ -156,12 +160,14 @@ def bench_scan_impls(trained: torch.nn.Module, warmup: int, repeats: int) -> dic
             for impl, size in runs:
                 model = dhf if impl == "dehazeformer_t" else paper
                 if model is paper:
-                    set_scan_impl(paper, impl)
+                    set_scan_impl(paper, fast if impl == "whole_map" else impl)
+                    rsdehamba.ROW_CHUNK_PIXELS = 1 << 62 if impl == "whole_map" else banded
                 w0, c0 = time.perf_counter(), time.process_time()
                 model(inputs[size])
                 if i >= warmup:
                     wall[(impl, size)].append(time.perf_counter() - w0)
                     cpu[(impl, size)].append(time.process_time() - c0)
+    rsdehamba.ROW_CHUNK_PIXELS = banded
     out: dict = {
         "model": "RSDehamba() paper configuration", "parameters": sum(p.numel() for p in paper.parameters()),
         "reference": {"name": "DehazeFormer-T (benchmarks/dehazeformer_t.py, tiny configuration of Song et al. 2023)",
@@ -181,6 +187,8 @@ def bench_scan_impls(trained: torch.nn.Module, warmup: int, repeats: int) -> dic
         if fast != "chunked":
             out[f"forward_speedup_{fast}_over_chunked_256_{name}"] = med[("chunked", 256)] / med[(fast, 256)]
         out[f"{fast}_{name}_time_ratio_512_over_256_per_pixel"] = med[(fast, 512)] / med[(fast, 256)] / 4
+        out[f"{fast}_whole_map_{name}_time_ratio_512_over_256_per_pixel"] = (
+            med[("whole_map", 512)] / med[("whole_map", 256)] / 4)
         # the same for a network without a scan: how much of the growth is the CPU's caches, not the scan
         out[f"dehazeformer_t_{name}_time_ratio_512_over_256_per_pixel"] = (
             med[("dehazeformer_t", 512)] / med[("dehazeformer_t", 256)] / 4)

@@ -46,6 +46,31 @@ def test_channels_last_input_gives_same_output():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_by_rows_hands_bands_of_rows_to_fn_without_gradients_and_the_whole_map_with(monkeypatch):
+    monkeypatch.setattr(rd, "ROW_CHUNK_PIXELS", 40)  # two rows of 20 pixels a band
+    seen = []
+    x = torch.arange(24 * 20 * 3, dtype=torch.float32).view(1, 24, 20, 3)
+    with torch.no_grad():
+        out = rd.by_rows(lambda a, b: seen.append(a.shape[1]) or a * 2 + b, x, x)
+    assert seen == [2] * 12 and torch.equal(out, 3 * x)
+    seen.clear()
+    rd.by_rows(lambda a: seen.append(a.shape[1]) or a, x.requires_grad_())
+    assert seen == [24]
+
+
+def test_inference_by_bands_of_rows_equals_the_whole_map(monkeypatch):
+    """The model's output is the same when its per-pixel layers run band by band (batch and odd sizes, the last
+    band shorter)."""
+    torch.manual_seed(0)
+    model = RSDehamba(tiny()).eval()
+    x = torch.rand(2, 3, 21, 18)
+    with torch.no_grad():
+        whole = model(x)
+        monkeypatch.setattr(rd, "ROW_CHUNK_PIXELS", 40)
+        banded = model(x)
+    torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_reference_scan_gives_same_model_output():
     torch.manual_seed(0)
     fast = RSDehamba(tiny()).eval()

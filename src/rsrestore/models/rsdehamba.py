@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,8 +210,10 @@ class DirectionAwareSSM(nn.Module):
         xz = self.in_proj(x)
         u, z = xz.split(self.inner, dim=-1)
         u = F.silu(self.conv(u.permute(0, 3, 1, 2)))  # (B, inner, H, W), channels_last in memory
-        y = self.out_norm(self.scan(u))
-        return self.out_proj(y * F.silu(z))
+        return by_rows(self._gated_output, self.scan(u), z)
+
+    def _gated_output(self, y: Tensor, z: Tensor) -> Tensor:
+        return self.out_proj(self.out_norm(y) * F.silu(z))
 
     def scan(self, u: Tensor) -> Tensor:
         """Direction-aware scan of u (B, inner, H, W): four unfoldings, one selective scan, folded back and summed.
@@ -264,6 +266,30 @@ class DirectionAwareSSM(nn.Module):
         return ys.view(b, h, w, d)
 
 
+#: Pixels of a map that a block's per-pixel layers take at a time without gradients (see :func:`by_rows`).
+ROW_CHUNK_PIXELS = 16384
+
+
+def by_rows(fn: Callable[..., Tensor], *maps: Tensor) -> Tensor:
+    """``fn`` of (B, H, W, C) maps, which acts on each pixel alone. Without gradients it runs on bands of rows of
+    about ``ROW_CHUNK_PIXELS`` pixels, each written into one output as it comes: a chain of per-pixel layers then
+    reads and writes each band while it is in the CPU's caches. PyTorch runs a chain layer by layer over the whole
+    map, and past 256² the maps (tens of MB at 512²) no longer fit in the last-level cache, so each layer read its
+    input back from memory; that made a 512² forward cost 1.7x a 256² one per pixel. With gradients the maps are
+    kept for the backward anyway, and ``fn`` runs once on them as they are."""
+    h, w = maps[0].shape[1:3]
+    step = max(1, ROW_CHUNK_PIXELS // max(1, w))
+    if torch.is_grad_enabled() or step >= h:
+        return fn(*maps)
+    out = None
+    for r in range(0, h, step):
+        y = fn(*(m[:, r : r + step] for m in maps))
+        if out is None:
+            out = y.new_empty((y.shape[0], h, *y.shape[2:]))
+        out[:, r : r + step] = y
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _positions(h: int, w: int, device: torch.device) -> Tensor:
     with torch.inference_mode(False):  # a normal tensor, which autograd may save, even when first made for inference
@@ -286,7 +312,12 @@ class VisionDehambaBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         s = self.ssm(self.norm1(self.conv1(x).permute(0, 2, 3, 1)))  # (B, H, W, C)
         x = x + s.permute(0, 3, 1, 2)
-        return x + self.ffn(self.conv2(self.norm2(x)))
+        mixed = self.conv2(self.norm2(x))
+        return by_rows(self._ffn_residual, mixed.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def _ffn_residual(self, mixed: Tensor, x: Tensor) -> Tensor:
+        """x + FFN(mixed) on (B, H, W, C) maps (channels_last views of the block's maps)."""
+        return x + self.ffn(mixed.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class RSDehamba(PriorConditioned, nn.Module):
