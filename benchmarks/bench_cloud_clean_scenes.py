@@ -4,7 +4,8 @@ clear-pixel detector (`rsrestore.models.clear_pixels.cloud_mask`) trades clear p
 Clean scenes, 13 bands, each with a SAR scene:
 - the cloud-free SEN12MS-CR patch ROIs1970_fall 139_p839 (256 x 256) with its real Sentinel-1 scene; never trained on;
 - ``--crops`` 128 x 128 crops (default 4) of the held-out columns (450-599) of each of the two Sentinel-2 scenes of
-  ``sentinel2/`` (the bundled weights trained on their other columns), with the SAR stand-in the training used.
+  ``sentinel2/`` (the bundled weights trained on their other columns), with the SAR stand-in the training used, their
+  20 m and 60 m bands in blocks as SEN12MS-CR holds them (as the training pairs are).
 
 Reported per scene: the share of pixels the detector sends to the network, and the PSNR (13 bands and R, G, B) of
 each bundled model's output against its own clean input (infinite when the output is the input; counted as
@@ -12,7 +13,7 @@ each bundled model's output against its own clean input (infinite when the outpu
 
 Detector: synthetic thin and thick clouds with shadows (``rsrestore.physics.clouds.synthesize_clouds``, two draws of
 each per clean scene) give a known cloud/shadow mask; reported are the share of visibly changed pixels (more than
-0.02 in some band) the detector misses, and of all the pixels the clouds changed; the share of the pixels the
+0.02 in some band; the clouds' change in the coarse bands held in the scene's blocks) the detector misses, and of all the pixels the clouds changed; the share of the pixels the
 clouds left untouched that it flags (the clear ground of a cloudy scene, which the network would then rewrite); and
 on the two real cloudy SEN12MS-CR patches, the share it flags. ``--legacy`` also scores the detector with the shadow test's levels measured on
 the whole image (clouds included), and as it was before the hysteresis and the shadow gate (cloud score >= 0.1
@@ -43,7 +44,14 @@ from rsrestore.physics.clouds import synthesize_clouds
 from rsrestore.physics.sar_standin import sar_standin
 from rsrestore.raster import sar_to_unit
 from rsrestore.tiling import restore_array
-from rsrestore.train.cloud_scenes import SCENES, TEST_COLS, load_scene_13
+from rsrestore.train.cloud_scenes import (
+    SCENES,
+    TEST_COLS,
+    as_sen12mscr_blocks,
+    block_phase,
+    load_scene_13,
+    pair_in_blocks,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -64,7 +72,8 @@ def clean_scenes(crops: int) -> list[dict]:
     """The clean 13-band scenes with their SAR in [0, 1] (see the module docstring)."""
     with rasterio.open(CLEAN_SAR) as ds:
         sar = sar_to_unit(ds.read())
-    out = [{"name": "sen12mscr_139_p839 (real S1)", "image": _read_s2(CLEAN_PATCH), "sar": sar}]
+    patch = _read_s2(CLEAN_PATCH)
+    out = [{"name": "sen12mscr_139_p839 (real S1)", "image": patch, "sar": sar, "phase": block_phase(patch[0])}]
     rng = np.random.default_rng(0)
     for scene, stem in SCENES.items():
         full = load_scene_13(stem, DATA / "sentinel2")
@@ -74,7 +83,8 @@ def clean_scenes(crops: int) -> list[dict]:
             x = int(rng.integers(0, held.shape[2] - CROP + 1))
             img = np.ascontiguousarray(held[:, y:y + CROP, x:x + CROP])
             sar = sar_to_unit(sar_standin(img, np.random.default_rng(100 * scene + i)))
-            out.append({"name": f"{stem} held-out crop {i} (stand-in SAR)", "image": img, "sar": sar})
+            out.append({"name": f"{stem} held-out crop {i} (stand-in SAR)", "image": as_sen12mscr_blocks(img, (0, 0)),
+                        "sar": sar, "phase": (0, 0)})
     return out
 
 
@@ -115,9 +125,12 @@ def detector_rows(scenes: list[dict], detectors: dict) -> dict:
                 for draw in range(2):
                     syn = synthesize_clouds(clean, torch.Generator().manual_seed(1000 * i + 10 * draw + len(kind)),
                                             kind=kind, shadow=True)
-                    truth = torch.maximum(syn["mask"], syn["shadow"])
-                    visible = ((syn["input"] - clean).abs().amax(1, keepdim=True) > 0.02).float()
-                    kept = 1.0 - widened(detect(syn["input"]))
+                    cloudy, _, truth = pair_in_blocks(syn["input"][0].numpy(), s["image"],
+                                                      torch.maximum(syn["mask"], syn["shadow"])[0].numpy(),
+                                                      s["phase"], clear_in_blocks=True)
+                    cloudy, truth = torch.from_numpy(cloudy)[None], torch.from_numpy(truth)[None]
+                    visible = ((cloudy - clean).abs().amax(1, keepdim=True) > 0.02).float()
+                    kept = 1.0 - widened(detect(cloudy))
                     miss_visible.append(float((kept * visible).sum() / visible.sum().clamp(min=1)))
                     miss_all.append(float((kept * truth).sum() / truth.sum().clamp(min=1)))
                     untouched = (1.0 - truth) * (1.0 - visible)

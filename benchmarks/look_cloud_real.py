@@ -6,7 +6,9 @@ Rows: the summer patch ROIs1868 19_p30 (no cloud-free reference ships with it) a
 weights, or others given as ``NAME=METHOD:PATH``), as R, G, B = B4, B3, B2 with one fixed stretch (reflectance 0-0.3),
 so colours compare across columns. The JSON gives per patch and model the PSNR / SSIM / CIEDE2000 / SAM against the
 reference where there is one, the mean absolute change from the input, the share of pixels left bit for bit, and
-the gradient energy of the output over the input's (``rsrestore.metrics.detail``).
+the gradient energy of the output over the input's (``rsrestore.metrics.detail``), and whether the blocks of the
+patch's 60 m bands show in the output's R, G, B where it changed the input (``block_edge_contrast`` on the 6-pixel
+grid that B1 is held in: about 1 when they do not; the input's over all its pixels).
 
     python benchmarks/look_cloud_real.py [--models sarcr dsen2cr] [--weights NAME=METHOD:PATH ...]
 """
@@ -22,11 +24,12 @@ import rasterio
 import torch
 from PIL import Image, ImageDraw
 
-from rsrestore.metrics.detail import gradient_energy_ratio
+from rsrestore.metrics.detail import block_edge_contrast, gradient_energy_ratio
 from rsrestore.metrics.full_reference import compute_metrics
 from rsrestore.models.registry import load_model
 from rsrestore.raster import read_raster, sar_to_unit
 from rsrestore.tiling import restore_array
+from rsrestore.train.cloud_scenes import block_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sen12mscr"
@@ -52,9 +55,12 @@ def to_rgb(a: np.ndarray) -> np.ndarray:
 
 def scores(out: np.ndarray, cloudy: np.ndarray, ref: np.ndarray | None) -> dict:
     o, c = torch.from_numpy(out)[None], torch.from_numpy(cloudy)[None]
+    changed = (out != cloudy).any(0) if (out != cloudy).any() else np.ones(out.shape[1:], bool)
     row = {"mean_abs_change": float(np.abs(out - cloudy).mean()),
            "unchanged_share": float((out == cloudy).all(0).mean()),
-           "gradient_ratio_input": float(gradient_energy_ratio(o, c)[0])}
+           "gradient_ratio_input": float(gradient_energy_ratio(o, c)[0]),
+           "block_edge_contrast_60m": float(block_edge_contrast(o[:, [3, 2, 1]], 6, block_phase(cloudy[0]),
+                                                                torch.from_numpy(changed)[None, None])[0])}
     if ref is not None:
         m = compute_metrics(o, torch.from_numpy(ref)[None], names=("psnr", "ssim", "ciede2000", "sam"),
                             rgb_bands=(3, 2, 1))

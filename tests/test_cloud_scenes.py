@@ -11,10 +11,10 @@ from rsrestore.data.sen12mscr import SEN12MSCRDataset
 from rsrestore.train.cloud_scenes import (
     BLOCK_FACTORS,
     ROI,
-    _as_blocks,
     _clouds,
     as_sen12mscr_blocks,
     block_phase,
+    pair_in_blocks,
     write_triplet,
 )
 
@@ -65,7 +65,7 @@ def test_a_pair_in_blocks_keeps_clear_pixels_equal_and_masks_every_change():
     clear = clear_scene(6, 48)
     cloudy, mask, _ = _clouds(clear, "thick", 9)
     phase = (2, 5)
-    c, k, m = _as_blocks(cloudy, clear, mask, phase)
+    c, k, m = pair_in_blocks(cloudy, clear, mask, phase)
     assert np.array_equal(k, as_sen12mscr_blocks(clear, phase))
     changed = (c != k).any(0)
     assert changed.any() and (m[0][changed] == 1).all() and (m >= mask).all()
@@ -74,7 +74,7 @@ def test_a_pair_in_blocks_keeps_clear_pixels_equal_and_masks_every_change():
     assert np.array_equal(c[[1, 2, 3, 7]], cloudy[[1, 2, 3, 7]])  # the 10 m bands' clouds as drawn
     # A clear image already in blocks (a SEN12MS-CR patch) is kept bit for bit.
     blocky = as_sen12mscr_blocks(clear, phase)
-    c2, k2, _ = _as_blocks(cloudy - clear + blocky, blocky, mask, phase, clear_in_blocks=True)
+    c2, k2, _ = pair_in_blocks(cloudy - clear + blocky, blocky, mask, phase, clear_in_blocks=True)
     assert k2 is blocky and in_blocks(c2[9], 6, phase)
 
 

@@ -129,3 +129,22 @@ def test_energy_map_locates_a_grid_and_averages_to_the_energy():
     peak = divmod(int(emap.nan_to_num(-1).argmax()), 64)
     assert 30 <= peak[0] < 40 and 20 <= peak[1] < 44
     assert float(emap.nanmean()) == pytest.approx(float(nyquist_energy(img)[0]), rel=1e-12)
+
+
+def test_block_edge_contrast_finds_the_blocks_of_a_grid_where_they_are():
+    from rsrestore.metrics.detail import block_edge_contrast
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(1, 3, 60, 60, generator=g)
+    # 6-pixel blocks whose edges lie before rows 4 + 6k and columns 1 + 6k, over a little noise
+    coarse = torch.rand(1, 3, 12, 12, generator=g).repeat_interleave(6, -2).repeat_interleave(6, -1)
+    blocks = coarse[..., 2 : 2 + 60, 5 : 5 + 60] + 0.05 * noise
+    assert block_edge_contrast(blocks, 6, (4, 1)).item() > 5
+    assert block_edge_contrast(blocks, 6, (1, 4)).item() < 1  # another grid: its "edges" are mostly inside blocks
+    assert abs(block_edge_contrast(noise, 6, (4, 1)).item() - 1) < 0.1  # content that does not know the grid
+    # only valid pixels count: with the blocked half masked out, the noise half decides
+    half = torch.cat([blocks[..., :30], noise[..., 30:]], dim=-1)
+    mask = torch.zeros(1, 1, 60, 60, dtype=torch.bool)
+    mask[..., 30:] = True
+    assert abs(block_edge_contrast(half, 6, (4, 1), mask).item() - 1) < 0.15
+    assert block_edge_contrast(half, 6, (4, 1)).item() > 1.5  # unmasked, the blocked half shows

@@ -186,6 +186,32 @@ def nyquist_energy(x: torch.Tensor, mask: torch.Tensor | None = None, per_compon
     return e if per_component else e.sum(dim=1)
 
 
+def block_edge_contrast(x: torch.Tensor, period: int, phase: tuple[int, int] = (0, 0),
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Whether blocks of a ``period``-pixel grid show in ``x``: the mean absolute step between neighbours across the
+    grid's edges over the mean absolute step between the other neighbours, along rows and along columns (their mean),
+    bands averaged; ``(B,)``. The edges lie before rows ``phase[0] + k * period`` and columns ``phase[1] + k *
+    period``; a step counts only where both pixels are valid. About 1 for content that does not know the grid; above
+    1 where blocks of it show (an output that copies a coarse band held in blocks, as SEN12MS-CR holds its 20 m and
+    60 m bands, draws its blocks). No floor: a step-free image gives NaN."""
+    if period < 2:
+        raise ValueError(f"period must be >= 2, got {period}")
+    x, valid = _prepare_one(x, mask, "x")
+    ratios = []
+    for d, start in ((-1, phase[1]), (-2, phase[0])):
+        n = x.shape[d]
+        step = (x.narrow(d, 1, n - 1) - x.narrow(d, 0, n - 1)).abs().mean(dim=1, keepdim=True, dtype=torch.float64)
+        both = valid.narrow(d, 1, n - 1) & valid.narrow(d, 0, n - 1)
+        # the step from pixel i - 1 to pixel i crosses an edge when i is a block's first pixel
+        edge = (torch.arange(1, n, device=x.device) - start) % period == 0
+        edge = edge.view(-1, 1) if d == -2 else edge.view(1, -1)
+        across, within = both & edge, both & ~edge
+        mean_across = (step * across).sum(dim=(1, 2, 3)) / across.sum(dim=(1, 2, 3))
+        mean_within = (step * within).sum(dim=(1, 2, 3)) / within.sum(dim=(1, 2, 3))
+        ratios.append(mean_across / mean_within)
+    return (ratios[0] + ratios[1]) / 2
+
+
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return (num + ENERGY_FLOOR) / (den + ENERGY_FLOOR)
 

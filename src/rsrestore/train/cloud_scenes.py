@@ -139,7 +139,7 @@ def block_phase(band: np.ndarray, factor: int = 6) -> tuple[int, int]:
     return phases[int(np.argmin(change))]
 
 
-def _as_blocks(cloudy: np.ndarray, clear: np.ndarray, mask: np.ndarray, phase: tuple[int, int],
+def pair_in_blocks(cloudy: np.ndarray, clear: np.ndarray, mask: np.ndarray, phase: tuple[int, int],
                clear_in_blocks: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A pair in SEN12MS-CR's block form: the clear image put in blocks (kept as it is when ``clear_in_blocks``: a
     SEN12MS-CR patch already is), the clouds' change to it averaged over the same blocks, and the mask grown to
@@ -234,7 +234,7 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
             clear = clean[:, y : y + PATCH, x : x + PATCH]
             kind = ("thin", "thick")[k % 2]
             cloudy, mask, info = _clouds(clear, kind, seed=10_000 * scene + k)
-            cloudy, clear, mask = _as_blocks(cloudy, clear, mask, tuple(int(v) for v in phases.integers(0, 6, 2)))
+            cloudy, clear, mask = pair_in_blocks(cloudy, clear, mask, tuple(int(v) for v in phases.integers(0, 6, 2)))
             write_triplet(data / "train", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH], mask)
             manifest["train"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
             if bar is not None:
@@ -245,7 +245,7 @@ def build_cloud_triplets(folder: Path, data: Path, per_scene: int = 160, seed: i
             raw = clean[:, y : y + PATCH, x : x + PATCH]
             for kind in ("thin", "thick"):
                 cloudy, mask, info = _clouds(raw, kind, seed=900_000 + 1000 * scene + k)
-                cloudy, clear, mask = _as_blocks(cloudy, raw, mask, tuple(int(v) for v in phases.integers(0, 6, 2)))
+                cloudy, clear, mask = pair_in_blocks(cloudy, raw, mask, tuple(int(v) for v in phases.integers(0, 6, 2)))
                 write_triplet(data / "test", scene, k, cloudy, clear, sar[:, y : y + PATCH, x : x + PATCH], mask)
                 manifest["test"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
                 k += 1
@@ -318,7 +318,7 @@ def build_real_sar_set(sen12mscr: Path, out: Path, seed: int = 0) -> dict:
                 clear = clean[:, y : y + w, x : x + w]
                 for kind in ("thin", "thick") * REAL_SAR_DRAWS:
                     cloudy, mask, info = _clouds(clear, kind, seed=700_000 + 1000 * seed + k)
-                    cloudy, _, mask = _as_blocks(cloudy, clear, mask, ((py - y) % 6, (px - x) % 6), clear_in_blocks=True)
+                    cloudy, _, mask = pair_in_blocks(cloudy, clear, mask, ((py - y) % 6, (px - x) % 6), clear_in_blocks=True)
                     write_triplet(out, scene, k, cloudy, clear, sar_db[:, y : y + w, x : x + w], mask, REAL_SAR_ROI)
                     manifest["test"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
                     k += 1
