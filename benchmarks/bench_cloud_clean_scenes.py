@@ -12,12 +12,13 @@ each bundled model's output against its own clean input (infinite when the outpu
 ``CAP_DB`` in the means).
 
 Detector: synthetic thin and thick clouds with shadows (``rsrestore.physics.clouds.synthesize_clouds``, two draws of
-each per clean scene) give a known cloud/shadow mask; reported are the share of visibly changed pixels (more than
-0.02 in some band; the clouds' change in the coarse bands held in the scene's blocks) the detector misses, and of all the pixels the clouds changed; the share of the pixels the
-clouds left untouched that it flags (the clear ground of a cloudy scene, which the network would then rewrite); and
-on the two real cloudy SEN12MS-CR patches, the share it flags. ``--legacy`` also scores the detector with the shadow test's levels measured on
-the whole image (clouds included), and as it was before the hysteresis and the shadow gate (cloud score >= 0.1
-alone, shadow test on every scene), and the models restoring with the latter, for comparison.
+each per clean scene, their change in the coarse bands held in the scene's blocks) give a known cloud/shadow mask;
+reported are the share of visibly changed pixels (more than 0.02 in some band) the detector misses, and of all the
+pixels the clouds changed; the share of the pixels the clouds left untouched that it flags (the clear ground of a
+cloudy scene, which the network would then rewrite); and on the two real cloudy SEN12MS-CR patches, the share it
+flags. ``--legacy`` also scores the detector with the shadow test's levels measured on the whole image (clouds
+included), and as it was before the hysteresis and the shadow gate (cloud score >= 0.1 alone, shadow test on every
+scene), and the models restoring with the latter, for comparison.
 
 Usage: python benchmarks/bench_cloud_clean_scenes.py [--crops 4] [--legacy]
        -> benchmarks/results/cloud_clean_scenes.json (--out to write elsewhere)

@@ -1,12 +1,13 @@
 """Sentinel-2 13-band cloud-removal pairs with a SAR stand-in, in the SEN12MS-CR folder layout.
 
 The two cloud-free Sentinel-2 L1C scenes of ``sentinel2/`` in the data root (T33UUB, Europe; T49JGM, Australia) come
-as three files per scene: the 10 m bands B2, B3, B4, B8 (600 x 600), the 20 m bands B5, B6, B7, B8A, B11, B12
-(300 x 300) and the 60 m bands B1, B9 (100 x 100), uint16 reflectance x 10000. They are stacked into the 13-band
-SEN12MS-CR order B1..B12 at 10 m, the coarser bands upsampled bilinearly; every pair is then written with its 20 m
-and 60 m bands as blocks of their native pixels, as SEN12MS-CR holds them (`as_sen12mscr_blocks`). B10 (1375 nm cirrus) is not in the files;
-over clear land it is nearly dark and tracks the water-vapour band B9, so it is filled as ``B10_FROM_B9 * B9``, the
-ratio of the median B10 to the median B9 in the cloud-free SEN12MS-CR patch ROIs1970_fall 139_p839 (31 / 1106).
+as three files per scene: the 10 m bands B2, B3, B4, B8 (600 x 600), the 20 m bands B5, B6, B7, B8A, B11, B12 (300 x
+300) and the 60 m bands B1, B9 (100 x 100), uint16 reflectance x 10000. They are stacked into the 13-band SEN12MS-CR
+order B1..B12 at 10 m, the coarser bands upsampled bilinearly; every pair is then written with its 20 m and 60 m
+bands as blocks of their native pixels, as SEN12MS-CR holds them (`as_sen12mscr_blocks`). B10 (1375 nm cirrus) is
+not in the files; over clear land it is nearly dark and tracks the water-vapour band B9, so it is filled as
+``B10_FROM_B9 * B9``, the ratio of the median B10 to the median B9 in the cloud-free SEN12MS-CR patch ROIs1970_fall
+139_p839 (31 / 1106).
 
 SAR. There is no Sentinel-1 acquisition co-registered with these scenes. The SAR-guided networks need one, so a
 stand-in is derived from the clean scene (:func:`rsrestore.physics.sar_standin.sar_standin`). It carries the scene's
@@ -113,8 +114,9 @@ def _block_means(band: np.ndarray, factor: int, phase: tuple[int, int]) -> np.nd
     rows = -(-(h + before[0]) // factor) * factor
     cols = -(-(w + before[1]) // factor) * factor
     pad = ((before[0], rows - h - before[0]), (before[1], cols - w - before[1]))
-    total = np.pad(band.astype(np.float64), pad).reshape(rows // factor, factor, cols // factor, factor).sum((1, 3))
-    count = np.pad(np.ones_like(band, np.float64), pad).reshape(rows // factor, factor, cols // factor, factor).sum((1, 3))
+    shape = (rows // factor, factor, cols // factor, factor)
+    total = np.pad(band.astype(np.float64), pad).reshape(shape).sum((1, 3))
+    count = np.pad(np.ones_like(band, np.float64), pad).reshape(shape).sum((1, 3))
     means = np.repeat(np.repeat(total / count, factor, 0), factor, 1)
     return means[before[0] : before[0] + h, before[1] : before[1] + w].astype(band.dtype)
 
@@ -140,7 +142,7 @@ def block_phase(band: np.ndarray, factor: int = 6) -> tuple[int, int]:
 
 
 def pair_in_blocks(cloudy: np.ndarray, clear: np.ndarray, mask: np.ndarray, phase: tuple[int, int],
-               clear_in_blocks: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   clear_in_blocks: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A pair in SEN12MS-CR's block form: the clear image put in blocks (kept as it is when ``clear_in_blocks``: a
     SEN12MS-CR patch already is), the clouds' change to it averaged over the same blocks, and the mask grown to
     every pixel the two images now differ at (a cloud over part of a block changes all of it in that band)."""
@@ -318,7 +320,8 @@ def build_real_sar_set(sen12mscr: Path, out: Path, seed: int = 0) -> dict:
                 clear = clean[:, y : y + w, x : x + w]
                 for kind in ("thin", "thick") * REAL_SAR_DRAWS:
                     cloudy, mask, info = _clouds(clear, kind, seed=700_000 + 1000 * seed + k)
-                    cloudy, _, mask = pair_in_blocks(cloudy, clear, mask, ((py - y) % 6, (px - x) % 6), clear_in_blocks=True)
+                    cloudy, _, mask = pair_in_blocks(cloudy, clear, mask, ((py - y) % 6, (px - x) % 6),
+                                                     clear_in_blocks=True)
                     write_triplet(out, scene, k, cloudy, clear, sar_db[:, y : y + w, x : x + w], mask, REAL_SAR_ROI)
                     manifest["test"].append({"scene": scene, "patch": k, "row": y, "col": x, **info})
                     k += 1
