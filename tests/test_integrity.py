@@ -24,6 +24,7 @@ from rsrestore.raster import (
     check_scale,
     from_unit,
     inspect_raster,
+    off_zero,
     scratch_profile,
     sweep_stale_scratch,
     write_raster,
@@ -95,6 +96,21 @@ def test_float_nodata_moves_to_the_next_float():
     assert out[0] == 0 and out[2] == 0.5
     nan_nodata = from_unit(np.array([0.25]), "float32", 1.0, nodata=float("nan"))
     assert nan_nodata[0] == 0.25
+
+
+def test_without_declared_nodata_unsigned_values_the_user_had_are_never_written_as_zero(geotiff_factory, tmp_path):
+    """0 is what most products read as no data whatever the file declares: a restored value rounded or clipped to 0
+    is written as 1 where the input was not 0; pixels that were 0 may stay 0. Signed and float data are left alone."""
+    assert np.array_equal(off_zero(np.array([0, 0, 5, 1], np.uint16), np.array([0, 3, 7, 0])), [0, 1, 5, 1])
+    assert np.array_equal(off_zero(np.array([0, -1], np.int16), np.array([4, 4])), [0, -1])
+    src, data = geotiff_factory("dark16.tif", dtype="uint16", height=40, width=40)
+    data[:, :4] = 0
+    with rasterio.open(src, "r+") as ds:
+        ds.write(data)
+    res = rasterio.open(restore_file(Darken(), src, tmp_path / "dark16_out.tif", progress=False)).read()
+    assert (res[:, :4] == 0).all() and (res[:, 4:] == 1).all()
+    out = rsrestore._restore_in_memory(Darken(), "darken", None, data, None)  # what the API does with an array
+    assert out.dtype == np.uint16 and (out[:, :4] == 0).all() and (out[:, 4:] == 1).all()
 
 
 def test_restored_file_keeps_valid_pixels_off_nodata_at_both_ends(geotiff_factory, tmp_path):

@@ -127,7 +127,7 @@ def _restore_in_memory(model, name, bands, array, scale, **options):
     import numpy as np
     import torch
 
-    from .raster import default_scale, from_unit, to_unit
+    from .raster import default_scale, from_unit, off_zero, to_unit
     from .tiling import restore_array
 
     tensor = array if isinstance(array, torch.Tensor) else None
@@ -144,7 +144,7 @@ def _restore_in_memory(model, name, bands, array, scale, **options):
         scale = scale or 1.0
         dtype = dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
     out = restore_array(model, to_unit(image, scale), **options)
-    out = from_unit(out, str(dtype), scale)
+    out = off_zero(from_unit(out, str(dtype), scale), image)
     if tensor is not None:
         return torch.from_numpy(np.ascontiguousarray(out)).to(tensor.device)
     return out

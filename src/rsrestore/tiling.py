@@ -62,6 +62,7 @@ from .raster import (
     finite_mask,
     from_unit,
     inspect_raster,
+    off_zero,
     open_raster,
     reading,
     sar_to_unit,
@@ -331,6 +332,8 @@ class RasterSink:
             self.non_finite += int((mask & ~finite).sum())
         info = self.info
         restored = from_unit(values, info.dtype, info.scale, nodata=info.nodata, nbits=info.nbits)
+        if info.nodata is None:
+            restored = off_zero(restored, selected)
         out = raw.copy()
         for i, b in enumerate(info.bands):
             out[b - 1] = np.where(restore, restored[i], raw[b - 1])
