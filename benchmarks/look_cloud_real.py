@@ -55,7 +55,9 @@ def to_rgb(a: np.ndarray) -> np.ndarray:
 
 def scores(out: np.ndarray, cloudy: np.ndarray, ref: np.ndarray | None) -> dict:
     o, c = torch.from_numpy(out)[None], torch.from_numpy(cloudy)[None]
-    changed = (out != cloudy).any(0) if (out != cloudy).any() else np.ones(out.shape[1:], bool)
+    changed = (out != cloudy).any(0)
+    if not changed.any():  # the input itself: its contrast over all its pixels
+        changed[:] = True
     row = {"mean_abs_change": float(np.abs(out - cloudy).mean()),
            "unchanged_share": float((out == cloudy).all(0).mean()),
            "gradient_ratio_input": float(gradient_energy_ratio(o, c)[0]),

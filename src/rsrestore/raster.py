@@ -13,10 +13,10 @@ float32/64    1 (already reflectance-like)
 
 Writing maps back by the same scale, rounds, and clips to the dtype's range; a valid pixel whose restored value lands on
 the nodata value is moved to the nearest value off it, so it never becomes a hole; without a declared nodata, an
-unsigned integer value that was not 0 is never written as 0, which most products read as no data. Nodata pixels (the dataset mask:
-nodata values, alpha or internal masks) and pixels holding NaN or infinity in a float scene are invalid: they are copied
-from the input unchanged and never feed a filter or a statistic. Bands not selected for restoration are copied
-unchanged. An internal mask, 1-bit (NBITS) storage and a COG's compression, predictor, block size and overview
+unsigned integer value that was not 0 is never written as 0, which most products read as no data. Nodata pixels (the
+dataset mask: nodata values, alpha or internal masks) and pixels holding NaN or infinity in a float scene are invalid:
+they are copied from the input unchanged and never feed a filter or a statistic. Bands not selected for restoration are
+copied unchanged. An internal mask, 1-bit (NBITS) storage and a COG's compression, predictor, block size and overview
 levels are kept.
 
 Outputs are written to a scratch GeoTIFF beside the output, ``.<name>.<host>-<pid>-<token>.scratch.tif``, that becomes
