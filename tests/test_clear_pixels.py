@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from rsrestore.cli import app
 from rsrestore.losses.carl import pixel_cloud_score, shadow_mask, shadow_thresholds
-from rsrestore.models.clear_pixels import MIN_CLOUD_SHARE, clear_statistics, cloud_mask, compose
+from rsrestore.models.clear_pixels import (FLOOR_BANDS, MIN_CLOUD_SHARE, MIN_FLOOR_PIXELS, clear_statistics,
+                                          cloud_mask, cloud_weight, compose)
 from rsrestore.models.registry import load_model
 from rsrestore.raster import sar_to_unit
 from rsrestore.tiling import restore_array
@@ -101,6 +102,50 @@ def test_training_on_detected_pixels_hands_them_to_the_network_too():
     assert (both[..., 35:45, 35:45] == 0.5).all()
     assert (both[..., 2:10, 40:60] == 0.5).all() and (only_known[..., 2:10, 40:60] == 0.5).all()
     assert torch.equal(both[..., 54:, 4:20], x[..., 54:, 4:20])   # clear vegetation stays the input's
+
+
+def test_restored_visible_and_cirrus_bands_are_no_darker_than_the_clear_ground():
+    x = ground()
+    x[:, 10] = torch.linspace(0.0005, 0.0015, 64).view(1, 64, 1)   # a cirrus band varying over the clear ground
+    whiten(x, slice(20, 60), slice(20, 60), 0.8)
+    clear = cloud_mask(x)[0, 0] == 0
+    pred = torch.zeros_like(x)                       # a network that answers black everywhere
+    out = compose(pred, x, enabled=True, mask=None, stats=None)
+    inside = out[0, :, 30:50, 30:50]
+    for band in range(13):
+        values = inside[band]
+        if band in FLOOR_BANDS:
+            level = torch.quantile(x[0, band][clear], 0.01)
+            assert torch.allclose(values, level.expand_as(values)), band
+            assert float(level) > 0
+        else:
+            assert (values == 0).all(), band   # no floor in the infrared, where dark water reads near 0
+    untouched = cloud_weight(x)[0, 0] == 0
+    assert untouched.sum() > 1000 and torch.equal(out[0][:, untouched], x[0][:, untouched])   # clear ground kept
+    # A brighter prediction passes as it is.
+    bright = torch.full_like(x, 0.5)
+    assert (compose(bright, x, enabled=True, mask=None, stats=None)[0, :, 30:50, 30:50] == 0.5).all()
+
+
+def test_the_floor_is_the_scenes_for_every_tile_and_needs_enough_clear_ground():
+    x = ground()
+    whiten(x, slice(0, 64), slice(16, 64), 0.8)
+    stats = clear_statistics(x)
+    assert torch.isfinite(stats["floor"][0, list(FLOOR_BANDS)]).all()
+    tile = x[..., 8:40, 24:56]                       # all cloud: no clear ground of its own
+    pred = torch.zeros_like(tile)
+    alone = compose(pred, tile, enabled=True, mask=None, stats=None)
+    assert (alone == 0).all()
+    assert float(clear_statistics(tile)["floor"].max()) == -float("inf")
+    in_scene = compose(pred, tile, enabled=True, mask=None, stats=stats)
+    for band in FLOOR_BANDS:
+        assert torch.allclose(in_scene[0, band], stats["floor"][0, band].expand(32, 32))
+    # A scene with fewer clear pixels than MIN_FLOOR_PIXELS has no floor.
+    few = ground()
+    whiten(few, slice(0, 64), slice(0, 64), 0.8)
+    few[..., :8, :8] = ground()[..., :8, :8]
+    assert int((cloud_mask(few) == 0).sum()) < MIN_FLOOR_PIXELS
+    assert float(clear_statistics(few)["floor"].max()) == -float("inf")
 
 
 @pytest.mark.parametrize("name", ["sarcr", "dsen2cr"])

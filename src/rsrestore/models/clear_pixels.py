@@ -37,6 +37,16 @@ are mostly cloud and shadow, where the clear ground left to measure is itself sh
 SEN12MS-CR patch 139_p839, 87 % goes to the network (99.5 % before) and the shadowed fields between its clouds are kept as they
 are. On the real-Sentinel-1 held-out set of ``configs/sarcr_synthetic_clouds_cpu.yaml`` the share of untouched pixels
 flagged fell from 85 % to 20 %, and the bundled sarcr's spectral angle from 10.2 to 8.0 degrees (the input's 8.1).
+
+A floor from the clear ground. In the visible bands B1-B4 and the cirrus band B10 the atmosphere's path reflectance,
+not the ground, sets how dark a top-of-atmosphere pixel can be: the darkest clear ground of a scene (water, forest,
+shade) reads a little above it, and a cloud-free pixel under a cloud is no darker. The networks learned their ground
+from a few scenes and B10 from a stand-in (a fixed share of B9), and under real clouds they went below that level:
+on the real SEN12MS-CR patch 139_p839 the bundled sarcr put B1 at 0.117-0.16 where the clear pixels and the
+reference read 0.15-0.20, and B10 at 0 where they read 7-12 DN. So the restored pixels of those bands are held at or
+above the 1st percentile of the scene's clear pixels (``FLOOR_BANDS``, ``FLOOR_PERCENTILE``; a scene-wide statistic,
+the same for every tile). Not in the near and short-wave infrared, where water is near 0 and the clear pixels of
+one part of a scene say nothing of the ground under its clouds.
 """
 
 from __future__ import annotations
@@ -64,6 +74,16 @@ FAINT = 0.1
 MIN_CLOUD_SHARE = 0.002
 """Share of confident cloud pixels in a scene from which its shadow test applies."""
 
+FLOOR_BANDS = (0, 1, 2, 3, 10)
+"""Bands (B1-B4 and the cirrus band B10) in which no restored pixel is darker than the scene's clear ground: see
+"A floor from the clear ground" in the module docstring."""
+
+FLOOR_PERCENTILE = 1.0
+"""Percentile of the clear pixels' values that sets the floor of each of ``FLOOR_BANDS``."""
+
+MIN_FLOOR_PIXELS = 256
+"""Clear pixels a scene needs for a floor; with fewer there is none."""
+
 
 def clear_statistics(x: Tensor) -> dict[str, Tensor]:
     """Scene-wide inputs of the detector: ``{"shadow_levels": (B, 2), "cloud_share": (B,)}`` (the shadow test's
@@ -83,16 +103,40 @@ def _statistics(x32: Tensor, score: Tensor, own: Tensor) -> dict[str, Tensor]:
 
     share = (score >= CONFIDENT).double().mean(dim=(1, 2, 3))
     cloudy = (score >= FAINT) | (own >= FAINT)
-    return {"shadow_levels": shadow_thresholds(x32, exclude=cloudy), "cloud_share": share}
+    stats = {"shadow_levels": shadow_thresholds(x32, exclude=cloudy), "cloud_share": share}
+    clear = cloud_mask(x32, stats=stats, scores=(score, own)) == 0
+    return {**stats, "floor": _clear_floor(x32, clear)}
 
 
-def cloud_mask(x: Tensor, threshold: float = 0.1, stats: dict[str, Tensor] | None = None) -> Tensor:
+def _clear_floor(x32: Tensor, clear: Tensor) -> Tensor:
+    """(B, C) floor of each band: the ``FLOOR_PERCENTILE`` of the clear pixels in ``FLOOR_BANDS``, -inf elsewhere and
+    in images with fewer than ``MIN_FLOOR_PIXELS`` clear pixels."""
+    floor = torch.full(x32.shape[:2], -torch.inf, dtype=torch.float32, device=x32.device)
+    bands = list(FLOOR_BANDS)
+    for i in range(x32.shape[0]):
+        keep = clear[i, 0]
+        if int(keep.sum()) >= MIN_FLOOR_PIXELS:
+            floor[i, bands] = torch.quantile(x32[i, bands][:, keep], FLOOR_PERCENTILE / 100.0, dim=1)
+    return floor
+
+
+def floor_prediction(pred: Tensor, stats: dict | None) -> Tensor:
+    """``pred`` no darker than the scene's clear ground in ``FLOOR_BANDS`` (``stats["floor"]``; as it is without)."""
+    if not stats or "floor" not in stats:
+        return pred
+    floor = stats["floor"].to(device=pred.device, dtype=pred.dtype)
+    return torch.maximum(pred, floor.view(*floor.shape, 1, 1))
+
+
+def cloud_mask(x: Tensor, threshold: float = 0.1, stats: dict[str, Tensor] | None = None,
+               scores: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Binary cloud/shadow mask (B, 1, H, W) of a 13-band Sentinel-2 image in [0, 1] (see the module docstring);
-    ``stats`` are the scene's (:func:`clear_statistics`), by default the image's own."""
+    ``stats`` are the scene's (:func:`clear_statistics`), by default the image's own; ``scores`` the image's cloud
+    scores (smoothed, the pixel's own) when already computed."""
     from ..losses.carl import cloud_score, pixel_cloud_score, shadow_mask
 
     x32 = x.float()
-    score, own = cloud_score(x32), pixel_cloud_score(x32)
+    score, own = scores if scores is not None else (cloud_score(x32), pixel_cloud_score(x32))
     if not stats or "cloud_share" not in stats:
         stats = _statistics(x32, score, own)  # the image's own, from the scores just computed
     confident = ((score >= CONFIDENT) | (own >= PIXEL_CONFIDENT)).float()
@@ -154,7 +198,9 @@ def compose(pred: Tensor, x: Tensor, *, enabled: bool, mask: Tensor | None, stat
         weight = as_weight(mask, x)
         if with_detected and enabled and x.shape[1] == 13:
             weight = torch.maximum(weight, cloud_weight(x, threshold, stats))
-        return keep_clear(pred, x, weight)
+        return keep_clear(floor_prediction(pred, stats), x, weight)
     if not enabled or x.shape[1] != 13:
         return pred
-    return keep_clear(pred, x, cloud_weight(x, threshold, stats))
+    if not stats or "cloud_share" not in stats:
+        stats = clear_statistics(x)  # the image's own
+    return keep_clear(floor_prediction(pred, stats), x, cloud_weight(x, threshold, stats))
