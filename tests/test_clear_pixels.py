@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from rsrestore.cli import app
 from rsrestore.losses.carl import pixel_cloud_score, shadow_mask, shadow_thresholds
 from rsrestore.models.clear_pixels import (FLOOR_BANDS, MIN_CLOUD_SHARE, MIN_FLOOR_PIXELS, clear_statistics,
-                                          cloud_mask, cloud_weight, compose)
+                                          cloud_and_shadow, cloud_mask, cloud_weight, compose)
 from rsrestore.models.registry import load_model
 from rsrestore.raster import sar_to_unit
 from rsrestore.tiling import restore_array
@@ -146,6 +146,53 @@ def test_the_floor_is_the_scenes_for_every_tile_and_needs_enough_clear_ground():
     few[..., :8, :8] = ground()[..., :8, :8]
     assert int((cloud_mask(few) == 0).sum()) < MIN_FLOOR_PIXELS
     assert float(clear_statistics(few)["floor"].max()) == -float("inf")
+
+
+def shadowed_scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Vegetation (96 x 96) with a cloud in one corner and a shadow across the other, deeper in the infrared than in
+    the blue (as the path light leaves it); returns the scene, the lit ground and the shadow's per-band depth."""
+    spectrum = torch.tensor([0.15, 0.08, 0.09, 0.06, 0.12, 0.25, 0.3, 0.3, 0.32, 0.05, 0.002, 0.2, 0.1])
+    lit = spectrum.view(1, 13, 1, 1).repeat(1, 1, 96, 96)
+    lit = lit * (1 + 0.05 * torch.sin(torch.arange(96.0) / 3).view(1, 1, 1, 96))   # some texture
+    depth = torch.tensor([0.97, 0.92, 0.88, 0.85, 0.8, 0.7, 0.68, 0.66, 0.66, 0.7, 0.95, 0.6, 0.6])
+    x = lit.clone()
+    x[..., 50:80, 50:80] *= depth.view(1, 13, 1, 1)
+    whiten(x, slice(4, 24), slice(4, 24), 0.8)
+    return x, lit, depth
+
+
+def test_restored_shadows_are_no_brighter_than_the_scenes_own_gain_lifts_them():
+    x, lit, depth = shadowed_scene()
+    cloud, shadow = cloud_and_shadow(x)
+    assert shadow[0, 0, 52:78, 52:78].all() and not cloud[0, 0, 40:, 40:].any()
+    stats = clear_statistics(x)
+    assert torch.allclose(stats["shadow_gain"][0], 1 / depth, rtol=0.02)
+    pale = torch.full_like(x, 0.5)                   # a network that lifts the shadow into a pale veil
+    out = compose(pale, x, enabled=True, mask=None, stats=stats)
+    assert torch.allclose(out[..., 55:75, 55:75], lit[..., 55:75, 55:75], rtol=0.02)   # the ground, its texture kept
+    assert (out[0, :, 8:20, 8:20] == 0.5).all()                                     # clouds are the network's
+    untouched = (cloud_weight(x)[0, 0] == 0)
+    assert torch.equal(out[0][:, untouched], x[0][:, untouched])
+    # A network that leaves a shadow darker (or a dark field the detector took for shadow as it is) is not changed
+    # (in the bands without a floor).
+    dim, infrared = x * 0.9, [4, 5, 6, 7, 8, 9, 11, 12]
+    assert torch.equal(compose(dim, x, enabled=True, mask=None, stats=stats)[:, infrared, 55:75, 55:75],
+                       dim[:, infrared, 55:75, 55:75])
+    # Without the cap, the veil stays.
+    plain = compose(pale, x, enabled=True, mask=None, stats=stats, bound_shadows=False)
+    assert (plain[0, :, 55:75, 55:75] == 0.5).all()
+
+
+def test_a_scene_without_enough_shadow_gives_its_shadows_to_the_network():
+    x, _, depth = shadowed_scene()
+    small = x.clone()
+    small[..., 50:80, 50:80] /= depth.view(1, 13, 1, 1)   # lift the big shadow
+    small[..., 60:66, 60:66] *= depth.view(1, 13, 1, 1)   # and cast a small one: too small to measure
+    stats = clear_statistics(small)
+    assert cloud_and_shadow(small)[1][0, 0, 61:65, 61:65].all()
+    assert torch.isnan(stats["shadow_gain"]).all()
+    out = compose(torch.full_like(x, 0.5), small, enabled=True, mask=None, stats=stats)
+    assert (out[0, :, 61:65, 61:65] == 0.5).all()
 
 
 @pytest.mark.parametrize("name", ["sarcr", "dsen2cr"])
