@@ -193,6 +193,8 @@ def test_a_scene_without_enough_shadow_gives_its_shadows_to_the_network():
     assert torch.isnan(stats["shadow_gain"]).all()
     out = compose(torch.full_like(x, 0.5), small, enabled=True, mask=None, stats=stats)
     assert (out[0, :, 61:65, 61:65] == 0.5).all()
+    assert torch.equal(out, compose(torch.full_like(x, 0.5), small, enabled=True, mask=None, stats=stats,
+                                    bound_shadows=False))   # as without the bound, to the bit
 
 
 @pytest.mark.parametrize("name", ["sarcr", "dsen2cr"])

@@ -283,5 +283,6 @@ def _compose_bounded_shadows(pred: Tensor, x: Tensor, threshold: float, stats: d
         has_gain = torch.isfinite(gain).all(1).view(-1, 1, 1, 1)
         w_cap = torch.where(has_gain, (1.0 - w_cloud) * w_shadow, torch.zeros_like(w_shadow)).to(x.dtype)
         lit = x * torch.nan_to_num(gain, nan=1.0).to(x.dtype).view(*gain.shape, 1, 1)
+        weight = _soften(torch.maximum(cloud, shadow)).to(x.dtype)  # cloud_weight's, from the masks at hand
     pred = pred - w_cap * F.relu(pred - lit)
-    return keep_clear(pred, x, torch.maximum(w_cloud, w_shadow).to(x.dtype))
+    return keep_clear(pred, x, weight)
