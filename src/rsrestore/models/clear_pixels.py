@@ -125,16 +125,23 @@ def clear_statistics(x: Tensor) -> dict[str, Tensor]:
 
 
 def _statistics(x32: Tensor, score: Tensor, own: Tensor) -> dict[str, Tensor]:
-    """:func:`clear_statistics` of a float32 image whose cloud scores (smoothed and the pixel's own) are known. The
-    shadow levels are measured on the pixels below the faint-cloud level (``FAINT``): see the module docstring."""
+    """:func:`clear_statistics` of a float32 image whose cloud scores (smoothed and the pixel's own) are known: the
+    detector's levels (:func:`_detector_levels`), the floor and the shadow gain."""
+    stats = _detector_levels(x32, score, own)
+    cloud, shadow = cloud_and_shadow(x32, stats=stats, scores=(score, own))
+    clear = (cloud == 0) & (shadow == 0)
+    cloudy = (score >= FAINT) | (own >= FAINT)
+    return {**stats, "floor": _clear_floor(x32, clear), "shadow_gain": _shadow_gain(x32, cloudy, shadow > 0)}
+
+
+def _detector_levels(x32: Tensor, score: Tensor, own: Tensor) -> dict[str, Tensor]:
+    """What the detector itself needs of a scene: the shadow test's levels, measured on the pixels below the
+    faint-cloud level (``FAINT``; see the module docstring), and the share of confident cloud."""
     from ..losses.carl import shadow_thresholds
 
     share = (score >= CONFIDENT).double().mean(dim=(1, 2, 3))
     cloudy = (score >= FAINT) | (own >= FAINT)
-    stats = {"shadow_levels": shadow_thresholds(x32, exclude=cloudy), "cloud_share": share}
-    cloud, shadow = cloud_and_shadow(x32, stats=stats, scores=(score, own))
-    clear = (cloud == 0) & (shadow == 0)
-    return {**stats, "floor": _clear_floor(x32, clear), "shadow_gain": _shadow_gain(x32, cloudy, shadow > 0)}
+    return {"shadow_levels": shadow_thresholds(x32, exclude=cloudy), "cloud_share": share}
 
 
 def _grow(m: Tensor, px: int) -> Tensor:
@@ -195,7 +202,7 @@ def cloud_and_shadow(x: Tensor, threshold: float = 0.1, stats: dict[str, Tensor]
     x32 = x.float()
     score, own = scores if scores is not None else (cloud_score(x32), pixel_cloud_score(x32))
     if not stats or "cloud_share" not in stats:
-        stats = _statistics(x32, score, own)  # the image's own, from the scores just computed
+        stats = _detector_levels(x32, score, own)  # the image's own, from the scores just computed
     confident = ((score >= CONFIDENT) | (own >= PIXEL_CONFIDENT)).float()
     faint = ((score >= threshold) | (own >= threshold)).float()
     near = F.max_pool2d(confident, 2 * NEAR_PX + 1, stride=1, padding=NEAR_PX)
@@ -264,25 +271,29 @@ def compose(pred: Tensor, x: Tensor, *, enabled: bool, mask: Tensor | None, stat
         return keep_clear(floor_prediction(pred, stats), x, weight)
     if not enabled or x.shape[1] != 13:
         return pred
-    if not stats or "cloud_share" not in stats:
-        stats = clear_statistics(x)  # the image's own
+    from ..losses.carl import cloud_score, pixel_cloud_score
+
+    with torch.no_grad():
+        x32 = x.float()
+        scores = (cloud_score(x32), pixel_cloud_score(x32))  # once, for the statistics and the masks alike
+        if not stats or "cloud_share" not in stats:
+            stats = _statistics(x32, *scores)  # the image's own
+        cloud, shadow = cloud_and_shadow(x32, threshold, stats, scores)
+        weight = _soften(torch.maximum(cloud, shadow)).to(x.dtype)  # cloud_weight's
     pred = floor_prediction(pred, stats)
     gain = stats.get("shadow_gain")
-    if gain is None or not bound_shadows:
-        return keep_clear(pred, x, cloud_weight(x, threshold, stats))
-    return _compose_bounded_shadows(pred, x, threshold, stats, gain)
+    if bound_shadows and gain is not None:
+        pred = _bound_shadows(pred, x, cloud, shadow, gain)
+    return keep_clear(pred, x, weight)
 
 
-def _compose_bounded_shadows(pred: Tensor, x: Tensor, threshold: float, stats: dict, gain: Tensor) -> Tensor:
-    """:func:`keep_clear` of ``pred`` with the detected cloud/shadow weight, ``pred`` held at or below ``x`` times the
-    scene's shadow gain on the shadows away from the clouds (feathered as the weight is); without a gain, as it is."""
+def _bound_shadows(pred: Tensor, x: Tensor, cloud: Tensor, shadow: Tensor, gain: Tensor) -> Tensor:
+    """``pred`` held at or below ``x`` times the scene's shadow ``gain`` on the detected shadows away from the clouds
+    (both masks feathered as the weight is); as it is in an image whose gain was not measured (NaN)."""
     with torch.no_grad():
-        cloud, shadow = cloud_and_shadow(x, threshold, stats)
         w_cloud, w_shadow = _soften(cloud), _soften(shadow)
         gain = gain.to(device=x.device, dtype=torch.float32)
         has_gain = torch.isfinite(gain).all(1).view(-1, 1, 1, 1)
         w_cap = torch.where(has_gain, (1.0 - w_cloud) * w_shadow, torch.zeros_like(w_shadow)).to(x.dtype)
         lit = x * torch.nan_to_num(gain, nan=1.0).to(x.dtype).view(*gain.shape, 1, 1)
-        weight = _soften(torch.maximum(cloud, shadow)).to(x.dtype)  # cloud_weight's, from the masks at hand
-    pred = pred - w_cap * F.relu(pred - lit)
-    return keep_clear(pred, x, weight)
+    return pred - w_cap * F.relu(pred - lit)
